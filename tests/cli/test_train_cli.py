@@ -1,0 +1,135 @@
+"""End-to-end `visionbench train / eval / models / data / report`, in-process, on small real and synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+
+from visionbench.cli.main import main
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+RUN_FILES = [
+    "config.yaml",
+    "env.json",
+    "metrics.csv",
+    "summary.json",
+    "checkpoints/last",
+    "checkpoints/best.safetensors",
+    "confusion_matrix_test.json",
+    "confusion_matrix_test.csv",
+]
+
+
+def _only_run(out: Path) -> Path:
+    runs = [p.parent for p in out.glob("*/*/summary.json")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_train_synthetic_writes_every_file_and_learns(tmp_path, capsys):
+    sets = ["data.name=synthetic", "model.name=small_cnn", "trainer.epochs=4", "optim.lr=0.05", "trainer.batch_size=32"]
+    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), []),
+                 "--set", f"trainer.out_dir={tmp_path}"])
+    assert code == 0
+    run = _only_run(tmp_path)
+    for name in RUN_FILES:
+        assert (run / name).is_file(), f"missing {name}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 4
+    assert summary["final"]["test/acc1"] > 0.6, summary["final"]  # 4 classes: chance is 0.25
+    assert set(summary["seconds"]) == {"data", "train", "eval", "total"} and summary["params"] > 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert {"epoch", "step", "elapsed_seconds", "lr", "train/loss", "val/acc1", "val/loss"} <= set(rows[0])
+    assert rows[-1]["test/acc1"] != "" and rows[0]["test/acc1"] == ""
+    env = json.loads((run / "env.json").read_text())
+    assert {"torch", "git_commit", "git_dirty", "seed", "device"} <= set(env)
+    out = capsys.readouterr().out
+    assert "epoch 4/4" in out and "\x1b[" not in out, "plain lines, no bar, when stdout is not a terminal"
+
+    # eval with flip TTA on the saved best weights
+    assert main(["eval", str(run), "--split", "test", "--tta", "flip"]) == 0
+    result = json.loads((run / "eval-test-flip-best.json").read_text())
+    assert 0.0 <= result["test/acc1"] <= 1.0
+    assert main(["eval", str(run), "--split", "val", "--weights", "last"]) == 0
+
+    # the table
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| small_cnn | synthetic |" in capsys.readouterr().out
+
+
+def test_training_again_from_the_written_config_reproduces_the_run(tmp_path):
+    sets = ["trainer.epochs=2", "trainer.deterministic=true", f"trainer.out_dir={tmp_path / 'a'}"]
+    assert main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])]) == 0
+    first = _only_run(tmp_path / "a")
+    assert main(["train", str(first / "config.yaml"), "--set", f"trainer.out_dir={tmp_path / 'b'}"]) == 0
+    second = _only_run(tmp_path / "b")
+    a, b = (json.loads((r / "summary.json").read_text()) for r in (first, second))
+    a["final"].pop("elapsed_seconds"), b["final"].pop("elapsed_seconds")
+    assert a["final"] == b["final"] and a["best"] == b["best"]
+    wa, wb = (safetensors.torch.load_file(r / "checkpoints/best.safetensors") for r in (first, second))
+    assert all(wa[k].equal(wb[k]) for k in wa)
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="Debian's dataset-fashion-mnist is not installed (make setup does)")
+def test_train_fashion_mnist_subset_learns(tmp_path):
+    sets = ["data.subset=3000", "trainer.epochs=2", f"trainer.out_dir={tmp_path}"]
+    assert main(["train", "configs/fashion_mnist/small_cnn.yaml", *sum((["--set", s] for s in sets), [])]) == 0
+    summary = json.loads((_only_run(tmp_path) / "summary.json").read_text())
+    assert summary["final"]["test/acc1"] > 0.6, summary["final"]  # 10 classes: chance is 0.1
+
+
+def test_models_and_data_commands(capsys):
+    assert main(["models", "--filter", "small*", "--input-size", "1x28x28"]) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn" in out and "params" in out
+    assert main(["data", "info", "synthetic"]) == 0
+    assert "classification" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, code, needle):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err, err
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "runs"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  epoch: 3\n")
+    _one_line_error(capsys, main(["train", str(typo)]), "trainer.epoch")
+    code = main(["train", "configs/smoke/synthetic.yaml", "--set", "optim.lr=fast", "--set", f"trainer.out_dir={out}"])
+    _one_line_error(capsys, code, "optim.lr")
+    code = main(["train", str(tmp_path / "nope.yaml")])
+    _one_line_error(capsys, code, "nope.yaml")
+    sets = ["--set", "data.kwargs.size=6", "--set", f"trainer.out_dir={out}"]  # too small for two 5x5 convs
+    _one_line_error(capsys, main(["train", "configs/smoke/synthetic.yaml", *sets]), "small_cnn")
+    _one_line_error(capsys, main(["models", "--input-size", "32x32"]), "--input-size")
+    _one_line_error(capsys, main(["train", "--no-such-flag"]), "no-such-flag")
+    _one_line_error(capsys, main(["data", "info", "fashion-mnst"]), "fashion-mnist")
+    assert not out.exists(), "bad input must not create a run directory"
+
+
+def test_foreign_or_corrupt_checkpoint_does_not_damage_the_run(tmp_path, capsys):
+    sets = ["--set", "trainer.epochs=1", "--set", f"trainer.out_dir={tmp_path}"]
+    assert main(["train", "configs/smoke/synthetic.yaml", *sets]) == 0
+    run = _only_run(tmp_path)
+    capsys.readouterr()
+    ckpt = run / "checkpoints/last"
+    for payload in (ckpt.read_bytes()[:1000], b"not a checkpoint at all"):
+        ckpt.write_bytes(payload)
+        before = _tree_digest(run)
+        _one_line_error(capsys, main(["train", "configs/smoke/synthetic.yaml", *sets, "--resume", str(run)]), "last")
+        assert _tree_digest(run) == before, "a refused resume must leave the run directory as it was"
+    (run / "checkpoints/best.safetensors").write_bytes(b"\x00" * 64)
+    _one_line_error(capsys, main(["eval", str(run)]), "best.safetensors")

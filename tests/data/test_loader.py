@@ -1,0 +1,87 @@
+"""The device-resident loader and batched augmentation."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visionbench.config import AugmentConfig
+from visionbench.data import transforms
+from visionbench.data.base import DatasetInfo, TensorSplit
+from visionbench.data.loader import DeviceLoader
+
+INFO = DatasetInfo("t", "classification", 10, tuple("abcdefghij"), (1, 8, 8), mean=(0.5,), std=(0.25,))
+
+
+def _split(n=50):
+    images = torch.arange(n * 64, dtype=torch.int64).reshape(n, 1, 8, 8).remainder(251).to(torch.uint8)
+    return TensorSplit(images, torch.arange(n) % 10)
+
+
+def _loader(aug=None, batch=8, seed=0):
+    return DeviceLoader(_split(), INFO, batch, torch.device("cpu"), train=True, augment=aug, seed=seed)
+
+
+def test_train_epoch_visits_each_image_at_most_once_and_is_seeded():
+    loader = _loader()
+    targets_seen = torch.cat([y for _, y in loader.epoch(0)])
+    assert len(targets_seen) == len(loader) * 8 == 48  # drop_last
+    first = [x for x, _ in loader.epoch(0)]
+    again = [x for x, _ in _loader().epoch(0)]
+    other = [x for x, _ in loader.epoch(1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again)), "same (seed, epoch) must give the same batches"
+    assert not all(torch.equal(a, b) for a, b in zip(first, other)), "epochs must differ"
+
+
+@settings(max_examples=20, deadline=None)
+@given(start=st.integers(0, 5), epoch=st.integers(0, 3))
+def test_mid_epoch_start_equals_the_tail_of_the_full_epoch(start, epoch):
+    aug = AugmentConfig(flip=True, translate_pixels=2, cutout_pixels=3)
+    loader = _loader(aug)
+    full = list(loader.epoch(epoch))
+    tail = list(loader.epoch(epoch, start_batch=start))
+    assert len(tail) == len(full) - start
+    for (xa, ya), (xb, yb) in zip(full[start:], tail):
+        torch.testing.assert_close(xa, xb)
+        assert torch.equal(ya, yb)
+
+
+def test_eval_loader_keeps_order_and_all_images():
+    loader = DeviceLoader(_split(), INFO, 16, torch.device("cpu"))
+    ys = torch.cat([y for _, y in loader])
+    assert torch.equal(ys, torch.arange(50) % 10)
+    x, _ = next(iter(loader))
+    torch.testing.assert_close(x, transforms.normalize(_split().images[:16], torch.tensor([0.5]), torch.tensor([0.25])))
+
+
+@settings(max_examples=30, deadline=None)
+@given(dx=st.integers(-2, 2), dy=st.integers(-2, 2))
+def test_translate_shifts_content(dx, dy):
+    images = torch.randint(0, 255, (3, 2, 8, 8), dtype=torch.uint8)
+    out = transforms.translate(images, torch.full((3,), dx), torch.full((3,), dy), pad=2)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    # inside the valid region, out[y, x] == images[y + dy, x + dx]
+    ys, xs = slice(max(0, -dy), 8 - max(0, dy)), slice(max(0, -dx), 8 - max(0, dx))
+    src_y, src_x = slice(ys.start + dy, ys.stop + dy), slice(xs.start + dx, xs.stop + dx)
+    assert torch.equal(out[..., ys, xs], images[..., src_y, src_x])
+
+
+def test_flip_and_cutout():
+    images = torch.randint(1, 255, (4, 1, 6, 6), dtype=torch.uint8)
+    mask = torch.tensor([True, False, True, False])
+    out = transforms.flip(images, mask)
+    assert torch.equal(out[0], images[0].flip(-1)) and torch.equal(out[1], images[1])
+    cut = transforms.cutout(images, torch.tensor([0, 3, 5, 2]), torch.tensor([0, 3, 5, 2]), size=2)
+    assert (cut == 0).sum(dim=(1, 2, 3)).tolist() == [1, 4, 4, 4]  # clipped only at the top-left corner
+
+
+def test_alternate_flip_flips_each_image_in_every_other_epoch():
+    aug = AugmentConfig(flip=True, flip_mode="alternate")
+    loader = DeviceLoader(_split(), INFO, 50, torch.device("cpu"), train=True, augment=aug)
+    p0, p1 = loader._epoch_params(0, 50), loader._epoch_params(1, 50)
+    by_image0 = torch.empty(50, dtype=torch.bool)
+    by_image0[p0["order"]] = p0["flip"]
+    by_image1 = torch.empty(50, dtype=torch.bool)
+    by_image1[p1["order"]] = p1["flip"]
+    assert torch.equal(by_image0, ~by_image1)

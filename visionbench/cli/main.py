@@ -1,0 +1,73 @@
+"""The `visionbench` command: one typer app; each subcommand lives in its own module.
+
+Bad input of any kind (a `UserError`, or a usage error from click) ends in one line on stderr and exit status 2;
+nothing else prints a traceback unless it is a bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from visionbench.errors import UserError
+
+app = typer.Typer(
+    name="visionbench",
+    help="Run, compare and explain image-recognition experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from visionbench.cli import data, evaluate, models, report, train
+
+    app.command("train")(train.train)
+    app.command("eval")(evaluate.evaluate)
+    app.command("models")(models.models)
+    app.command("report")(report.report)
+    app.add_typer(data.app, name="data")
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ClickException types, Abort types) of click and of the copy newer typers vendor as `typer._click`."""
+    errors: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(module.ClickException)
+        aborts += [getattr(module, "Abort", typer.Abort)]
+    return tuple(errors), tuple(aborts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the status code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _register()
+    click_errors, click_aborts = _click_exceptions()
+    try:
+        result = app(args=argv, standalone_mode=False)  # returns the exit code of --help and typer.Exit
+        code = result if isinstance(result, int) else 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except click_errors as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `visionbench` or `visionbench data`: show the help
+            print(e.format_message())
+        else:
+            where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
+            print(f"error: {where}{e.format_message()}", file=sys.stderr)
+        code = e.exit_code
+    except (*click_aborts, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code

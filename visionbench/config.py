@@ -1,0 +1,223 @@
+"""Run configuration: pydantic v2 models, YAML loading, dotted `--set` overrides, dumping.
+
+A config is a YAML mapping with the sections of `RunConfig`. Every section is frozen, strict and forbids unknown
+keys, so a typo is an error naming the file, the dotted key and the closest valid keys (LightningCLI #12303 is
+the complaint this avoids). Defaults live here and nowhere else: the CLI declares none of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from visionbench.errors import UserError
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (no tags, no objects) with YAML 1.2 floats: `1e-3` is a number, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str):
+    """`yaml.safe_load` with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class AugmentConfig(Section):
+    """Batched, device-side augmentation of the training split (airbench-style, no per-image Python)."""
+
+    flip: bool = False  # horizontal flip
+    flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flips every other epoch
+    translate_pixels: int = Field(0, ge=0)  # random crop after padding by this many pixels (reflect)
+    cutout_pixels: int = Field(0, ge=0)  # side of a zeroed square at a random position
+
+
+class DataConfig(Section):
+    name: str = "fashion-mnist"
+    root: str | None = None  # searched first, then $VISIONBENCH_DATA, ~/.cache/visionbench, system folders
+    subset: int | None = Field(None, ge=1)  # use only the first N training images
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # carved from train, seeded by split_seed
+    split_seed: int = 0  # kept apart from trainer.seed so that seeds compare on one validation set
+    download: bool = True  # try the official source when files are missing
+    kwargs: dict[str, Any] = {}  # extra arguments of the dataset builder
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
+    kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
+
+
+class TaskConfig(Section):
+    name: str | None = None  # default: the dataset's task kind
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimConfig(Section):
+    name: str = "sgd"  # sgd, adam, adamw
+    lr: float = Field(0.05, gt=0.0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adam, adamw
+    weight_decay: float = Field(5e-4, ge=0.0)
+    no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-D parameters)
+    norm_bias_lr_scale: float = Field(1.0, gt=0.0)  # airbench gives BN biases a larger learning rate
+    schedule: str = "cosine"  # constant, cosine, step, one_cycle
+    warmup_epochs: float = Field(0.0, ge=0.0)  # linear warmup, counted in (fractional) epochs
+    min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)  # floor of cosine and one_cycle, as a fraction of lr
+    step_epochs: list[float] = Field(default_factory=list)  # step schedule: epochs at which lr *= step_gamma
+    step_gamma: float = Field(0.1, gt=0.0)
+
+
+class TrainerConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+    deterministic: bool = False  # deterministic algorithms: bit-identical resume on CPU
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always trains in fp32
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the training model
+    accumulate_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
+    grad_clip_norm: float | None = Field(None, gt=0.0)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # evaluate an EMA of the weights
+    tta: Literal["none", "flip"] = "none"  # test-time augmentation at evaluation
+    eval_every_epochs: int = Field(1, ge=1)  # validation cadence
+    eval_test_every_epoch: bool = False  # also evaluate test each epoch (test curves; costs time)
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0)  # mid-epoch checkpoints; end of epoch always
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints by step count
+    num_threads: int | None = Field(None, ge=1)  # torch CPU threads; default: torch's own
+    out_dir: str = "runs"
+    experiment: str | None = None  # default: the config file's stem
+    progress: Literal["auto", "bar", "lines"] = "auto"  # auto: a bar only when stdout is a terminal
+
+
+class RunConfig(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), experiment: str | None = None) -> RunConfig:
+    """Read a YAML config, apply `dotted.key=value` overrides and validate.
+
+    Args:
+        path: the YAML file; None starts from the defaults.
+        overrides: `key=value` strings; values are parsed as YAML (`0.05`, `1e-3`, `true`, `[1, 2]`).
+        experiment: the experiment name used when the config sets none (the CLI passes the file's stem).
+
+    Raises:
+        UserError: missing or unreadable file, bad YAML, a bad override, or a value the schema refuses.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
+        try:
+            raw = safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item, source)
+    if experiment and not (raw.get("trainer") or {}).get("experiment"):
+        raw.setdefault("trainer", {})
+        if isinstance(raw["trainer"], dict):
+            raw["trainer"]["experiment"] = experiment
+    return validate(raw, source)
+
+
+def validate(raw: dict[str, Any], source: str) -> RunConfig:
+    """Turn a plain dict into a RunConfig; the first problem becomes a one-line UserError."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{source}: {_describe(e.errors()[0])}") from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """YAML text of the fully resolved config; loading it back gives an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="python"), sort_keys=False, default_flow_style=None)
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    return _diff(a.model_dump(), b.model_dump(), "")
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: expected dotted.key=value, e.g. optim.lr=0.01")
+    try:
+        value = safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the string, the schema decides whether a string is acceptable
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.4)
+        hint = f"closest valid keys: {', '.join('.'.join([*loc[:-1], c]) for c in close)}" if close else ""
+        hint = hint or f"valid keys here: {', '.join(valid)}"
+        return f"unknown key {key}; {hint}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
+    msg = err["msg"]
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    return f"{key}: {msg.replace('input should be', 'expected')}, got {shown}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,196 @@
+"""What every dataset builder returns, where data files are looked up, and the train/val/test carving.
+
+A dataset family is one file in `data/` with a registered builder:
+
+    @DATASETS.register("fashion-mnist")
+    def fashion_mnist(root: Path | None, download: bool = True) -> RawDataset: ...
+
+The builder returns the official train and test splits as uint8 tensors plus a `DatasetInfo`; `build_datasets`
+then applies `data.subset`, carves the seeded validation split and computes normalisation statistics on the
+train split, so no builder repeats that logic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from visionbench.errors import UserError
+from visionbench.utils.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset that models, tasks and reports need."""
+
+    name: str
+    task: str  # registry key in TASKS: "classification", ...
+    num_outputs: int
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...] = ()  # per channel, in [0, 1] units; filled from the train split
+    std: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass
+class TensorSplit:
+    """A whole split held in memory: images uint8 (N, C, H, W), targets (N,) int64 for classification."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.targets):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, index: torch.Tensor | slice) -> "TensorSplit":
+        return TensorSplit(self.images[index], self.targets[index])
+
+
+@dataclasses.dataclass
+class RawDataset:
+    """What a registered builder returns: the official splits and the dataset's facts."""
+
+    train: TensorSplit
+    test: TensorSplit
+    info: DatasetInfo
+
+
+@dataclasses.dataclass
+class Datasets:
+    """What the engine trains on: train, optional val (carved from train) and test."""
+
+    train: TensorSplit
+    val: TensorSplit | None
+    test: TensorSplit
+    info: DatasetInfo
+
+    def split(self, name: str) -> TensorSplit:
+        found = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if found is None:
+            raise UserError(f"split {name!r} is not available (expected train, test, or val when data.val_fraction > 0)")
+        return found
+
+
+def carve(raw: RawDataset, subset: int | None, val_fraction: float, seed: int) -> Datasets:
+    """Keep the first `subset` training images, then split off a seeded `val_fraction` of them."""
+    train = raw.train if subset is None else raw.train.take(slice(0, subset))
+    val = None
+    if val_fraction > 0:
+        n_val = max(1, round(len(train) * val_fraction))
+        if n_val >= len(train):
+            raise UserError(f"data.val_fraction={val_fraction} leaves no training images out of {len(train)}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        val, train = train.take(order[:n_val].sort().values), train.take(order[n_val:].sort().values)
+    pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
+    info = dataclasses.replace(
+        raw.info,
+        mean=tuple(round(v, 6) for v in pixels.mean(1).tolist()),
+        std=tuple(round(v, 6) for v in pixels.std(1).clamp_min(1e-3).tolist()),
+    )
+    return Datasets(train=train, val=val, test=raw.test, info=info)
+
+
+def search_dirs(name: str, root: str | os.PathLike | None) -> list[Path]:
+    """Folders searched for a dataset's files, in order: data.root, $VISIONBENCH_DATA, the cache, system dirs.
+
+    Each base folder is tried as given and with the dataset's name appended (`$VISIONBENCH_DATA/fashion-mnist`).
+    """
+    bases = [Path(root).expanduser()] if root else []
+    if os.environ.get("VISIONBENCH_DATA"):
+        bases.append(Path(os.environ["VISIONBENCH_DATA"]).expanduser())
+    bases.append(cache_dir())
+    dirs: list[Path] = []
+    for base in bases:
+        dirs += [base, base / name]
+    dirs += SYSTEM_DIRS.get(name, [])
+    return list(dict.fromkeys(dirs))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visionbench"
+
+
+def download(url: str, dest: Path, md5: str | None = None, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `dest` atomically, checking the md5 when given. Network errors raise OSError."""
+    log.info("downloading %s -> %s", url, dest)
+    digest = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest, "wb") as f:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            f.write(chunk)
+        if md5 and digest.hexdigest() != md5:
+            raise UserError(f"{url}: downloaded file has md5 {digest.hexdigest()}, expected {md5}")
+    return dest
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_tar(archive: Path, dest: Path) -> None:
+    """Extract a (compressed) tar archive into `dest`, refusing any member that could escape it.
+
+    Every member is checked before anything is written: an absolute name, a `..` component, a link (symbolic or
+    hard), a device or fifo, or a path that resolves outside `dest` raises, because a tarball downloaded from the
+    internet is foreign input (CVE-2007-4559). The extraction then runs under tarfile's "data" filter as a second
+    line of defence.
+
+    Raises:
+        UserError: the archive is unreadable or a member was refused; it names the archive and the member.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                reason = _unsafe_member(member, root)
+                if reason:
+                    raise UserError(f"{archive}: refused to extract member {member.name!r}: {reason}")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                tar.extractall(root, members=members, filter="data")
+            else:  # pragma: no cover - every member was already checked above
+                tar.extractall(root, members=members)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise UserError(f"{archive}: refused to extract: {exc}") from None
+        raise UserError(f"{archive}: cannot extract ({exc}); expected a tar archive") from None
+
+
+def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
+    """Why a tar member must not be extracted under `root`, or None when it is a plain file or folder inside it."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or Path(name).is_absolute():
+        return "absolute path"
+    if ".." in name.split("/"):
+        return "path contains '..'"
+    if member.issym() or member.islnk():
+        return f"is a link to {member.linkname!r}"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file or folder (device, fifo or other special member)"
+    target = (root / name).resolve()
+    if target != root and root not in target.parents:
+        return f"would land outside {root}"
+    return None

@@ -1,0 +1,112 @@
+"""A loader for datasets held whole on the training device (airbench's way; no DataLoader workers).
+
+The images stay uint8 on the device. Each epoch draws, from a generator seeded by (seed, epoch), one permutation
+and every image's augmentation parameters at once; batches are then slices of those. The order and the
+augmentation of epoch `e` are therefore a pure function of (seed, e): resuming mid-epoch means skipping batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from visionbench.config import AugmentConfig
+from visionbench.data import transforms
+from visionbench.data.base import DatasetInfo, TensorSplit
+
+
+class DeviceLoader:
+    """Batches of a TensorSplit held on `device`: float32 normalised images and targets.
+
+    Args:
+        split: the images (uint8) and targets.
+        info: mean and std for normalisation.
+        batch_size: images per batch.
+        device: where the data lives and batches are produced.
+        train: shuffle, augment and drop the last incomplete batch.
+        augment: augmentation settings (used only when `train`).
+        seed: with the epoch number, fixes the order and the augmentation.
+        channels_last: emit channels_last batches (CUDA convolutions prefer it).
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        info: DatasetInfo,
+        batch_size: int,
+        device: torch.device,
+        train: bool = False,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
+        self.images = split.images.to(device, non_blocking=True)
+        self.targets = split.targets.to(device, non_blocking=True)
+        self.mean = torch.tensor(info.mean, device=device)
+        self.std = torch.tensor(info.std, device=device)
+        self.batch_size, self.device, self.train, self.seed = batch_size, device, train, seed
+        self.augment = augment if train else None
+        self.channels_last = channels_last
+        if train and len(self.images) < batch_size:
+            self.batch_size = len(self.images)  # a tiny subset still trains: one full batch per epoch
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches of `epoch`, beginning at batch index `start_batch`."""
+        n = len(self.images)
+        params = self._epoch_params(epoch, n) if self.train else None
+        order = params.pop("order") if params else None
+        for i in range(start_batch, len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            index = order[sl] if order is not None else sl
+            images, targets = self.images[index], self.targets[index]
+            if params:
+                images = self._augment(images, {k: v[sl] for k, v in params.items()})
+            x = transforms.normalize(images, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+    def _epoch_params(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
+        # NOTE: a CPU generator for the draws, then one copy to the device: the same numbers on every device,
+        # and only a few integers per image.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        params = {"order": torch.randperm(n, generator=g)}
+        aug = self.augment
+        if aug is not None:
+            H, W = self.images.shape[-2:]
+            if aug.flip and aug.flip_mode == "random":
+                params["flip"] = torch.rand(n, generator=g) < 0.5
+            if aug.flip and aug.flip_mode == "alternate":
+                # airbench's alternating flip: a fixed random half flips on even epochs, the other half on odd
+                base = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5
+                params["flip"] = base ^ bool(epoch % 2)
+            if aug.translate_pixels:
+                p = aug.translate_pixels
+                params["dx"] = torch.randint(-p, p + 1, (n,), generator=g)
+                params["dy"] = torch.randint(-p, p + 1, (n,), generator=g)
+            if aug.cutout_pixels:
+                params["cy"] = torch.randint(0, H, (n,), generator=g)
+                params["cx"] = torch.randint(0, W, (n,), generator=g)
+            for key in ("flip", "dx", "dy", "cy", "cx"):  # per-image params follow the shuffled order
+                if key in params:
+                    params[key] = params[key][params["order"]]
+        return {k: v.to(self.device) for k, v in params.items()}
+
+    def _augment(self, images: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        aug = self.augment
+        if "dx" in p:
+            images = transforms.translate(images, p["dx"], p["dy"], aug.translate_pixels)
+        if "flip" in p:
+            images = transforms.flip(images, p["flip"])
+        if "cy" in p:
+            images = transforms.cutout(images, p["cy"], p["cx"], aug.cutout_pixels)
+        return images

@@ -1,0 +1,229 @@
+"""The training loop: `fit()` calls `train_one_epoch()` and `evaluate()` (torchvision's reference names).
+
+Everything a resume needs lives in `TrainState` plus the module/optimizer states, so a checkpoint taken at any
+optimizer step (mid-epoch included) continues bit for bit on CPU in deterministic mode. Callbacks implement the
+events they need with fastai's names and receive the state explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from visionbench.config import TrainerConfig
+from visionbench.data.loader import DeviceLoader
+from visionbench.engine.runtime import autocast
+from visionbench.errors import UserError
+from visionbench.tasks.base import Task
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss: the run stops, the last good checkpoint stays. Exit status 1: not the input's fault."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Loop position and bookkeeping; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch being trained (0-based); == epochs when done
+    batch: int = 0  # next batch index within the epoch
+    step: int = 0  # optimizer steps so far
+    loss_sum: float | torch.Tensor = 0.0  # sum of batch losses so far this epoch (a device tensor while training)
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.csv rows
+    best_value: float | None = None
+    best_epoch: int | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
+    elapsed_offset: float = 0.0  # elapsed seconds before this process (resume)
+    should_stop: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["loss_sum"] = torch.as_tensor(self.loss_sum).detach().cpu()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What the loop drives: the model (and its compiled/EMA twins), the optimisation state and the data."""
+
+    model: nn.Module
+    task: Task
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DeviceLoader
+    eval_loaders: dict[str, DeviceLoader]  # split name -> loader, evaluated each epoch
+    cfg: TrainerConfig
+    device: torch.device
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    train_model: nn.Module | None = None  # torch.compile'd forward, when enabled
+    # objects with any of before_fit, before_epoch, after_batch, after_epoch, after_fit(state) (fastai's names)
+    callbacks: list[Any] = dataclasses.field(default_factory=list)
+    checkpoint: Callable[[TrainState], None] | None = None  # writes checkpoints/last
+    on_epoch_end: Callable[[TrainState, dict[str, float]], None] | None = None  # run directory bookkeeping
+    start_time: float = dataclasses.field(default_factory=time.monotonic)
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)  # last eval
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self, state: TrainState) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "train_state": state.to_dict(),
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> TrainState:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        state = TrainState.from_dict(ckpt["train_state"])
+        state.loss_sum = torch.as_tensor(state.loss_sum).to(self.device)
+        return state
+
+    def _emit(self, event: str, state: TrainState) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, event, None)
+            if fn is not None:
+                fn(state)
+
+
+def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
+    """Train from `state` (a fresh one, or one restored from a checkpoint) to `cfg.epochs`."""
+    state = state or TrainState()
+    cfg = trainer.cfg
+    trainer._emit("before_fit", state)
+    while state.epoch < cfg.epochs and not state.should_stop:
+        trainer._emit("before_epoch", state)
+        t0 = _clock(trainer.device)
+        train_loss = train_one_epoch(trainer, state)
+        t1 = _clock(trainer.device)
+        state.seconds["train"] += t1 - t0
+        row: dict[str, Any] = {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "elapsed_seconds": 0.0,
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "train/loss": train_loss,
+        }
+        last = state.epoch + 1 == cfg.epochs
+        if (state.epoch + 1) % cfg.eval_every_epochs == 0 or last:
+            for split, loader in trainer.eval_loaders.items():
+                if split == "test" and not (cfg.eval_test_every_epoch or last):
+                    continue
+                metrics, *trainer.outputs[split] = evaluate(trainer.eval_model, loader, trainer.task, trainer.device, cfg)
+                row.update({f"{split}/{k}": v for k, v in metrics.items()})
+        state.seconds["eval"] += _clock(trainer.device) - t1
+        row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)
+        state.rows.append(row)
+        state.epoch += 1
+        state.batch = 0
+        state.loss_sum = torch.zeros((), device=trainer.device)
+        if trainer.on_epoch_end is not None:
+            trainer.on_epoch_end(state, row)  # best weights, metrics.csv, summary.json
+        if trainer.checkpoint is not None:
+            trainer.checkpoint(state)
+        trainer._emit("after_epoch", state)
+    trainer._emit("after_fit", state)
+    return state
+
+
+def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
+    """Train from `state.batch` to the end of `state.epoch`; returns the epoch's mean training loss."""
+    cfg, model, task, optimizer = trainer.cfg, trainer.model, trainer.task, trainer.optimizer
+    forward = trainer.train_model or model
+    loader = trainer.train_loader
+    n_batches = len(loader)
+    model.train()
+    loss_sum = torch.as_tensor(state.loss_sum, device=trainer.device, dtype=torch.float32).clone()
+    last_ckpt = time.monotonic()
+    for images, targets in loader.epoch(state.epoch, state.batch):
+        with autocast(trainer.device, cfg.precision):
+            logits = forward(images)
+            loss = task.loss(logits, targets)
+        trainer.scaler.scale(loss / cfg.accumulate_steps).backward()
+        loss_sum += loss.detach().float()
+        state.batch += 1
+        if state.batch % cfg.accumulate_steps and state.batch != n_batches:
+            continue  # keep accumulating micro-batches
+        if cfg.grad_clip_norm is not None:
+            trainer.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+        trainer.scaler.step(optimizer)
+        trainer.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        trainer.scheduler.step()
+        state.step += 1
+        if trainer.ema is not None:
+            trainer.ema.update_parameters(model)
+        state.loss_sum = loss_sum
+        trainer._emit("after_batch", state)
+        if trainer.checkpoint is not None and state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
+            _check_finite(loss_sum, state)
+            trainer.checkpoint(state)
+            last_ckpt = time.monotonic()
+    _check_finite(loss_sum, state)
+    return loss_sum.item() / max(1, n_batches)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, task: Task, device: torch.device, cfg: TrainerConfig
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Metrics of `model` on a whole split; returns (metrics, logits, targets). `cfg.tta='flip'` averages the
+    logits of each image and its mirror."""
+    was_training = model.training
+    model.eval()
+    metrics = task.metrics().to(device)
+    all_logits, all_targets = [], []
+    for images, targets in loader:
+        with autocast(device, cfg.precision):
+            logits = model(images).float()
+            if cfg.tta == "flip":
+                logits = (logits + model(images.flip(-1)).float()) / 2
+        metrics.update(logits, targets)
+        all_logits.append(logits)
+        all_targets.append(targets)
+    model.train(was_training)
+    values = {k: round(float(v), 6) for k, v in metrics.compute().items()}
+    return values, torch.cat(all_logits), torch.cat(all_targets)
+
+
+def _checkpoint_due(cfg: TrainerConfig, state: TrainState, last_ckpt: float) -> bool:
+    if cfg.checkpoint_every_steps is not None and state.step % cfg.checkpoint_every_steps == 0:
+        return True
+    minutes = cfg.checkpoint_every_minutes
+    return minutes is not None and time.monotonic() - last_ckpt >= minutes * 60
+
+
+def _check_finite(loss_sum: torch.Tensor, state: TrainState) -> None:
+    if not math.isfinite(float(loss_sum)):
+        raise TrainingDiverged(
+            f"non-finite training loss in epoch {state.epoch + 1} (step {state.step}); "
+            f"stopped, the last good checkpoint is kept (lower optim.lr or set trainer.grad_clip_norm)"
+        )
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.monotonic()

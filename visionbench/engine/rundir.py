@@ -1,0 +1,113 @@
+"""The run directory: `runs/<experiment>/<YYYYmmdd-HHMMSS>-<model>-<dataset>/` and the files in it.
+
+Layout: `config.yaml` (resolved), `env.json`, `metrics.csv` (one row per epoch), `summary.json`,
+`checkpoints/last` (full state), `checkpoints/best.safetensors`, plus task artifacts (confusion matrix ...).
+Every file is written atomically, so a kill never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import visionbench
+from visionbench.config import RunConfig, dump_config
+from visionbench.errors import UserError
+from visionbench.utils.io import write_json, write_text
+
+LAST = "checkpoints/last"
+BEST = "checkpoints/best.safetensors"
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    """Create a fresh, uniquely named run directory for `cfg`."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model.name}-{cfg.data.name}")
+    parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (f"{stamp}-{slug}" if n == 0 else f"{stamp}-{slug}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory under {parent}")
+
+
+def find_resumable(cfg: RunConfig) -> Path:
+    """The newest run of `cfg`'s experiment that has a checkpoint and did not finish."""
+    parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
+    for path in sorted(parent.glob("*/"), reverse=True):
+        if (path / LAST).exists() and read_summary(path).get("status") != "finished":
+            return path
+    raise UserError(f"--resume auto: no unfinished run with a checkpoint under {parent}")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> None:
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+
+
+def write_env(run_dir: Path, cfg: RunConfig, device: torch.device) -> None:
+    env = {
+        "visionbench": visionbench.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": cfg.trainer.seed,
+        "deterministic": cfg.trainer.deterministic,
+        "argv": sys.argv,
+        **_git_state(),
+    }
+    for name in ("torchvision", "timm", "torchmetrics", "numpy"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            env[name] = None
+    write_json(run_dir / "env.json", env)
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv from all rows so far; columns are the union in first-seen order (epoch, step, ... first)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_json(run_dir / "summary.json", summary)
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit and dirty flag of the visionbench checkout (airbench saves its source; we save the SHA)."""
+    root = Path(visionbench.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "git_dirty": None}
+    if sha.returncode != 0:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}

@@ -1,0 +1,205 @@
+"""`train(cfg)`: put data, model, task and optimisation together from a RunConfig, run `fit`, write the run.
+
+Everything that can be wrong with the input (config, data files, model size, checkpoint) is checked before the
+run directory is created or touched, so bad input never damages an existing run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from visionbench.config import RunConfig
+from visionbench.data import Datasets, build_datasets
+from visionbench.data.loader import DeviceLoader
+from visionbench.data.transforms import normalize
+from visionbench.engine import rundir
+from visionbench.engine.callbacks import make_progress
+from visionbench.engine.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, save_weights
+from visionbench.engine.checkpoint import set_rng_state
+from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
+from visionbench.engine.optim import build_optimizer
+from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
+from visionbench.engine.schedule import build_scheduler
+from visionbench.models import create_model, inspect_model
+from visionbench.tasks import create_task
+from visionbench.utils.io import write_json, write_text
+
+
+def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, int]:
+    """The configured model for `data`, checked against the input size; returns (model, params, flops)."""
+    C, H, W = data.info.input_size
+    model = create_model(cfg.model.name, data.info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
+    params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
+    return model, params, flops
+
+
+def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device) -> DeviceLoader:
+    channels_last = cfg.trainer.channels_last and device.type == "cuda"
+    return DeviceLoader(data.split(split), data.info, cfg.trainer.eval_batch_size, device, channels_last=channels_last)
+
+
+def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | None = None) -> Path:
+    """Train `cfg` in a new run directory, or continue the run in `resume_dir`; returns the run directory."""
+    start = start_time if start_time is not None else time.monotonic()
+    tcfg = cfg.trainer
+    device = resolve_device(tcfg.device)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # 1. Everything that can fail on bad input, before any file is written.
+    t_data = time.monotonic()
+    data = build_datasets(cfg.data)
+    task = create_task(cfg.task.name or data.info.task, data.info, label_smoothing=cfg.task.label_smoothing)
+    model, params, flops = build_model(cfg, data)
+    ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
+
+    # 2. Data onto the device, model, optimisation.
+    channels_last = tcfg.channels_last and device.type == "cuda"
+    train_loader = DeviceLoader(
+        data.train, data.info, tcfg.batch_size, device, True, cfg.data.augment, tcfg.seed, channels_last
+    )
+    eval_loaders = {s: eval_loader(data, s, cfg, device) for s in ("val", "test") if getattr(data, s) is not None}
+    seconds_data = time.monotonic() - t_data
+    if ckpt is None and hasattr(model, "init_from_data"):  # e.g. fastnet's patch-whitening first layer
+        model.init_from_data(normalize(data.train.images[:5000], train_loader.mean.cpu(), train_loader.std.cpu()))
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    task.to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps_per_epoch = math.ceil(len(train_loader) / tcfg.accumulate_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and tcfg.precision == "fp16")
+    ema = None
+    if tcfg.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema_decay), use_buffers=True)
+    trainer = Trainer(
+        model=model,
+        task=task,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_loader=train_loader,
+        eval_loaders=eval_loaders,
+        cfg=tcfg,
+        device=device,
+        ema=ema,
+        train_model=torch.compile(model) if tcfg.compile else None,
+        callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))],
+        start_time=start,
+    )
+    state = TrainState(loss_sum=torch.zeros((), device=device))
+    if ckpt is not None:
+        state = trainer.load_state_dict(ckpt)
+        set_rng_state(ckpt["rng"])
+
+    # 3. The run directory.
+    run_dir = resume_dir if resume_dir is not None else rundir.new_run_dir(cfg)
+    base = {
+        "experiment": tcfg.experiment,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "task": task.__class__.__name__,
+        "main_metric": task.main_metric,
+        "mode": task.mode,
+        "params": params,
+        "flops": flops,
+        "epochs": tcfg.epochs,
+    }
+    best_key = f"val/{task.main_metric}" if "val" in eval_loaders else None
+
+    def summary(status: str, final: dict[str, Any], best: dict[str, Any], error: str | None = None) -> None:
+        seconds = {"data": round(seconds_data, 3), **{k: round(v, 3) for k, v in state.seconds.items()}}
+        seconds["total"] = round(state.elapsed_offset + time.monotonic() - start, 3)
+        rundir.write_summary(
+            run_dir,
+            {
+                "status": status,
+                **base,
+                "epochs_completed": state.epoch,
+                "final": final,
+                "best": best,
+                "seconds": seconds,
+                "peak_memory_bytes": peak_memory_bytes(device),
+                "error": error,
+            },
+        )
+
+    def on_epoch_end(st: TrainState, row: dict[str, Any]) -> None:
+        if best_key and best_key in row:
+            value = row[best_key]
+            better = st.best_value is None or (value > st.best_value if task.mode == "max" else value < st.best_value)
+            if better:
+                st.best_value, st.best_epoch = value, row["epoch"]
+                save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
+        rundir.write_metrics(run_dir, st.rows)
+        summary("running", row, _best_row(st))
+
+    def checkpoint(st: TrainState) -> None:
+        payload = trainer.state_dict(st)
+        payload["train_state"]["elapsed_offset"] = st.elapsed_offset + time.monotonic() - start
+        save_checkpoint(run_dir / rundir.LAST, {**payload, "rng": rng_state()})
+
+    trainer.on_epoch_end, trainer.checkpoint = on_epoch_end, checkpoint
+    if ckpt is None:
+        rundir.write_config(run_dir, cfg)
+    rundir.write_env(run_dir, cfg, device)
+    summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
+
+    # 4. Train, then the final and best evaluations.
+    try:
+        fit(trainer, state)
+        final = dict(state.rows[-1])
+        t_eval = time.monotonic()
+        test_loader = eval_loaders["test"]
+        if "test" not in trainer.outputs:  # resumed after the last epoch: the test outputs are not in memory
+            _, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
+        _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
+        if best_key is None:
+            save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
+            best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
+        elif state.best_epoch == state.epoch:
+            best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
+        else:
+            best_model = copy.deepcopy(trainer.eval_model)
+            load_weights(run_dir / rundir.BEST, best_model)
+            metrics, _, _ = evaluate(best_model, test_loader, task, device, tcfg)
+            best = {**_best_row(state), **{f"test/{k}": v for k, v in metrics.items()}}
+        state.seconds["eval"] += time.monotonic() - t_eval
+        summary("finished", final, best)
+    except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
+        summary("failed", state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
+        raise
+    return run_dir
+
+
+def _best_row(state: TrainState) -> dict[str, Any]:
+    if state.best_epoch is None:
+        return {}
+    row = state.rows[state.best_epoch - 1]
+    return {"epoch": state.best_epoch, **{k: v for k, v in row.items() if k.startswith("val/")}}
+
+
+def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
+    """Task artifacts as JSON; a confusion matrix also as CSV with class names."""
+    for name, value in artifacts.items():
+        write_json(run_dir / f"{name}_test.json", value)
+        if name == "confusion_matrix":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["true\\pred", *value["class_names"]])
+            for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"]):
+                writer.writerow([cls, *counts])
+            write_text(run_dir / f"{name}_test.csv", buf.getvalue())

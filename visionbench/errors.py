@@ -1,0 +1,12 @@
+"""The one exception type that the CLI turns into a single line and exit status 2.
+
+Anything raised as `UserError` is the user's input being wrong (a config key, a data file, a checkpoint, a CLI
+argument); the message must name the file or key and say what was expected. Everything else is a bug and keeps
+its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+    exit_code = 2

@@ -1,0 +1,79 @@
+"""`create_model` and the model contract every registered architecture follows (../STYLE.md §5).
+
+Contract: builder signature `(num_outputs: int, in_chans: int = 3, img_size: tuple[int, int] = (32, 32), **kwargs)
+-> nn.Module` (`img_size` is (H, W), timm's name for it); the module has
+`forward_features(x)`, `forward_head(features) -> (B, num_outputs)`, `num_features`, `reset_head(num_outputs)`,
+`cam_layer` (dotted path of the default Grad-CAM layer) and `feature_layout` ("NCHW" or "NLC").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from visionbench.errors import UserError
+from visionbench.registry import MODELS
+
+CONTRACT = ("forward_features", "forward_head", "num_features", "reset_head", "cam_layer", "feature_layout")
+
+
+def create_model(
+    name: str, num_outputs: int, in_chans: int = 3, img_size: tuple[int, int] = (32, 32), **kwargs
+) -> nn.Module:
+    """Build a registered model, or any timm model as `timm:<name>`.
+
+    A kwarg of `None` means "the architecture's own default" and is dropped before the call (as timm does).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name.startswith("timm:"):
+        from visionbench.models.timm_adapter import create_timm_model
+
+        return create_timm_model(
+            name.removeprefix("timm:"), num_outputs=num_outputs, in_chans=in_chans, img_size=img_size, **kwargs
+        )
+    builder = MODELS.get(name)
+    try:
+        model = builder(num_outputs=num_outputs, in_chans=in_chans, img_size=tuple(img_size), **kwargs)
+    except TypeError as e:  # an unknown or missing model.kwargs entry
+        raise UserError(f"model.kwargs for {name!r}: {e}") from None
+    except ValueError as e:  # the builder refuses the input size or a kwarg value
+        raise UserError(f"{name}: {e}") from None
+    missing = [a for a in CONTRACT if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"model {name!r} breaks the model contract: missing {missing}")
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str = "model") -> tuple[int, int]:
+    """Run one image through the model on CPU: return (params, forward FLOPs per image).
+
+    Raises a UserError when the model cannot take `input_size` (C, H, W), so a bad size fails before training.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            out = model(x)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        size = "x".join(map(str, input_size))
+        raise UserError(f"{name} cannot take input size {size}: {first}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise TypeError(f"{name} returned shape {tuple(out.shape)}, expected (B, num_outputs)")
+    return count_params(model), int(counter.get_total_flops())
+
+
+def resolve_module(model: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at a dotted path such as `cam_layer` (no eval, unlike grad-cam's tests)."""
+    return model.get_submodule(dotted)
