@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
+from pydantic import ValidationError
 
 from visionbench.config import RunConfig, config_diff, dump_config, load_config, validate
 from visionbench.errors import UserError
@@ -64,7 +64,7 @@ def test_file_errors_name_the_file(tmp_path):
 
 def test_config_is_frozen():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.trainer.epochs = 3  # type: ignore[misc]
 
 
@@ -78,8 +78,9 @@ def test_config_is_frozen():
 )
 def test_dump_and_reload_gives_an_equal_config(lr, epochs, flip, subset, name):
     cfg = load_config(
-        None, [f"optim.lr={lr!r}", f"trainer.epochs={epochs}", f"data.augment.flip={flip}", f"optim.name={name}"]
-        + ([f"data.subset={subset}"] if subset else [])
+        None,
+        [f"optim.lr={lr!r}", f"trainer.epochs={epochs}", f"data.augment.flip={flip}", f"optim.name={name}"]
+        + ([f"data.subset={subset}"] if subset else []),
     )
     again = validate(yaml.safe_load(dump_config(cfg)), "dump")
     assert again == cfg and config_diff(cfg, again) == []

@@ -32,13 +32,22 @@ def _only_run(out: Path) -> Path:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def test_train_synthetic_writes_every_file_and_learns(tmp_path, capsys):
     sets = ["data.name=synthetic", "model.name=small_cnn", "trainer.epochs=4", "optim.lr=0.05", "trainer.batch_size=32"]
-    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), []),
-                 "--set", f"trainer.out_dir={tmp_path}"])
+    code = main(
+        [
+            "train",
+            "configs/smoke/synthetic.yaml",
+            *sum((["--set", s] for s in sets), []),
+            "--set",
+            f"trainer.out_dir={tmp_path}",
+        ]
+    )
     assert code == 0
     run = _only_run(tmp_path)
     for name in RUN_FILES:
@@ -133,3 +142,18 @@ def test_foreign_or_corrupt_checkpoint_does_not_damage_the_run(tmp_path, capsys)
         assert _tree_digest(run) == before, "a refused resume must leave the run directory as it was"
     (run / "checkpoints/best.safetensors").write_bytes(b"\x00" * 64)
     _one_line_error(capsys, main(["eval", str(run)]), "best.safetensors")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    sets = ["optim.lr=1e30", "optim.momentum=0.0", "trainer.checkpoint_every_steps=1", f"trainer.out_dir={tmp_path}"]
+    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "non-finite training loss" in err, err
+    run = _only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "non-finite" in summary["error"]
+    import torch
+
+    state = torch.load(run / "checkpoints/last", weights_only=True)
+    assert state["train_state"]["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

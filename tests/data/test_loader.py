@@ -30,8 +30,10 @@ def test_train_epoch_visits_each_image_at_most_once_and_is_seeded():
     first = [x for x, _ in loader.epoch(0)]
     again = [x for x, _ in _loader().epoch(0)]
     other = [x for x, _ in loader.epoch(1)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again)), "same (seed, epoch) must give the same batches"
-    assert not all(torch.equal(a, b) for a, b in zip(first, other)), "epochs must differ"
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True)), (
+        "same (seed, epoch) must give the same batches"
+    )
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True)), "epochs must differ"
 
 
 @settings(max_examples=20, deadline=None)
@@ -42,7 +44,7 @@ def test_mid_epoch_start_equals_the_tail_of_the_full_epoch(start, epoch):
     full = list(loader.epoch(epoch))
     tail = list(loader.epoch(epoch, start_batch=start))
     assert len(tail) == len(full) - start
-    for (xa, ya), (xb, yb) in zip(full[start:], tail):
+    for (xa, ya), (xb, yb) in zip(full[start:], tail, strict=True):
         torch.testing.assert_close(xa, xb)
         assert torch.equal(ya, yb)
 

@@ -20,7 +20,7 @@ SETS = [
     "trainer.epochs=4",
     "trainer.deterministic=true",
     "trainer.checkpoint_every_steps=3",
-    "data.kwargs.n_train=2048",
+    "data.kwargs.n_train=4096",
     "trainer.batch_size=32",
     "trainer.ema_decay=0.9",
     "data.augment.flip=true",
@@ -57,10 +57,13 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     proc = subprocess.Popen(_cmd(killed_out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(killed_out.glob("*/*/checkpoints/last")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))
+        time.sleep(0.02)
+    # The run takes several seconds past its first checkpoint; a kill within the next second lands mid-training,
+    # between checkpoints or during one (each write is atomic).
+    time.sleep(random.uniform(0.0, 1.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: make it longer"
     run = _run_dir(killed_out)
     status = json.loads((run / "summary.json").read_text())["status"]
     resumed = subprocess.run(_cmd(killed_out, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=300)

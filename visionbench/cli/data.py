@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 app = typer.Typer(help="Dataset commands.", no_args_is_help=True)
@@ -12,7 +10,7 @@ app = typer.Typer(help="Dataset commands.", no_args_is_help=True)
 @app.command("info")
 def info(
     name: str = typer.Argument(..., help="A registered dataset name, e.g. fashion-mnist."),
-    root: Optional[str] = typer.Option(None, help="Folder searched first for the files."),
+    root: str | None = typer.Option(None, help="Folder searched first for the files."),
     download: bool = typer.Option(False, help="Download the files when they are missing."),
 ) -> None:
     """Show a dataset's task, classes, split sizes and normalisation statistics."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,8 +15,8 @@ _START = time.monotonic()  # "elapsed since the command started" counts from imp
 
 def train(
     config: Path = typer.Argument(..., help="YAML config file."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest unfinished run) or a run directory."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    resume: str | None = typer.Option(None, "--resume", help="'auto' (newest unfinished run) or a run directory."),
 ) -> None:
     """Train a model from a YAML config; writes runs/<experiment>/<time>-<model>-<dataset>/."""
     from visionbench.engine import rundir

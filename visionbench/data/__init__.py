@@ -1,7 +1,7 @@
 """Datasets: importing this package registers every family in DATASETS."""
 
 from visionbench.data import cifar, mnist, synthetic  # noqa: F401  (registration side effects)
-from visionbench.data.base import Datasets, DatasetInfo, RawDataset, TensorSplit, carve
+from visionbench.data.base import DatasetInfo, Datasets, RawDataset, TensorSplit, carve
 
 __all__ = ["Datasets", "DatasetInfo", "RawDataset", "TensorSplit", "build_datasets", "carve"]
 

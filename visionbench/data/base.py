@@ -18,6 +18,7 @@ import logging
 import os
 import tarfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.images)
 
-    def take(self, index: torch.Tensor | slice) -> "TensorSplit":
+    def take(self, index: torch.Tensor | slice) -> TensorSplit:
         return TensorSplit(self.images[index], self.targets[index])
 
 
@@ -84,7 +85,9 @@ class Datasets:
     def split(self, name: str) -> TensorSplit:
         found = {"train": self.train, "val": self.val, "test": self.test}.get(name)
         if found is None:
-            raise UserError(f"split {name!r} is not available (expected train, test, or val when data.val_fraction > 0)")
+            raise UserError(
+                f"split {name!r} is not available (expected train, test, or val when data.val_fraction > 0)"
+            )
         return found
 
 
@@ -148,7 +151,7 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_tar(archive: Path, dest: Path) -> None:
+def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Extract a (compressed) tar archive into `dest`, refusing any member that could escape it.
 
     Every member is checked before anything is written: an absolute name, a `..` component, a link (symbolic or
@@ -156,10 +159,14 @@ def extract_tar(archive: Path, dest: Path) -> None:
     internet is foreign input (CVE-2007-4559). The extraction then runs under tarfile's "data" filter as a second
     line of defence.
 
+    Args:
+        archive: a tar file, plain or compressed (gzip, bzip2, xz).
+        dest: the folder to extract into, created when missing.
+
     Raises:
         UserError: the archive is unreadable or a member was refused; it names the archive and the member.
     """
-    dest = Path(dest)
+    archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     try:
@@ -173,10 +180,11 @@ def extract_tar(archive: Path, dest: Path) -> None:
                 tar.extractall(root, members=members, filter="data")
             else:  # pragma: no cover - every member was already checked above
                 tar.extractall(root, members=members)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise UserError(f"{archive}: refused to extract: {exc}") from None
-        raise UserError(f"{archive}: cannot extract ({exc}); expected a tar archive") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        detail = " ".join(str(exc).split())  # tarfile's ReadError spans several lines; a UserError is one
+        if isinstance(exc, getattr(tarfile, "FilterError", ())):  # the "data" filter exists from 3.11.4 on
+            raise UserError(f"{archive}: refused to extract: {detail}") from None
+        raise UserError(f"{archive}: cannot extract ({detail}); expected a tar archive") from None
 
 
 def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:

@@ -294,7 +294,7 @@ def _locate(layout: CifarLayout, root: str | os.PathLike | None, allow_download:
         try:
             return _download(layout)
         except (OSError, UserError) as exc:  # URLError and timeouts are OSErrors; bad md5 or archive are UserErrors
-            reason = f"download of {BASE_URL + layout.archive} failed: {exc}"
+            reason = f"download of {BASE_URL + layout.archive} failed: {' '.join(str(exc).split())}"
     raise UserError(
         f"{layout.name}: files not found; put {layout.folder}/ ({', '.join(layout.files)}), unpacked from "
         f"{layout.archive}, in one of: {', '.join(map(str, searched))} ({reason})"

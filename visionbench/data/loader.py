@@ -8,7 +8,7 @@ augmentation of epoch `e` are therefore a pure function of (seed, e): resuming m
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import zlib
 from pathlib import Path
@@ -109,7 +110,7 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     if len(data) < header_bytes:
         raise UserError(f"{path}: truncated: {len(data)} bytes, expected an idx header of {header_bytes} bytes")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    payload_bytes = int(np.prod(dims, dtype=object))  # Python ints: 4 uint32 dims can overflow int64
+    payload_bytes = math.prod(dims)  # Python ints: several uint32 dims can overflow int64
     follow = len(data) - header_bytes
     if follow != payload_bytes:
         shape = "x".join(map(str, dims))
@@ -189,7 +190,7 @@ def _locate(name: str, root: str | os.PathLike | None, allow_download: bool) -> 
         try:
             _download(name)
         except (OSError, UserError) as exc:  # URLError and timeouts are OSErrors; a bad md5 is a UserError
-            reason = f"download from {SOURCES[name][0]} failed: {exc}"
+            reason = f"download from {SOURCES[name][0]} failed: {' '.join(str(exc).split())}"
         else:
             files, _ = _find_files(name, root)
             if files is not None:

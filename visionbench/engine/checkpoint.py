@@ -103,4 +103,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
-

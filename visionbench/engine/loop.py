@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class TrainState:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
@@ -130,7 +131,9 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
             for split, loader in trainer.eval_loaders.items():
                 if split == "test" and not (cfg.eval_test_every_epoch or last):
                     continue
-                metrics, *trainer.outputs[split] = evaluate(trainer.eval_model, loader, trainer.task, trainer.device, cfg)
+                metrics, *trainer.outputs[split] = evaluate(
+                    trainer.eval_model, loader, trainer.task, trainer.device, cfg
+                )
                 row.update({f"{split}/{k}": v for k, v in metrics.items()})
         state.seconds["eval"] += _clock(trainer.device) - t1
         row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)

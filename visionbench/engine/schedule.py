@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 

@@ -23,8 +23,14 @@ from visionbench.data.loader import DeviceLoader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
-from visionbench.engine.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, save_weights
-from visionbench.engine.checkpoint import set_rng_state
+from visionbench.engine.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
 from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
@@ -43,7 +49,7 @@ def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, i
 
 
 def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device) -> DeviceLoader:
-    channels_last = cfg.trainer.channels_last and device.type == "cuda"
+    channels_last = cfg.trainer.channels_last
     return DeviceLoader(data.split(split), data.info, cfg.trainer.eval_batch_size, device, channels_last=channels_last)
 
 
@@ -66,7 +72,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
 
     # 2. Data onto the device, model, optimisation.
-    channels_last = tcfg.channels_last and device.type == "cuda"
+    channels_last = tcfg.channels_last
     train_loader = DeviceLoader(
         data.train, data.info, tcfg.batch_size, device, True, cfg.data.augment, tcfg.seed, channels_last
     )
@@ -200,6 +206,6 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")
             writer.writerow(["true\\pred", *value["class_names"]])
-            for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"]):
+            for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"], strict=True):
                 writer.writerow([cls, *counts])
             write_text(run_dir / f"{name}_test.csv", buf.getvalue())
