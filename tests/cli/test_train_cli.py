@@ -157,3 +157,22 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     state = torch.load(run / "checkpoints/last", weights_only=True)
     assert state["train_state"]["step"] >= 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_truncated_data_file_is_one_line_naming_it(tmp_path, capsys):
+    import numpy as np
+
+    from visionbench.data.mnist import write_idx
+
+    root = tmp_path / "mnist"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    images = root / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    out = tmp_path / "runs"
+    sets = ["data.name=mnist", "data.kwargs={}", f"data.root={root}", "data.download=false", f"trainer.out_dir={out}"]
+    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])])
+    _one_line_error(capsys, code, "train-images-idx3-ubyte")
+    assert not out.exists()
