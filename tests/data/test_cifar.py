@@ -26,19 +26,6 @@ from visionbench.registry import DATASETS
 CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the cache at tmp_path, clear $VISIONBENCH_DATA, and make any real download attempt fail the test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("VISIONBENCH_DATA", raising=False)
-
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(cifar_module, "download", no_network)
-    return tmp_path
-
-
 def batch(n: int, rng: np.random.Generator, labels: dict[bytes, int]) -> dict[bytes, object]:
     """One batch dict with the official keys: `labels` maps a label key to its number of classes."""
     obj: dict[bytes, object] = {

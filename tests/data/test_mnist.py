@@ -21,19 +21,6 @@ REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the cache at tmp_path, clear $VISIONBENCH_DATA, and make any real download attempt fail the test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("VISIONBENCH_DATA", raising=False)
-
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(mnist_module, "download", no_network)
-    return tmp_path
-
-
 def make_idx_dataset(
     folder: Path, n_train: int = 12, n_test: int = 7, gz: bool = True, label: int | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:

@@ -173,10 +173,9 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         if "test" not in trainer.outputs:  # resumed after the last epoch: the test outputs are not in memory
             _, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
         _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
-        if best_key is None:
+        if best_key is None:  # no validation split: the best weights are the final ones
             save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
-            best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
-        elif state.best_epoch == state.epoch:
+        if best_key is None or state.best_epoch == state.epoch:
             best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
         else:
             best_model = copy.deepcopy(trainer.eval_model)
