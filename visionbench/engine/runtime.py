@@ -36,7 +36,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
+    else:  # also undoes an earlier deterministic run in the same process (tests, notebooks)
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
 
 

@@ -1,0 +1,68 @@
+"""Classification task: loss, metrics properties, artifacts."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visionbench.data.base import DatasetInfo
+from visionbench.tasks import create_task
+
+
+def _task(num_classes: int, label_smoothing: float = 0.0):
+    info = DatasetInfo("t", "classification", num_classes, tuple(map(str, range(num_classes))), (1, 8, 8))
+    return create_task("classification", info, label_smoothing=label_smoothing)
+
+
+def _scores(task, logits, targets) -> dict[str, float]:
+    metrics = task.metrics()
+    metrics.update(logits, targets)
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 64), num_classes=st.integers(2, 12), seed=st.integers(0, 10**6))
+def test_perfect_predictions_score_one(n, num_classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, num_classes, (n,), generator=g)
+    logits = torch.nn.functional.one_hot(targets, num_classes).float() * 10
+    scores = _scores(_task(num_classes), logits, targets)
+    assert scores["acc1"] == 1.0 and scores.get("acc5", 1.0) == 1.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 64), num_classes=st.integers(2, 12), seed=st.integers(0, 10**6))
+def test_metrics_do_not_change_when_samples_are_permuted(n, num_classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits, targets = torch.randn(n, num_classes, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)
+    task = _task(num_classes)
+    a, b = _scores(task, logits, targets), _scores(task, logits[perm], targets[perm])
+    assert a.keys() == b.keys()
+    for key in a:
+        assert abs(a[key] - b[key]) < 1e-5, key
+
+
+def test_label_smoothing_changes_the_training_loss_not_the_reported_loss():
+    logits, targets = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    plain, smooth = _task(5), _task(5, label_smoothing=0.2)
+    assert not torch.isclose(plain.loss(logits, targets), smooth.loss(logits, targets))
+    assert _scores(plain, logits, targets)["loss"] == _scores(smooth, logits, targets)["loss"]
+
+
+def test_confusion_matrix_counts_every_sample():
+    targets = torch.tensor([0, 1, 2, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 2, 2, 1]), 3).float()
+    matrix = _task(3).artifacts(logits, targets)["confusion_matrix"]["rows_true_cols_pred"]
+    assert matrix == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+
+
+def test_task_must_fit_the_dataset():
+    import pytest
+
+    from visionbench.errors import UserError
+
+    info = DatasetInfo("t", "classification", 3, ("a", "b", "c"), (1, 8, 8))
+    with pytest.raises(UserError, match="does not fit dataset"):
+        create_task("regression", info)
