@@ -140,6 +140,28 @@ def test_foreign_or_corrupt_checkpoint_does_not_damage_the_run(tmp_path, capsys)
         before = _tree_digest(run)
         _one_line_error(capsys, main(["train", "configs/smoke/synthetic.yaml", *sets, "--resume", str(run)]), "last")
         assert _tree_digest(run) == before, "a refused resume must leave the run directory as it was"
+    other = tmp_path / "other"  # a genuine visionbench checkpoint, but of another model
+    assert (
+        main(
+            [
+                "train",
+                "configs/smoke/synthetic.yaml",
+                *sets[:2],
+                "--set",
+                f"trainer.out_dir={other}",
+                "--set",
+                "model.name=resnet_cfg_small",
+            ]
+        )
+        == 0
+    )
+    ckpt.write_bytes((_only_run(other) / "checkpoints/last").read_bytes())
+    capsys.readouterr()
+    before = _tree_digest(run)
+    _one_line_error(
+        capsys, main(["train", "configs/smoke/synthetic.yaml", *sets, "--resume", str(run)]), "does not match"
+    )
+    assert _tree_digest(run) == before
     (run / "checkpoints/best.safetensors").write_bytes(b"\x00" * 64)
     _one_line_error(capsys, main(["eval", str(run)]), "best.safetensors")
 
