@@ -10,3 +10,9 @@ class UserError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), for a one-line UserError."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 from visionbench.utils.io import atomic_open, write_bytes
 
 FORMAT = "visionbench-checkpoint-v1"
@@ -37,11 +37,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path}: not a readable visionbench checkpoint ({first})") from None
+        raise UserError(f"{path}: not a readable visionbench checkpoint ({first_line(e)})") from None
     except Exception as e:  # the unpickler's refusal types vary by torch version (UnpicklingError, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path}: refused to load checkpoint ({first})") from None
+        raise UserError(f"{path}: refused to load checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a visionbench checkpoint (expected format {FORMAT!r})")
     return state
@@ -60,7 +58,7 @@ def load_weights(path: Path, model: nn.Module) -> None:
     except FileNotFoundError:
         raise UserError(f"{path}: weights file not found") from None
     except Exception as e:  # safetensors raises its own SafetensorError on a bad header
-        raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     load_state(model, tensors, str(path))
 
 

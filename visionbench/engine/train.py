@@ -35,7 +35,7 @@ from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
 from visionbench.engine.schedule import build_scheduler
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 from visionbench.models import create_model, inspect_model
 from visionbench.tasks import create_task
 from visionbench.utils.io import write_json, write_text
@@ -113,8 +113,9 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
             state = trainer.load_state_dict(ckpt)
             set_rng_state(ckpt["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # ours, but from another model or optimizer
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"{resume_dir / rundir.LAST}: checkpoint does not match this run ({first})") from None
+            raise UserError(
+                f"{resume_dir / rundir.LAST}: checkpoint does not match this run ({first_line(e)})"
+            ) from None
 
     # 3. The run directory.
     run_dir = resume_dir if resume_dir is not None else rundir.new_run_dir(cfg)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 from visionbench.registry import MODELS
 
 CONTRACT = ("forward_features", "forward_head", "num_features", "reset_head", "cam_layer", "feature_layout")
@@ -64,9 +64,8 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str 
         with counter:
             out = model(x)
     except (RuntimeError, ValueError, AssertionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         size = "x".join(map(str, input_size))
-        raise UserError(f"{name} cannot take input size {size}: {first}") from None
+        raise UserError(f"{name} cannot take input size {size}: {first_line(e, limit=1000)}") from None
     finally:
         model.train(was_training)
     if out.ndim != 2:
