@@ -32,7 +32,8 @@ def test_builtin_registries_are_populated():
     import visionbench.tasks  # noqa: F401
 
     assert {"small_cnn", "resnet_cfg", "fastnet"} <= set(MODELS.list())
-    assert {"fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic"} <= set(DATASETS.list())
-    assert TASKS.list() == ["classification"]
+    datasets = {"fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "fashion-mnist-mosaic", "deeplense"}
+    assert datasets | {"voc2007", "voc2012", "image_folder", "csv_manifest"} <= set(DATASETS.list())
+    assert TASKS.list() == ["classification", "multilabel", "regression"]
     assert OPTIMIZERS.list() == ["adam", "adamw", "sgd"]
     assert SCHEDULES.list() == ["constant", "cosine", "one_cycle", "step"]

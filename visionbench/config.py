@@ -39,12 +39,23 @@ class Section(BaseModel):
 
 
 class AugmentConfig(Section):
-    """Batched, device-side augmentation of the training split (airbench-style, no per-image Python)."""
+    """Augmentation of the training split.
+
+    Batched on the device for every dataset (airbench-style, no per-image Python): flips, rotations, translation,
+    cutout. Streamed datasets (VOC, folders) also crop and colour-jitter each image in the DataLoader workers with
+    torchvision.transforms.v2, since those run before the images have a common size.
+    """
 
     flip: bool = False  # horizontal flip
     flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flips every other epoch
+    vflip: bool = False  # vertical flip (lensing images have no up or down)
+    rot90: bool = False  # rotate by a random multiple of 90 degrees (square images)
+    rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)  # rotate by U(-d, d) degrees, bilinear, zero fill
     translate_pixels: int = Field(0, ge=0)  # random crop after padding by this many pixels (reflect)
     cutout_pixels: int = Field(0, ge=0)  # side of a zeroed square at a random position
+    # streamed datasets only (in the workers):
+    random_resized_crop: list[float] | None = Field(None, min_length=2, max_length=2)  # area scale, e.g. [0.5, 1]
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness, contrast and saturation strength
 
 
 class DataConfig(Section):
@@ -56,6 +67,10 @@ class DataConfig(Section):
     download: bool = True  # try the official source when files are missing
     kwargs: dict[str, Any] = {}  # extra arguments of the dataset builder
     augment: AugmentConfig = AugmentConfig()
+    # streamed datasets (VOC, image folders, CSV manifests): decoded and resized in DataLoader workers
+    image_size: int | None = Field(None, ge=8)  # square side after resizing; default 224
+    grayscale: bool = False  # decode as one channel
+    num_workers: int | None = Field(None, ge=0)  # DataLoader worker processes; default min(8, CPU count)
 
 
 class ModelConfig(Section):
@@ -64,8 +79,16 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    name: str | None = None  # default: the dataset's task kind
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Loss and metrics; each task reads the keys it knows and checks that the others keep their defaults."""
+
+    name: str | None = None  # default: the dataset's task kind (classification, multilabel, regression)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # classification
+    auroc: bool = False  # classification: also one-vs-rest ROC AUC (macro, and per class in summary.json)
+    pos_weight: float | list[float] | None = None  # multilabel: BCE weight of positives (one value or per class)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # multilabel: probability threshold of F1
+    loss: Literal["l1", "mse", "huber"] = "l1"  # regression
+    huber_delta: float = Field(1.0, gt=0.0)  # regression, huber loss, in standardised target units
+    standardize_targets: bool = True  # regression: train on (y - mean) / std of the train split
 
 
 class OptimConfig(Section):

@@ -87,3 +87,35 @@ def test_alternate_flip_flips_each_image_in_every_other_epoch():
     by_image1 = torch.empty(50, dtype=torch.bool)
     by_image1[p1["order"]] = p1["flip"]
     assert torch.equal(by_image0, ~by_image1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+def test_rot90_turns_each_image_by_its_own_multiple(k):
+    images = torch.randint(0, 256, (len(k), 2, 5, 5), dtype=torch.uint8)
+    turns = torch.tensor(k)
+    out = transforms.rot90(images, turns)
+    for i, t in enumerate(k):
+        assert torch.equal(out[i], images[i].rot90(t, (-2, -1)))
+    assert torch.equal(transforms.rot90(out, (4 - turns) % 4), images)
+
+
+def test_vflip_and_rotate():
+    images = torch.rand(3, 1, 6, 6)
+    assert torch.equal(transforms.vflip(images, torch.tensor([True, False, True]))[0], images[0].flip(-2))
+    assert torch.allclose(transforms.rotate(images, torch.zeros(3)), images, atol=1e-6)
+    # a quarter turn lands pixel centres on pixel centres: the same as rot90, in either direction convention
+    quarter = transforms.rotate(images, torch.full((3,), 90.0))
+    assert any(torch.allclose(quarter, images.rot90(t, (-2, -1)), atol=1e-5) for t in (1, 3))
+    as_uint8 = transforms.rotate((images * 255).to(torch.uint8), torch.full((3,), 30.0))
+    assert as_uint8.dtype == torch.uint8
+
+
+def test_new_augmentations_do_not_change_the_draws_of_the_old_ones():
+    old = AugmentConfig(flip=True, translate_pixels=2)
+    new = AugmentConfig(flip=True, translate_pixels=2, vflip=True, rot90=True, rotate_degrees=15)
+    a, b = (_loader(aug) for aug in (old, new))
+    pa, pb = a._epoch_params(3, 50), b._epoch_params(3, 50)
+    for key in ("order", "flip", "dx", "dy"):
+        assert torch.equal(pa[key], pb[key]), key
+    assert set(pb) - set(pa) == {"vflip", "rot90", "angle"} and pb["angle"].abs().max() <= 15

@@ -23,8 +23,8 @@ def evaluate(
     from visionbench.engine.loop import evaluate as run_eval
     from visionbench.engine.runtime import resolve_device
     from visionbench.engine.train import build_model, eval_loader
-    from visionbench.tasks import create_task
-    from visionbench.utils.io import write_json
+    from visionbench.tasks import build_task
+    from visionbench.utils.io import read_json, write_json
 
     if tta not in ("none", "flip"):
         raise UserError(f"--tta: expected none or flip, got {tta!r}")
@@ -35,7 +35,12 @@ def evaluate(
     cfg = load_config(run_dir / "config.yaml", [f"trainer.tta={tta}"])
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(cfg.data)
-    task = create_task(cfg.task.name or data.info.task, data.info, label_smoothing=cfg.task.label_smoothing)
+    task = build_task(cfg.task, data.info)
+    saved = read_json(run_dir / "summary.json").get("task_stats") if (run_dir / "summary.json").is_file() else None
+    if saved:  # the standardisation the run trained with, not one recomputed from today's files
+        task.load_stats(saved)
+    else:
+        task.fit_targets(data.train.targets)
     model, _, _ = build_model(cfg, data)
     if weights == "best":
         load_weights(run_dir / rundir.BEST, model)

@@ -33,4 +33,7 @@ def train(
         cfg = stored
         print(f"resuming {resume_dir}")
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
+    from visionbench.report.plots import plot_run
+
+    plot_run(run_dir)
     print(f"run directory: {run_dir}")

@@ -1,13 +1,29 @@
 """Datasets: importing this package registers every family in DATASETS."""
 
+import dataclasses
 import inspect
 
-from visionbench.data import cifar, mnist, synthetic  # noqa: F401  (registration side effects)
-from visionbench.data.base import DatasetInfo, Datasets, RawDataset, TensorSplit, carve
+import torch
+
+from visionbench.data import cifar, deeplense, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
+from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve
+from visionbench.data.loader import DeviceLoader
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
-__all__ = ["Datasets", "DatasetInfo", "RawDataset", "TensorSplit", "build_datasets", "carve"]
+__all__ = [
+    "Datasets",
+    "DatasetInfo",
+    "FileSplit",
+    "RawDataset",
+    "TensorSplit",
+    "build_datasets",
+    "build_loader",
+    "carve",
+]
+
+DEFAULT_IMAGE_SIZE = 224
+WORKER_AUGMENTS = ("random_resized_crop", "color_jitter")
 
 
 def build_datasets(cfg) -> Datasets:
@@ -19,4 +35,52 @@ def build_datasets(cfg) -> Datasets:
         raw = builder(**kwargs, **cfg.kwargs)
     except TypeError as e:
         raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
-    return carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
+    data = carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
+    if data.streamed:
+        size = cfg.image_size or DEFAULT_IMAGE_SIZE
+        data.info = dataclasses.replace(data.info, input_size=(1 if cfg.grayscale else 3, size, size))
+    else:
+        for key in ("image_size", "grayscale", "num_workers"):
+            if getattr(cfg, key) not in (None, False):
+                raise UserError(f"data.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory")
+        for key in WORKER_AUGMENTS:
+            if getattr(cfg.augment, key):
+                raise UserError(
+                    f"data.augment.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory "
+                    f"(use translate_pixels, flips and rotations)"
+                )
+    _, H, W = data.info.input_size
+    if cfg.augment.rot90 and H != W:
+        raise UserError(f"data.augment.rot90 needs square images; {cfg.name!r} images are {H}x{W}")
+    return data
+
+
+def build_loader(
+    data: Datasets,
+    split: str,
+    cfg,
+    batch_size: int,
+    device: torch.device,
+    train: bool = False,
+    seed: int = 0,
+    channels_last: bool = False,
+):
+    """The loader of one split: a DeviceLoader for in-memory datasets, a StreamLoader for streamed ones."""
+    augment = cfg.augment if train else None
+    if not data.streamed:
+        return DeviceLoader(data.split(split), data.info, batch_size, device, train, augment, seed, channels_last)
+    from visionbench.data.stream import StreamLoader
+
+    return StreamLoader(
+        data.split(split),
+        data.info,
+        batch_size,
+        device,
+        train,
+        augment,
+        seed,
+        channels_last,
+        image_size=data.info.input_size[-1],
+        grayscale=cfg.grayscale,
+        num_workers=cfg.num_workers,
+    )

@@ -46,14 +46,22 @@ class DatasetInfo:
 
 @dataclasses.dataclass
 class TensorSplit:
-    """A whole split held in memory: images uint8 (N, C, H, W), targets (N,) int64 for classification."""
+    """A whole split held in memory.
+
+    Images are (N, C, H, W), uint8 grey levels or float (float32/float16) values already scaled to about [0, 1]
+    (simulated lensing images, min-max normalised per image). Targets: int64 (N,) class indices, float32 (N, C)
+    multi-hot (-1 = ignore), or float32 (N, T) regression values.
+    """
 
     images: torch.Tensor
     targets: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        ok_dtype = self.images.dtype == torch.uint8 or self.images.is_floating_point()
+        if not ok_dtype or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 or float (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if len(self.images) != len(self.targets):
             raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
 
@@ -65,11 +73,36 @@ class TensorSplit:
 
 
 @dataclasses.dataclass
+class FileSplit:
+    """A split streamed from disk (datasets too large to hold in memory, e.g. Pascal VOC, user folders).
+
+    Images are decoded, resized and augmented in DataLoader workers (`data/stream.py`); only the file paths and
+    targets live in memory. Targets follow the task kind: int64 (N,) class indices, float32 (N, C) multi-hot
+    (-1 marks "ignore", e.g. a VOC class present only as `difficult` objects), float32 (N, T) regression values.
+    """
+
+    paths: list[str]
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.targets):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, index: torch.Tensor | slice) -> FileSplit:
+        if isinstance(index, slice):
+            return FileSplit(self.paths[index], self.targets[index])
+        return FileSplit([self.paths[i] for i in index.tolist()], self.targets[index])
+
+
+@dataclasses.dataclass
 class RawDataset:
     """What a registered builder returns: the official splits and the dataset's facts."""
 
-    train: TensorSplit
-    test: TensorSplit
+    train: TensorSplit | FileSplit
+    test: TensorSplit | FileSplit
     info: DatasetInfo
 
 
@@ -77,12 +110,17 @@ class RawDataset:
 class Datasets:
     """What the engine trains on: train, optional val (carved from train) and test."""
 
-    train: TensorSplit
-    val: TensorSplit | None
-    test: TensorSplit
+    train: TensorSplit | FileSplit
+    val: TensorSplit | FileSplit | None
+    test: TensorSplit | FileSplit
     info: DatasetInfo
 
-    def split(self, name: str) -> TensorSplit:
+    @property
+    def streamed(self) -> bool:
+        """True for datasets read from disk batch by batch (FileSplit), False for those held in memory."""
+        return isinstance(self.train, FileSplit)
+
+    def split(self, name: str) -> TensorSplit | FileSplit:
         found = {"train": self.train, "val": self.val, "test": self.test}.get(name)
         if found is None:
             raise UserError(
@@ -101,13 +139,29 @@ def carve(raw: RawDataset, subset: int | None, val_fraction: float, seed: int) -
             raise UserError(f"data.val_fraction={val_fraction} leaves no training images out of {len(train)}")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         val, train = train.take(order[:n_val].sort().values), train.take(order[n_val:].sort().values)
-    pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
-    info = dataclasses.replace(
-        raw.info,
-        mean=tuple(round(v, 6) for v in pixels.mean(1).tolist()),
-        std=tuple(round(v, 6) for v in pixels.std(1).clamp_min(1e-3).tolist()),
-    )
+    info = raw.info
+    if isinstance(train, TensorSplit):  # streamed datasets keep the statistics their builder declares
+        mean, std = channel_stats(train.images)
+        info = dataclasses.replace(info, mean=mean, std=std)
     return Datasets(train=train, val=val, test=raw.test, info=info)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units (uint8 images are divided by 255), in float64, chunk by chunk so
+    that a large float split is never copied whole."""
+    C = images.shape[1]
+    total = torch.zeros(C, dtype=torch.float64)
+    squares = torch.zeros(C, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].double().transpose(0, 1).reshape(C, -1)  # (C, n * H * W)
+        if images.dtype == torch.uint8:
+            x /= 255
+        total += x.sum(1)
+        squares += x.square().sum(1)
+    count = images[:1, 0].numel() * len(images)
+    mean = total / count
+    std = ((squares / count - mean.square()) * count / max(1, count - 1)).clamp_min(0).sqrt()
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.clamp_min(1e-3).tolist())
 
 
 def search_dirs(name: str, root: str | os.PathLike | None) -> list[Path]:

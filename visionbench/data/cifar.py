@@ -15,7 +15,6 @@ warning: users legitimately keep re-pickled or subsetted copies, and every field
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import io
@@ -45,6 +44,7 @@ from visionbench.data.base import (
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.io import write_bytes
+from visionbench.utils.safe_pickle import ArrayUnpickler, RefusedGlobal, safe_globals
 
 log = logging.getLogger(__name__)
 
@@ -107,71 +107,6 @@ CIFAR100 = CifarLayout(
 )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.qualname = f"{module}.{name}"
-
-
-_LATIN1_NAMES = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
-
-
-def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """`_codecs.encode` as Python-3 protocol-2 pickles use it for bytes, limited to latin-1 (no codec lookups)."""
-    # Compared by name, not through codecs.lookup, so that a hostile encoding name never triggers a codec import.
-    if not isinstance(encoding, str) or encoding.lower().replace("_", "-") not in _LATIN1_NAMES:
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed, only latin1")
-    if not isinstance(obj, str) or errors != "strict":
-        raise pickle.UnpicklingError("_codecs.encode is only allowed on a str with errors='strict'")
-    return codecs.encode(obj, "latin1")
-
-
-def _safe_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-        from numpy._core.numeric import _frombuffer
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-        from numpy.core.numeric import _frombuffer
-    return {
-        # Python 2 numpy wrote the first name; numpy 2 writes the second.
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1").
-        ("_codecs", "encode"): _latin1_encode,
-        # Protocol 5 (Python 3.14's default) pickles an array as _frombuffer(buffer, dtype, shape, order), which is
-        # np.frombuffer(...).reshape(...): still only a plain array, so re-pickled copies keep working.
-        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    }
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Resolves only the globals a plain numpy array needs.
-
-    Every way a pickle reaches a callable (GLOBAL, STACK_GLOBAL, INST, OBJ and the copyreg extension codes) goes
-    through `find_class`, and it is called with the names as written, before Python-2 module renaming, so
-    `__builtin__.eval` and `posix.system` both land here and are refused.
-    """
-
-    _allowed = _safe_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise _RefusedGlobal(module, name) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
-
-
 def read_cifar_batch(path: str | os.PathLike, expected_md5: str | None = None) -> dict[Any, Any]:
     """Unpickle one CIFAR file without running foreign code.
 
@@ -194,8 +129,8 @@ def read_cifar_batch(path: str | os.PathLike, expected_md5: str | None = None) -
     if expected_md5 is not None and (actual := hashlib.md5(data).hexdigest()) != expected_md5:
         log.warning("%s: md5 %s differs from the official %s; reading it anyway", path, actual, expected_md5)
     try:
-        obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except _RefusedGlobal as exc:
+        obj = ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except RefusedGlobal as exc:
         raise UserError(f"{path}: refused to unpickle {exc.qualname}: only plain numpy arrays are allowed") from None
     except Exception as exc:  # a foreign pickle can fail inside any allowed constructor: all mean "bad file"
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
@@ -387,7 +322,7 @@ class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its per-type dis
     _py2_names: dict[int, tuple[str, str]] = {
         id(np.ndarray): ("numpy", "ndarray"),
         id(np.dtype): ("numpy", "dtype"),
-        id(_safe_globals()[("numpy.core.multiarray", "_reconstruct")]): ("numpy.core.multiarray", "_reconstruct"),
+        id(safe_globals()[("numpy.core.multiarray", "_reconstruct")]): ("numpy.core.multiarray", "_reconstruct"),
     }
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
@@ -404,7 +339,7 @@ class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its per-type dis
                 raise ValueError(f"write_cifar_batch supports plain numeric arrays, got {obj.dtype}")
             # numpy's own reduce: (_reconstruct, (ndarray, (0,), 'b'), (version, shape, dtype, fortran, raw bytes))
             state = (1, tuple(obj.shape), obj.dtype, False, np.ascontiguousarray(obj).tobytes())
-            return (_safe_globals()[("numpy.core.multiarray", "_reconstruct")], (np.ndarray, (0,), b"b"), state)
+            return (safe_globals()[("numpy.core.multiarray", "_reconstruct")], (np.ndarray, (0,), b"b"), state)
         if isinstance(obj, np.dtype):
             # numpy 1.x under Python 2: dtype('u1', 0, 1) then state (3, byteorder, None, None, None, -1, -1, 0).
             byteorder, descr = obj.str[0], obj.str[1:]

@@ -76,37 +76,65 @@ class DeviceLoader:
         return self.epoch(0)
 
     def _epoch_params(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
-        # NOTE: a CPU generator for the draws, then one copy to the device: the same numbers on every device,
-        # and only a few integers per image.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        params = {"order": torch.randperm(n, generator=g)}
-        aug = self.augment
-        if aug is not None:
-            H, W = self.images.shape[-2:]
-            if aug.flip and aug.flip_mode == "random":
-                params["flip"] = torch.rand(n, generator=g) < 0.5
-            if aug.flip and aug.flip_mode == "alternate":
-                # airbench's alternating flip: a fixed random half flips on even epochs, the other half on odd
-                base = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5
-                params["flip"] = base ^ bool(epoch % 2)
-            if aug.translate_pixels:
-                p = aug.translate_pixels
-                params["dx"] = torch.randint(-p, p + 1, (n,), generator=g)
-                params["dy"] = torch.randint(-p, p + 1, (n,), generator=g)
-            if aug.cutout_pixels:
-                params["cy"] = torch.randint(0, H, (n,), generator=g)
-                params["cx"] = torch.randint(0, W, (n,), generator=g)
-            for key in ("flip", "dx", "dy", "cy", "cx"):  # per-image params follow the shuffled order
-                if key in params:
-                    params[key] = params[key][params["order"]]
-        return {k: v.to(self.device) for k, v in params.items()}
+        H, W = self.images.shape[-2:]
+        return {k: v.to(self.device) for k, v in epoch_plan(self.seed, epoch, n, self.augment, H, W).items()}
 
     def _augment(self, images: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        aug = self.augment
-        if "dx" in p:
-            images = transforms.translate(images, p["dx"], p["dy"], aug.translate_pixels)
-        if "flip" in p:
-            images = transforms.flip(images, p["flip"])
-        if "cy" in p:
-            images = transforms.cutout(images, p["cy"], p["cx"], aug.cutout_pixels)
-        return images
+        return apply_augment(images, p, self.augment)
+
+
+AUGMENT_KEYS = ("flip", "vflip", "rot90", "angle", "dx", "dy", "cy", "cx")
+
+
+def epoch_plan(seed: int, epoch: int, n: int, aug: AugmentConfig | None, H: int, W: int) -> dict[str, torch.Tensor]:
+    """The order of epoch `epoch` and every image's augmentation parameters, on the CPU.
+
+    Returns `order` (n,) and, for each enabled augmentation, one value per position of the shuffled order, so
+    batch i uses `[i * batch_size : (i + 1) * batch_size]` of every entry.
+    """
+    # NOTE: a CPU generator for the draws, then one copy to the device: the same numbers on every device, and
+    # only a few numbers per image.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    params = {"order": torch.randperm(n, generator=g)}
+    if aug is not None:
+        if aug.flip and aug.flip_mode == "random":
+            params["flip"] = torch.rand(n, generator=g) < 0.5
+        if aug.flip and aug.flip_mode == "alternate":
+            # airbench's alternating flip: a fixed random half flips on even epochs, the other half on odd
+            base = torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 - 1)) < 0.5
+            params["flip"] = base ^ bool(epoch % 2)
+        if aug.translate_pixels:
+            p = aug.translate_pixels
+            params["dx"] = torch.randint(-p, p + 1, (n,), generator=g)
+            params["dy"] = torch.randint(-p, p + 1, (n,), generator=g)
+        if aug.cutout_pixels:
+            params["cy"] = torch.randint(0, H, (n,), generator=g)
+            params["cx"] = torch.randint(0, W, (n,), generator=g)
+        # drawn after the older augmentations so that their draws (and the golden runs) stay as they were
+        if aug.vflip:
+            params["vflip"] = torch.rand(n, generator=g) < 0.5
+        if aug.rot90:
+            params["rot90"] = torch.randint(0, 4, (n,), generator=g)
+        if aug.rotate_degrees:
+            params["angle"] = (torch.rand(n, generator=g) * 2 - 1) * aug.rotate_degrees
+        for key in AUGMENT_KEYS:  # per-image params follow the shuffled order
+            if key in params:
+                params[key] = params[key][params["order"]]
+    return params
+
+
+def apply_augment(images: torch.Tensor, p: dict[str, torch.Tensor], aug: AugmentConfig) -> torch.Tensor:
+    """Augment a batch with its slice of an `epoch_plan`: translate, flips, rotations, then cutout."""
+    if "dx" in p:
+        images = transforms.translate(images, p["dx"], p["dy"], aug.translate_pixels)
+    if "flip" in p:
+        images = transforms.flip(images, p["flip"])
+    if "vflip" in p:
+        images = transforms.vflip(images, p["vflip"])
+    if "rot90" in p:
+        images = transforms.rot90(images, p["rot90"])
+    if "angle" in p:
+        images = transforms.rotate(images, p["angle"])
+    if "cy" in p:
+        images = transforms.cutout(images, p["cy"], p["cx"], aug.cutout_pixels)
+    return images

@@ -39,6 +39,34 @@ def cutout(images: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) 
     return images.masked_fill(mask[:, None], 0)
 
 
+def vflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Turn the images upside down where `mask` (B,) is true."""
+    return torch.where(mask[:, None, None, None], images.flip(-2), images)
+
+
+def rot90(images: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Rotate each (square) image by k[i] * 90 degrees counter-clockwise: three masked passes, no per-image loop."""
+    out = images
+    for turns in (1, 2, 3):
+        out = torch.where((k == turns)[:, None, None, None], images.rot90(turns, (-2, -1)), out)
+    return out
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by `degrees[i]` about its centre (bilinear, zero fill outside), one grid_sample call."""
+    theta = torch.deg2rad(degrees.float())
+    cos, sin = theta.cos(), theta.sin()
+    zero = torch.zeros_like(cos)
+    affine = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(affine, list(images.shape), align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if images.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(images.dtype)
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 standardised with per-channel mean/std given in [0, 1] units."""
-    return (images.float().div_(255) - mean[:, None, None]).div_(std[:, None, None])
+    """(B, C, H, W) -> float32 standardised with per-channel mean/std given in [0, 1] units. uint8 images are grey
+    levels (divided by 255 first); float images are taken to be in [0, 1] units already."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return (x - mean[:, None, None]).div_(std[:, None, None])

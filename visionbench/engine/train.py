@@ -18,8 +18,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visionbench.config import RunConfig
-from visionbench.data import Datasets, build_datasets
-from visionbench.data.loader import DeviceLoader
+from visionbench.data import Datasets, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
@@ -37,7 +36,7 @@ from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_e
 from visionbench.engine.schedule import build_scheduler
 from visionbench.errors import UserError, first_line
 from visionbench.models import create_model, inspect_model
-from visionbench.tasks import create_task
+from visionbench.tasks import build_task
 from visionbench.utils.io import write_json, write_text
 
 
@@ -49,9 +48,10 @@ def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, i
     return model, params, flops
 
 
-def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device) -> DeviceLoader:
-    channels_last = cfg.trainer.channels_last
-    return DeviceLoader(data.split(split), data.info, cfg.trainer.eval_batch_size, device, channels_last=channels_last)
+def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device):
+    """The loader of a split for evaluation: in order, no augmentation."""
+    tcfg = cfg.trainer
+    return build_loader(data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last)
 
 
 def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | None = None) -> Path:
@@ -68,18 +68,17 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     # 1. Everything that can fail on bad input, before any file is written.
     t_data = time.monotonic()
     data = build_datasets(cfg.data)
-    task = create_task(cfg.task.name or data.info.task, data.info, label_smoothing=cfg.task.label_smoothing)
+    task = build_task(cfg.task, data.info)
+    task.fit_targets(data.train.targets)
     model, params, flops = build_model(cfg, data)
     ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
 
     # 2. Data onto the device, model, optimisation.
     channels_last = tcfg.channels_last
-    train_loader = DeviceLoader(
-        data.train, data.info, tcfg.batch_size, device, True, cfg.data.augment, tcfg.seed, channels_last
-    )
+    train_loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, channels_last)
     eval_loaders = {s: eval_loader(data, s, cfg, device) for s in ("val", "test") if getattr(data, s) is not None}
     seconds_data = time.monotonic() - t_data
-    if ckpt is None and hasattr(model, "init_from_data"):  # e.g. fastnet's patch-whitening first layer
+    if ckpt is None and hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
         model.init_from_data(normalize(data.train.images[:5000], train_loader.mean.cpu(), train_loader.std.cpu()))
     model.to(device)
     if channels_last:
@@ -129,8 +128,11 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         "params": params,
         "flops": flops,
         "epochs": tcfg.epochs,
+        **({"task_stats": task.stats()} if task.stats() else {}),
     }
     best_key = f"val/{task.main_metric}" if "val" in eval_loaders else None
+
+    details: dict[str, Any] = {}  # per-class test results of the final model
 
     def summary(status: str, final: dict[str, Any], best: dict[str, Any], error: str | None = None) -> None:
         seconds = {"data": round(seconds_data, 3), **{k: round(v, 3) for k, v in state.seconds.items()}}
@@ -143,6 +145,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
                 "epochs_completed": state.epoch,
                 "final": final,
                 "best": best,
+                **({"test_details": details} if details else {}),
                 "seconds": seconds,
                 "peak_memory_bytes": peak_memory_bytes(device),
                 "error": error,
@@ -179,6 +182,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         if "test" not in trainer.outputs:  # resumed after the last epoch: the test outputs are not in memory
             _, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
         _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
+        details.update(task.details(*trainer.outputs["test"]))
         if best_key is None:  # no validation split: the best weights are the final ones
             save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
         if best_key is None or state.best_epoch == state.epoch:
@@ -204,13 +208,20 @@ def _best_row(state: TrainState) -> dict[str, Any]:
 
 
 def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
-    """Task artifacts as JSON; a confusion matrix also as CSV with class names."""
+    """Task artifacts: a confusion matrix as JSON and as CSV with class names; a dict of equal-length columns
+    (predictions) as CSV; anything else as JSON."""
     for name, value in artifacts.items():
-        write_json(run_dir / f"{name}_test.json", value)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
         if name == "confusion_matrix":
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
+            write_json(run_dir / f"{name}_test.json", value)
             writer.writerow(["true\\pred", *value["class_names"]])
             for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"], strict=True):
                 writer.writerow([cls, *counts])
-            write_text(run_dir / f"{name}_test.csv", buf.getvalue())
+        elif isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+            writer.writerow(list(value))
+            writer.writerows(zip(*value.values(), strict=True))
+        else:
+            write_json(run_dir / f"{name}_test.json", value)
+            continue
+        write_text(run_dir / f"{name}_test.csv", buf.getvalue())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -39,11 +40,45 @@ class Task(nn.Module):
         raise NotImplementedError
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """Non-scalar results saved with the run (confusion matrix, ...), from a whole split's outputs."""
+        """Non-scalar results saved with the run (confusion matrix, predictions ...), from a whole split's outputs.
+
+        Each becomes `<name>_test.json`, or `<name>_test.csv` when the value is a dict of equal-length columns.
+        """
         return {}
+
+    def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Small per-class results that belong in summary.json (per-class AP, per-class AUC ...)."""
+        return {}
+
+    def fit_targets(self, targets: torch.Tensor) -> None:
+        """Look at the training targets once before training (regression standardises with their statistics)."""
+
+    def stats(self) -> dict[str, Any]:
+        """What the task learned from the data (`fit_targets`), saved with the run; empty for most tasks."""
+        return {}
+
+    def load_stats(self, stats: dict[str, Any]) -> None:
+        """Restore what `stats` returned (evaluating or predicting with a finished run)."""
 
 
 def create_task(name: str, info: DatasetInfo, **kwargs) -> Task:
     if name != info.task:
         raise UserError(f"task.name={name!r} does not fit dataset {info.name!r}, whose targets are for {info.task!r}")
     return TASKS.get(name)(info, **kwargs)
+
+
+def build_task(cfg, info: DatasetInfo) -> Task:
+    """The task of a TaskConfig for a dataset. Keys the task does not use must keep their defaults, so that, say,
+    `task.pos_weight` on a classification run is an error instead of a silently ignored setting."""
+    name = cfg.name or info.task
+    accepted = inspect.signature(TASKS.get(name)).parameters
+    kwargs = {}
+    for key, field in type(cfg).model_fields.items():
+        value = getattr(cfg, key)
+        if key == "name":
+            continue
+        if key in accepted:
+            kwargs[key] = value
+        elif value != field.get_default(call_default_factory=True):
+            raise UserError(f"task.{key} does not apply to the {name} task (dataset {info.name!r})")
+    return create_task(name, info, **kwargs)

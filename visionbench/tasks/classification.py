@@ -1,4 +1,5 @@
-"""Single-label classification: cross-entropy with label smoothing, top-1/top-5 accuracy, confusion matrix."""
+"""Single-label classification: cross-entropy with label smoothing, top-1/top-5 accuracy, confusion matrix, and
+optionally one-vs-rest ROC AUC (the DeepLense classification metric)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix
 
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
@@ -38,11 +39,12 @@ class ClassificationTask(Task):
     main_metric = "acc1"
     mode = "max"
 
-    def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0):
+    def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False):
         super().__init__()
         self.num_classes = info.num_outputs
         self.class_names = info.class_names
         self.label_smoothing = label_smoothing
+        self.auroc = auroc
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
@@ -58,13 +60,21 @@ class ClassificationTask(Task):
         }
         if self.num_classes > 5:
             metrics["acc5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        if self.auroc:
+            metrics["auroc"] = MulticlassAUROC(self.num_classes, average="macro")
         return MetricCollection(metrics)
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         matrix = MulticlassConfusionMatrix(self.num_classes)(logits.float().argmax(-1), targets)
         return {"confusion_matrix": {"class_names": list(self.class_names), "rows_true_cols_pred": matrix.tolist()}}
 
+    def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        if not self.auroc:
+            return {}
+        per_class = MulticlassAUROC(self.num_classes, average=None)(logits.float(), targets)
+        return {"per_class_auroc": {n: round(float(v), 6) for n, v in zip(self.class_names, per_class, strict=True)}}
+
 
 @TASKS.register("classification")
-def classification(info: DatasetInfo, label_smoothing: float = 0.0) -> ClassificationTask:
-    return ClassificationTask(info, label_smoothing=label_smoothing)
+def classification(info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False) -> ClassificationTask:
+    return ClassificationTask(info, label_smoothing=label_smoothing, auroc=auroc)

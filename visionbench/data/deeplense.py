@@ -1,0 +1,202 @@
+"""`deeplense`: strong-lensing images, simulated here (`data/lensing_sim.py`) or from the original DeepLense release.
+
+Two on-disk formats are read:
+
+- ours (`visionbench data simulate-lensing`): `images.npy` float32 (N, 1, H, W), `targets.npy` and `meta.json`,
+  memory-mapped;
+- the DeepLense release: a folder of `.npy` files each holding one image, or an object array `[image, label]`
+  (the axion files carry the particle mass). Object arrays are pickles, so they go through the restricted
+  unpickler (numpy arrays and scalars only). A folder of class sub-folders (`no_sub/`, `cdm/`, `axion/` ...) is the
+  3-class variant; a flat folder is regression. A label above zero is a mass in eV and becomes log10 m_a; a
+  negative one is taken as log10 m_a already.
+
+Every image is min-max normalised on its own to [0, 1] (the DeepLense preprocessing). The last `test_fraction`
+of the images is the test split; the images are drawn independently, so this is a random split. When neither
+`path` nor `root` is given, the images are simulated into the cache on first use (keyed by preset, seed, size
+and lenstronomy version), so a config alone is enough to reproduce a run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit
+from visionbench.errors import UserError, first_line
+from visionbench.registry import DATASETS
+from visionbench.utils.safe_pickle import ArrayUnpickler, RefusedGlobal
+
+log = logging.getLogger(__name__)
+
+TARGET_NAME = "log10_m_a"
+
+
+def minmax(images: np.ndarray, chunk: int = 2048) -> torch.Tensor:
+    """float32 (N, 1, H, W) copy of `images` with each image scaled to [0, 1]; a constant image becomes zeros."""
+    out = torch.empty(images.shape, dtype=torch.float32)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.asarray(images[start : start + chunk], dtype=np.float32))
+        flat = x.reshape(len(x), -1)
+        lo, hi = flat.min(1).values, flat.max(1).values
+        scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        out[start : start + chunk] = ((flat - lo[:, None]) / scale[:, None]).reshape(x.shape)
+    return out
+
+
+def read_simulated(folder: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Images (normalised), targets and metadata of a folder written by `simulate-lensing`."""
+    from visionbench.data import lensing_sim
+
+    meta = lensing_sim.read_meta(folder)
+    try:
+        images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
+        targets = np.load(folder / "targets.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}: cannot read the simulated arrays ({first_line(e)})") from None
+    if images.ndim != 4 or len(images) != len(targets) or len(images) != meta.get("n"):
+        raise UserError(
+            f"{folder}: images.npy {images.shape} and targets.npy {targets.shape} "
+            f"do not match meta.json n={meta.get('n')}"
+        )
+    dtype = torch.int64 if meta.get("variant") == "classes" else torch.float32
+    return minmax(images), torch.as_tensor(np.asarray(targets)).to(dtype), meta
+
+
+def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
+    """One DeepLense release `.npy`: (image (H, W), label or None). Object arrays are read without running code."""
+    header_readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in header_readers:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = header_readers[version](f)
+            if dtype != np.dtype(object):
+                image = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+                if image.size != math.prod(shape):
+                    raise ValueError(f"{image.size} values for a {shape} array")
+                return _plain_image(image.reshape(shape, order="F" if fortran else "C")), None
+            payload = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({first_line(e)})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: not a readable .npy file ({first_line(e)})") from None
+    try:
+        obj = ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+    except RefusedGlobal as e:
+        raise UserError(
+            f"{path}: refused to unpickle {e.qualname}: only numpy arrays and numbers are allowed"
+        ) from None
+    except Exception as e:  # noqa: BLE001  (any failure inside the allowed constructors means a bad file)
+        raise UserError(f"{path}: not a DeepLense [image, label] file ({first_line(e)})") from None
+    items = list(np.asarray(obj, dtype=object).reshape(-1))
+    if len(items) != 2:
+        raise UserError(f"{path}: expected [image, label], got an object array of {len(items)} items")
+    image, label = items
+    try:
+        label = float(np.asarray(label).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        raise UserError(f"{path}: the label is not a number") from None
+    return _plain_image(np.asarray(image)), label
+
+
+def _plain_image(array: np.ndarray) -> np.ndarray:
+    try:
+        array = np.squeeze(np.asarray(array, dtype=np.float32))
+    except (TypeError, ValueError):
+        raise UserError(f"expected a numeric image, got an array of {np.asarray(array).dtype}") from None
+    if array.ndim != 2:
+        raise UserError(f"expected a single-channel image, got an array of shape {array.shape}")
+    return array
+
+
+def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str, tuple[str, ...]]:
+    """A DeepLense release folder: (images, targets, task, class names)."""
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
+    if subdirs:
+        groups = [(i, sorted(d.glob("*.npy"))) for i, d in enumerate(subdirs)]
+        task, names = "classification", tuple(d.name for d in subdirs)
+    else:
+        groups = [(None, sorted(folder.glob("*.npy")))]
+        task, names = "regression", (TARGET_NAME,)
+    images, targets = [], []
+    for cls, files in groups:
+        for path in files:
+            try:
+                image, label = load_release_file(path)
+            except UserError as e:
+                raise UserError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+            if cls is None:
+                if label is None:
+                    raise UserError(f"{path}: no label; a regression folder needs [image, mass] files")
+                if label > 0:
+                    label = math.log10(label)  # a mass in eV
+                targets.append(label)
+            else:
+                targets.append(cls)
+            images.append(image)
+    if not images:
+        raise UserError(f"{folder}: no .npy files found (expected a DeepLense release folder)")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise UserError(f"{folder}: images of different shapes {sorted(shapes)}")
+    stacked = np.stack(images)[:, None]  # (N, 1, H, W)
+    dtype = torch.int64 if task == "classification" else torch.float32
+    return minmax(stacked), torch.tensor(targets, dtype=dtype), task, names
+
+
+@DATASETS.register("deeplense")
+def deeplense(
+    root: str | None = None,
+    download: bool = True,
+    path: str | None = None,
+    preset: str = "model_ii",
+    n: int = 10000,
+    seed: int = 0,
+    variant: str = "regression",
+    substructure: str = "axion",
+    test_fraction: float = 0.2,
+    workers: int = 1,
+) -> RawDataset:
+    """Strong-lensing images: log10 m_a regression or none/CDM/axion classification (min-max normalised)."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"data.kwargs.test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    folder = Path(path).expanduser() if path else (Path(root).expanduser() if root else None)
+    if folder is not None and root and path and not folder.is_absolute():
+        folder = Path(root).expanduser() / folder
+    if folder is None:
+        from visionbench.data import lensing_sim
+
+        folder = lensing_sim.cache_path(preset, n, seed, variant, substructure)
+        if not (folder / "meta.json").is_file():
+            if not download:
+                raise UserError(f"{folder}: not simulated yet and data.download is false; run simulate-lensing")
+            log.warning("simulating %d %s images into %s (once; cached)", n, preset, folder)
+            lensing_sim.simulate(preset, n, folder, seed, variant, substructure, workers=workers)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder (expected simulate-lensing output or a DeepLense release)")
+    if (folder / "meta.json").is_file() or (folder / "images.npy").is_file():
+        images, targets, meta = read_simulated(folder)
+        task = "classification" if meta.get("variant") == "classes" else "regression"
+        names = tuple(meta.get("class_names") or ()) if task == "classification" else (TARGET_NAME,)
+    else:
+        images, targets, task, names = read_release(folder)
+    n_test = max(1, round(len(images) * test_fraction))
+    if n_test >= len(images):
+        raise UserError(f"{folder}: {len(images)} images are too few for test_fraction={test_fraction}")
+    if task == "regression":
+        targets = targets.reshape(-1, 1)
+    cut = len(images) - n_test
+    info = DatasetInfo(
+        name="deeplense",
+        task=task,
+        num_outputs=len(names) if task == "classification" else 1,
+        class_names=names,
+        input_size=tuple(images.shape[1:]),
+    )
+    return RawDataset(TensorSplit(images[:cut], targets[:cut]), TensorSplit(images[cut:], targets[cut:]), info)

@@ -1,0 +1,327 @@
+"""The user's own images, streamed from disk: an ImageFolder tree or CSV manifests.
+
+`image_folder` reads torchvision's ImageFolder layout, `root/train/<class>/<image>` (and `root/test/<class>/`),
+classes in sorted order. `csv_manifest` reads CSV files whose header picks the task:
+
+    path,label     classification, one class name per row
+    path,labels    multilabel, class names separated by ';' (empty: no label)
+    path,target    regression, one finite number per row
+
+Relative image paths are resolved against the CSV file's own folder, so a manifest travels with its images.
+Without a test folder or test manifest, a seeded `test_fraction` of the training images becomes the test split.
+Only paths and targets are read here; images are decoded, resized and normalised (with ImageNet statistics) by the
+streaming loader. Every check that fails raises a `UserError` naming the file and, for a CSV, the 1-based row
+(the header is row 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionbench.data.base import DatasetInfo, FileSplit, RawDataset
+from visionbench.errors import UserError
+from visionbench.registry import DATASETS
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".npy")
+# The streaming loader resizes every image; (3, 224, 224) is a placeholder and the statistics are ImageNet's.
+INPUT_SIZE = (3, 224, 224)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_TEST_FRACTION = 0.2
+
+# Normalised header -> task kind.
+CSV_HEADERS = {("path", "label"): "classification", ("path", "labels"): "multilabel", ("path", "target"): "regression"}
+_EXPECTED_HEADERS = "path,label (classification), path,labels (multilabel) or path,target (regression)"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _info(name: str, task: str, class_names: tuple[str, ...]) -> DatasetInfo:
+    return DatasetInfo(
+        name=name,
+        task=task,
+        num_outputs=len(class_names),
+        class_names=class_names,
+        input_size=INPUT_SIZE,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+def carve_test(split: FileSplit, fraction: float, seed: int, source: str | os.PathLike) -> tuple[FileSplit, FileSplit]:
+    """Split a seeded `fraction` of `split` off as the test split; both keep their original order.
+
+    Args:
+        split: the training images.
+        fraction: the share that becomes the test split, in (0, 1).
+        seed: fixes which images are drawn.
+        source: the file or folder the images came from, for error messages.
+
+    Returns:
+        (train, test).
+
+    Raises:
+        UserError: `fraction` is outside (0, 1) or leaves no training image.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise UserError(f"{source}: test_fraction={fraction!r}, expected a number strictly between 0 and 1")
+    n_test = max(1, round(len(split) * fraction))
+    if n_test >= len(split):
+        raise UserError(f"{source}: test_fraction={fraction} of {len(split)} images leaves no training images")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.take(order[n_test:].sort().values), split.take(order[:n_test].sort().values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ImageFolder
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot list: {exc.strerror or exc}") from None
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Image files under `folder`, recursively and sorted; hidden files and folders are skipped."""
+    found = []
+    for parent, dirs, files in os.walk(folder):  # symlinked sub-folders are not followed: no cycles
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(parent, f)
+            for f in sorted(files)
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    return found
+
+
+def _scan_classes(folder: Path, class_names: list[str], present: list[str], require_images: bool) -> FileSplit:
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in present:
+        files = _image_files(folder / name)
+        if require_images and not files:
+            raise UserError(
+                f"{folder / name}: no image files; expected {', '.join(IMAGE_EXTENSIONS)} (or remove the folder)"
+            )
+        paths += files
+        labels += [class_names.index(name)] * len(files)
+    return FileSplit(paths=paths, targets=torch.tensor(labels, dtype=torch.int64))
+
+
+@DATASETS.register("image_folder")
+def image_folder(
+    root: str | None = None,
+    download: bool = True,
+    train_dir: str = "train",
+    test_dir: str | None = "test",
+    test_fraction: float | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """Images in `root/train/<class>/` (and `root/test/<class>/`, else a seeded carve); `download` is unused."""
+    if root is None:
+        raise UserError("image_folder: data.root is required: a folder holding train/<class>/<image files>")
+    base = Path(os.path.abspath(Path(root).expanduser()))
+    train_path = base / train_dir
+    if not train_path.is_dir():
+        raise UserError(f"{train_path}: folder not found; image_folder expects {train_path}/<class>/<image files>")
+    class_names = _class_dirs(train_path)
+    if not class_names:
+        raise UserError(f"{train_path}: no class folders; expected {train_path}/<class>/<image files>")
+    train = _scan_classes(train_path, class_names, class_names, require_images=True)
+    test_path = base / test_dir if test_dir else None
+    if test_path is not None and test_path.is_dir():
+        if test_fraction is not None:
+            raise UserError(
+                f"{test_path}: test_fraction={test_fraction} given but this test folder exists; "
+                "expected one of them (set test_dir=None to carve the test split from train)"
+            )
+        test_classes = _class_dirs(test_path)
+        unknown = [name for name in test_classes if name not in class_names]
+        if unknown:
+            raise UserError(
+                f"{test_path / unknown[0]}: class {unknown[0]!r} has no folder in {train_path}; "
+                "expected the test classes to be among the train classes"
+            )
+        test = _scan_classes(test_path, class_names, test_classes, require_images=False)
+        if not len(test):
+            raise UserError(f"{test_path}: no image files in any class folder; expected {test_path}/<class>/<image>")
+    else:
+        fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+        train, test = carve_test(train, fraction, seed, train_path)
+    return RawDataset(train=train, test=test, info=_info("image_folder", "classification", tuple(class_names)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV manifests
+
+
+@dataclasses.dataclass
+class Manifest:
+    """One parsed CSV manifest: per data row its 1-based row number, absolute image path and raw value."""
+
+    path: Path
+    task: str
+    header: str  # as written, for messages
+    rows: list[int]
+    files: list[str]
+    values: list[Any]  # str (classification), list[str] (multilabel) or float (regression)
+
+
+def _parse_value(task: str, text: str, where: str) -> Any:
+    text = text.strip()
+    if task == "classification":
+        if not text:
+            raise UserError(f"{where}: empty label; expected a class name")
+        return text
+    if task == "multilabel":
+        return list(dict.fromkeys(name.strip() for name in text.split(";") if name.strip()))
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{where}: target {text!r} is not a number; expected a finite float") from None
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise UserError(f"{where}: target {text!r} is not finite in float32; expected a finite float")
+    return value
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse and check one CSV manifest; every image it names must exist.
+
+    Args:
+        path: the CSV file (UTF-8, an Excel byte-order mark is fine).
+
+    Returns:
+        The manifest, image paths made absolute against the CSV's own folder.
+
+    Raises:
+        UserError: the file is missing or unreadable, the header is unknown, a row has the wrong number of fields,
+            an image is missing, a target is not a finite number, or there are no data rows.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    folder = path.parent
+    header: tuple[str, ...] | None = None
+    manifest = Manifest(path=path, task="", header="", rows=[], files=[], values=[])
+    number = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for number, row in enumerate(csv.reader(f), 1):
+                if not any(field.strip() for field in row):
+                    continue  # blank line
+                where = f"{path}, row {number}"
+                if header is None:
+                    header = tuple(field.strip().lower() for field in row)
+                    if header not in CSV_HEADERS:
+                        raise UserError(f"{where}: unknown header {','.join(row)!r}; expected {_EXPECTED_HEADERS}")
+                    manifest.task, manifest.header = CSV_HEADERS[header], ",".join(header)
+                    continue
+                if len(row) != len(header):
+                    raise UserError(f"{where}: {len(row)} fields, expected {len(header)} ({manifest.header})")
+                image = row[0].strip()
+                if not image:
+                    raise UserError(f"{where}: empty path; expected an image file")
+                resolved = os.path.normpath(os.path.join(folder, image))  # an absolute `image` stays as it is
+                if not os.path.isfile(resolved):
+                    raise UserError(f"{where}: image file {image!r} not found (looked for {resolved})")
+                manifest.rows.append(number)
+                manifest.files.append(resolved)
+                manifest.values.append(_parse_value(manifest.task, row[1], where))
+    except FileNotFoundError:
+        raise UserError(f"{path}: CSV manifest not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read CSV manifest: {getattr(exc, 'strerror', None) or exc}") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}, row {number + 1}: malformed CSV ({exc})") from None
+    if header is None:
+        raise UserError(f"{path}: empty manifest; expected a header {_EXPECTED_HEADERS} and one row per image")
+    if not manifest.rows:
+        raise UserError(f"{path}: empty manifest: no rows after the header {manifest.header!r}; expected one per image")
+    return manifest
+
+
+def _resolve_csv(value: str | os.PathLike, root: str | None, arg: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"csv_manifest: {arg}={value!r}, expected the path of a CSV file")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (Path(root).expanduser() if root else Path.cwd()) / path
+    return path
+
+
+def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if classes is None:
+        seen = train.values if train.task == "classification" else [n for names in train.values for n in names]
+        if not seen:
+            raise UserError(f"{train.path}: no row has a label; expected ';'-separated class names in 'labels'")
+        return tuple(sorted(set(seen)))
+    if train.task == "regression":
+        raise UserError(f"{train.path}: classes={list(classes)!r} given but this manifest is a regression (path,target)")
+    if isinstance(classes, str) or not all(isinstance(c, str) and c.strip() for c in classes) or not classes:
+        raise UserError(f"csv_manifest: classes={classes!r}, expected a non-empty list of class names")
+    names = tuple(c.strip() for c in classes)
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"csv_manifest: classes lists {duplicate!r} twice; expected unique class names")
+    return names
+
+
+def _targets(manifest: Manifest, class_names: tuple[str, ...], known: str) -> torch.Tensor:
+    """Targets of a manifest; a label outside `class_names` raises, naming the row and `known` (where they came from)."""
+    if manifest.task == "regression":
+        return torch.tensor(manifest.values, dtype=torch.float32).unsqueeze(1)  # (N, 1)
+    index = {name: i for i, name in enumerate(class_names)}
+
+    def lookup(name: str, row: int) -> int:
+        if name not in index:
+            raise UserError(f"{manifest.path}, row {row}: label {name!r} {known}")
+        return index[name]
+
+    if manifest.task == "classification":
+        return torch.tensor([lookup(v, r) for v, r in zip(manifest.values, manifest.rows)], dtype=torch.int64)
+    targets = torch.zeros(len(manifest.values), len(class_names), dtype=torch.float32)  # (N, C)
+    for i, (names, row) in enumerate(zip(manifest.values, manifest.rows)):
+        for name in names:
+            targets[i, lookup(name, row)] = 1.0
+    return targets
+
+
+@DATASETS.register("csv_manifest")
+def csv_manifest(
+    root: str | None = None,
+    download: bool = True,
+    train: str | None = None,
+    test: str | None = None,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    classes: list[str] | None = None,
+) -> RawDataset:
+    """Images listed in CSV manifests (`path,label|labels|target`); relative CSV paths are taken under `root`."""
+    if train is None:
+        raise UserError("csv_manifest: data.kwargs.train is required: a CSV file with a header path,label|labels|target")
+    train_manifest = read_manifest(_resolve_csv(train, root, "train"))
+    class_names = ("target",) if train_manifest.task == "regression" else _class_names(train_manifest, classes)
+    if classes is None:
+        known = f"does not appear in {train_manifest.path}; expected one of the train labels"
+    else:
+        known = f"is not among the given classes ({', '.join(class_names)})"
+    train_split = FileSplit(train_manifest.files, _targets(train_manifest, class_names, known))
+    if test is None:
+        train_split, test_split = carve_test(train_split, test_fraction, seed, train_manifest.path)
+    else:
+        test_manifest = read_manifest(_resolve_csv(test, root, "test"))
+        if test_manifest.task != train_manifest.task:
+            raise UserError(
+                f"{test_manifest.path}: header {test_manifest.header!r} ({test_manifest.task}) differs from "
+                f"{train_manifest.path}'s {train_manifest.header!r} ({train_manifest.task}); expected the same task"
+            )
+        test_split = FileSplit(test_manifest.files, _targets(test_manifest, class_names, known))
+    info = _info("csv_manifest", train_manifest.task, class_names)
+    return RawDataset(train=train_split, test=test_split, info=info)

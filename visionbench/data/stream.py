@@ -1,0 +1,210 @@
+"""A loader for datasets streamed from disk (Pascal VOC, image folders, CSV manifests): DataLoader workers decode,
+resize and (when training) crop and colour-jitter each image; the device then normalises and applies the batched
+augmentations the in-memory loader uses (flips, rotations, translation, cutout).
+
+Same contract as `DeviceLoader`: `epoch(e, start_batch)` yields (images, targets) on the device, and everything
+random in epoch `e` is a pure function of (seed, e). The order and the device-side parameters come from the same
+`epoch_plan`; each image's worker-side transforms draw from a generator seeded by (seed, epoch, index). So the
+batches do not depend on the number of workers, and resuming mid-epoch means skipping batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visionbench.config import AugmentConfig
+from visionbench.data import transforms
+from visionbench.data.base import DatasetInfo, FileSplit
+from visionbench.data.loader import apply_augment, epoch_plan
+from visionbench.errors import UserError, first_line
+
+NO_SEED = -1  # worker-side transforms off (evaluation)
+
+
+def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
+    """A file as a (C, H, W) tensor: uint8 for the formats Pillow reads (JPEG, PNG, BMP, GIF, WebP, TIFF ...),
+    float32 for `.npy` arrays of shape (H, W) or (C, H, W) (read without pickle).
+
+    Pillow rather than torchvision.io, whose decoders are deprecated from torchvision 0.29 on (in favour of
+    torchcodec, one more dependency); Pillow ships with torchvision anyway.
+    """
+    if path.endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None
+        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        x = x[None] if x.ndim == 2 else x
+        if x.ndim != 3:
+            raise UserError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {tuple(array.shape)}")
+        return x.mean(0, keepdim=True) if grayscale and x.shape[0] > 1 else x
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("L" if grayscale else "RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot decode the image ({first_line(e)})") from None
+    x = torch.from_numpy(array.copy())
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+class FileDataset(Dataset):
+    """Items are (index, sample_seed) pairs; returns the decoded, resized (and, with a seed, augmented) image."""
+
+    def __init__(self, split: FileSplit, size: int, grayscale: bool, augment: AugmentConfig | None) -> None:
+        self.paths, self.targets = split.paths, split.targets
+        self.size, self.grayscale, self.augment = size, grayscale, augment
+        self._train_tf = self._eval_tf = None
+
+    def _transforms(self, train: bool):
+        from torchvision.transforms import v2
+
+        if train and self.augment is not None and self.augment.random_resized_crop:
+            ops = [v2.RandomResizedCrop(self.size, scale=tuple(self.augment.random_resized_crop), antialias=True)]
+        else:
+            ops = [v2.Resize((self.size, self.size), antialias=True)]
+        if train and self.augment is not None and self.augment.color_jitter:
+            s = self.augment.color_jitter
+            ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=0.0 if self.grayscale else s))
+        return v2.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        image = decode_image(self.paths[index], self.grayscale)
+        if seed == NO_SEED:
+            self._eval_tf = self._eval_tf or self._transforms(False)
+            image = self._eval_tf(image)
+        else:
+            self._train_tf = self._train_tf or self._transforms(True)
+            torch.manual_seed(seed)  # NOTE: v2 transforms draw from the global generator; each worker owns its own
+            image = self._train_tf(image)
+        return image, self.targets[index]
+
+
+class _PlanSampler(Sampler):
+    """Batches of (index, sample_seed) for the epoch and start batch set before each iteration."""
+
+    def __init__(self, n: int, batch_size: int, train: bool, seed: int) -> None:
+        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.order: torch.Tensor | None = None
+        self.epoch, self.start_batch = 0, 0
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.train else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for i in range(self.start_batch, len(self)):
+            if self.order is None:
+                index = range(i * self.batch_size, min(self.n, (i + 1) * self.batch_size))
+                yield [(j, NO_SEED) for j in index]
+            else:
+                index = self.order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+                yield [(j, (base + j) % (2**62)) for j in index]
+
+
+class StreamLoader:
+    """Batches of a FileSplit decoded by DataLoader workers: float32 normalised images and targets on `device`.
+
+    Args:
+        split: file paths and targets.
+        info: mean and std for normalisation (ImageNet's for the file datasets).
+        batch_size: images per batch.
+        device: where batches are produced.
+        train: shuffle, augment and drop the last incomplete batch.
+        augment: augmentation settings (used only when `train`).
+        seed: with the epoch number, fixes the order and the augmentation.
+        channels_last: emit channels_last batches.
+        image_size: side of the square images after resizing.
+        grayscale: decode as one channel.
+        num_workers: DataLoader worker processes (0 decodes in this process).
+    """
+
+    def __init__(
+        self,
+        split: FileSplit,
+        info: DatasetInfo,
+        batch_size: int,
+        device: torch.device,
+        train: bool = False,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        image_size: int = 224,
+        grayscale: bool = False,
+        num_workers: int | None = None,
+    ) -> None:
+        self.split, self.device, self.train, self.seed = split, device, train, seed
+        self.augment = augment if train else None
+        self.image_size, self.channels_last = image_size, channels_last
+        self.batch_size = min(batch_size, len(split)) if train else batch_size
+        mean, std = info.mean, info.std
+        if grayscale and len(mean) > 1:  # ImageNet statistics of a grey image: the channel average
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        self.mean, self.std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+        self.sampler = _PlanSampler(len(split), self.batch_size, train, seed)
+        workers = default_workers() if num_workers is None else num_workers
+        self.dataloader = DataLoader(
+            FileDataset(split, image_size, grayscale, self.augment),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches of `epoch`, beginning at batch index `start_batch`."""
+        n, size = len(self.split), self.image_size
+        params = epoch_plan(self.seed, epoch, n, self.augment, size, size) if self.train else {}
+        self.sampler.order = params.pop("order", None)
+        self.sampler.epoch, self.sampler.start_batch = epoch, start_batch
+        params = {k: v.to(self.device) for k, v in params.items()}
+        batches = iter(self.dataloader)
+        for i in range(start_batch, len(self)):
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001  (a worker's error arrives wrapped in a multi-line message)
+                raise _worker_error(e) from None
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if params:
+                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+                images = apply_augment(images, {k: v[sl] for k, v in params.items()}, self.augment)
+            x = transforms.normalize(images, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+
+def default_workers() -> int:
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _worker_error(e: Exception) -> Exception:
+    """A UserError raised in a worker, as one line again; anything else is a bug and keeps its traceback."""
+    text = str(e)
+    marker = "UserError: "
+    if isinstance(e, UserError) or marker in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else text
+        return UserError(last.split(marker, 1)[1] if marker in last else last)
+    return e

@@ -1,0 +1,160 @@
+"""Multi-label classification: one sigmoid per class, BCE-with-logits, mAP, per-class AP and F1.
+
+Targets are float (B, C): 1 present, 0 absent, -1 ignore. Pascal VOC marks objects that are hard to recognise as
+`difficult`; its evaluation neither rewards nor penalises them, so a class present in an image only through
+difficult objects is -1 there and drops out of the loss and of every metric for that image and class
+(torchmetrics' `ignore_index`). AP is torchmetrics' step-wise area under the precision-recall curve, the
+definition VOC adopted from 2010 on (not the 11-point interpolation of VOC2007's devkit).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+
+from visionbench.data.base import DatasetInfo
+from visionbench.errors import UserError
+from visionbench.registry import TASKS
+from visionbench.tasks.base import Task
+
+IGNORE = -1
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits over the (image, class) pairs whose target is not IGNORE."""
+    keep = (targets != IGNORE).float()
+    loss = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.float().clamp_min(0), pos_weight=pos_weight, reduction="none"
+    )
+    return (loss * keep).sum() / keep.sum().clamp_min(1)
+
+
+class _MeanBCE(Metric):
+    """Mean BCE over a split, every kept (image, class) pair weighing the same."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        keep = targets != IGNORE
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float().clamp_min(0), reduction="none")
+        self.total += loss[keep].sum().double()
+        self.count += keep.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float()
+
+
+class MultilabelTask(Task):
+    main_metric = "map"
+    mode = "max"
+
+    def __init__(self, info: DatasetInfo, pos_weight: float | list[float] | None = None, threshold: float = 0.5):
+        super().__init__()
+        self.num_classes = info.num_outputs
+        self.class_names = info.class_names
+        self.threshold = threshold
+        if isinstance(pos_weight, list) and len(pos_weight) != self.num_classes:
+            raise UserError(
+                f"task.pos_weight: expected one value or {self.num_classes} (one per class), got {len(pos_weight)}"
+            )
+        weight = (
+            None
+            if pos_weight is None
+            else torch.as_tensor(pos_weight, dtype=torch.float32).expand(self.num_classes).clone()
+        )
+        self.register_buffer("pos_weight", weight, persistent=False)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return masked_bce(logits, targets, self.pos_weight)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()
+
+    def metrics(self) -> MetricCollection:
+        n = self.num_classes
+        return MetricCollection(
+            {
+                "map": _MacroAP(n),
+                "f1": _OnIntTargets(MultilabelF1Score(n, self.threshold, average="macro", ignore_index=IGNORE)),
+                "loss": _MeanBCE(),
+            }
+        )
+
+    def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        metric = _MacroAP(self.num_classes)
+        metric.update(logits, targets)
+        # JSON has no NaN: a class without positives in the split has no AP (None)
+        return {
+            "per_class_ap": {
+                n: (round(float(v), 6) if torch.isfinite(v) else None)
+                for n, v in zip(self.class_names, metric.per_class(), strict=True)
+            }
+        }
+
+
+class _MacroAP(Metric):
+    """Mean over classes of torchmetrics' per-class AP, skipping classes without a positive in the split.
+
+    torchmetrics scores such a class 0 (with a warning) and averages it in; VOC's devkit never meets one, but a
+    small validation split does, and a class that cannot be scored should not pull the mean down.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.ap = MultilabelAveragePrecision(num_classes, average=None, ignore_index=IGNORE)
+        self.add_state("positives", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.ap.update(logits.float(), targets.long())
+        self.positives += (targets == 1).sum(0)
+
+    def per_class(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No positive samples", category=UserWarning)
+            ap = self.ap.compute().float()
+        return torch.where(self.positives > 0, ap, torch.full_like(ap, float("nan")))
+
+    def compute(self) -> torch.Tensor:
+        ap = self.per_class()
+        return ap.nanmean() if bool(torch.isfinite(ap).any()) else torch.tensor(float("nan"))
+
+    def reset(self) -> None:
+        super().reset()
+        self.ap.reset()
+
+
+class _OnIntTargets(Metric):
+    """Passes targets as int64 (torchmetrics' multilabel metrics want integer targets; ours are float)."""
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.metric.update(logits.float(), targets.long())
+
+    def compute(self) -> torch.Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        super().reset()
+        self.metric.reset()
+
+
+@TASKS.register("multilabel")
+def multilabel(info: DatasetInfo, pos_weight: float | list[float] | None = None, threshold: float = 0.5) -> Task:
+    return MultilabelTask(info, pos_weight=pos_weight, threshold=threshold)

@@ -1,0 +1,127 @@
+"""Regression: L1, MSE or Huber loss on standardised targets; MAE, RMSE and R² in the targets' own units.
+
+The network learns z = (y - mean) / std, with mean and std of the train split (`fit_targets`), so a target in
+dex around -23 (DeepLense's log10 m_a) or in metres trains at the same learning rates as one around zero. The
+statistics are saved with the run (summary.json, checkpoints) and undone by `activate`, so every reported number
+and every prediction is in the original units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection, R2Score
+
+from visionbench.data.base import DatasetInfo
+from visionbench.registry import TASKS
+from visionbench.tasks.base import Task
+
+
+class RegressionTask(Task):
+    main_metric = "mae"
+    mode = "min"
+
+    def __init__(
+        self, info: DatasetInfo, loss: str = "l1", huber_delta: float = 1.0, standardize_targets: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_outputs = info.num_outputs
+        self.target_names = info.class_names
+        self.loss_name, self.huber_delta, self.standardize = loss, huber_delta, standardize_targets
+        self.register_buffer("target_mean", torch.zeros(self.num_outputs))
+        self.register_buffer("target_std", torch.ones(self.num_outputs))
+
+    def fit_targets(self, targets: torch.Tensor) -> None:
+        if not self.standardize:
+            return
+        y = targets.reshape(len(targets), -1).double()
+        self.target_mean.copy_(y.mean(0))
+        self.target_std.copy_(y.std(0).nan_to_num(1.0).clamp_min(1e-8) if len(y) > 1 else torch.ones(y.shape[1]))
+
+    def stats(self) -> dict[str, Any]:
+        return {"target_mean": self.target_mean.tolist(), "target_std": self.target_std.tolist()}
+
+    def load_stats(self, stats: dict[str, Any]) -> None:
+        self.target_mean.copy_(torch.as_tensor(stats["target_mean"]))
+        self.target_std.copy_(torch.as_tensor(stats["target_std"]))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = (targets.reshape(logits.shape).float() - self.target_mean) / self.target_std
+        pred = logits.float()
+        if self.loss_name == "l1":
+            return F.l1_loss(pred, z)
+        if self.loss_name == "mse":
+            return F.mse_loss(pred, z)
+        return F.huber_loss(pred, z, delta=self.huber_delta)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float() * self.target_std + self.target_mean
+
+    def metrics(self) -> MetricCollection:
+        metrics = {
+            "mae": MeanAbsoluteError(),
+            "rmse": MeanSquaredError(squared=False),
+            "r2": R2Score(),
+            "loss": _TaskLoss(self),
+        }
+        return MetricCollection({k: _OnPredictions(m, self) if k != "loss" else m for k, m in metrics.items()})
+
+    def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        preds = self.activate(logits).cpu()
+        targets = targets.reshape(preds.shape).cpu()
+        columns: dict[str, list[float]] = {}
+        for j, name in enumerate(self.target_names):
+            suffix = "" if self.num_outputs == 1 else f"_{name}"
+            columns[f"true{suffix}"] = [round(v, 6) for v in targets[:, j].tolist()]
+            columns[f"pred{suffix}"] = [round(v, 6) for v in preds[:, j].tolist()]
+        return {"predictions": columns}
+
+
+class _OnPredictions(Metric):
+    """Feeds a torchmetrics regression metric the de-standardised predictions, flattened over outputs."""
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric, task: RegressionTask) -> None:
+        super().__init__()
+        self.metric = metric
+        self._task = [task]  # a list, so that the task is not registered as a child module
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        preds = self._task[0].activate(logits)
+        self.metric.update(preds.reshape(-1), targets.reshape(-1).float())
+
+    def compute(self) -> torch.Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        super().reset()
+        self.metric.reset()
+
+
+class _TaskLoss(Metric):
+    """The training loss (in standardised units) averaged over a split, for the loss curves."""
+
+    full_state_update = False
+
+    def __init__(self, task: RegressionTask) -> None:
+        super().__init__()
+        self._task = [task]
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.total += self._task[0].loss(logits, targets).double() * len(logits)
+        self.count += len(logits)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float()
+
+
+@TASKS.register("regression")
+def regression(
+    info: DatasetInfo, loss: str = "l1", huber_delta: float = 1.0, standardize_targets: bool = True
+) -> RegressionTask:
+    return RegressionTask(info, loss=loss, huber_delta=huber_delta, standardize_targets=standardize_targets)
