@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -66,3 +67,40 @@ def test_task_must_fit_the_dataset():
     info = DatasetInfo("t", "classification", 3, ("a", "b", "c"), (1, 8, 8))
     with pytest.raises(UserError, match="does not fit dataset"):
         create_task("regression", info)
+
+
+def _pairwise_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """ROC AUC by hand: the fraction of (positive, negative) pairs ranked right, ties counting one half."""
+    pos, neg = scores[positive], scores[~positive]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def test_auroc_is_one_vs_rest_per_class_and_their_macro_mean():
+    info = DatasetInfo("t", "classification", 3, ("none", "cdm", "axion"), (1, 8, 8))
+    task = create_task("classification", info, auroc=True)
+    g = torch.Generator().manual_seed(3)
+    targets = torch.arange(30) % 3
+    logits = torch.randn(30, 3, generator=g) + 1.5 * torch.nn.functional.one_hot(targets, 3)
+    probs = logits.softmax(-1)
+    expected = [_pairwise_auc(probs[:, c], targets == c) for c in range(3)]
+    assert 0.5 < min(expected) and max(expected) < 1.0, "a non-trivial case"
+    per_class = task.details(logits, targets)["per_class_auroc"]
+    assert list(per_class) == ["none", "cdm", "axion"]
+    for name, value in zip(per_class, expected, strict=True):
+        assert per_class[name] == pytest.approx(value, abs=1e-5)
+    assert _scores(task, logits, targets)["auroc"] == pytest.approx(sum(expected) / 3, abs=1e-5)
+    assert "auroc" not in _scores(_task(3), logits, targets) and _task(3).details(logits, targets) == {}
+
+
+def test_auroc_skips_a_class_missing_from_the_split():
+    info = DatasetInfo("t", "classification", 3, ("none", "cdm", "axion"), (1, 8, 8))
+    task = create_task("classification", info, auroc=True)
+    targets = torch.tensor([0, 0, 1, 1, 0, 1])  # no axion
+    logits = torch.tensor([[2.0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 1, 0], [0, 1.5, 0], [1.2, 0, 0]])
+    probs = logits.softmax(-1)
+    per_class = task.details(logits, targets)["per_class_auroc"]
+    assert per_class["axion"] is None
+    expected = [_pairwise_auc(probs[:, c], targets == c) for c in range(2)]
+    assert [per_class["none"], per_class["cdm"]] == pytest.approx(expected, abs=1e-5)
+    assert _scores(task, logits, targets)["auroc"] == pytest.approx(sum(expected) / 2, abs=1e-5)

@@ -70,3 +70,11 @@ def test_metrics_do_not_depend_on_standardisation(mean, scale, seed):
     b = _scores(standard, (pred - standard.target_mean) / standard.target_std, true)
     for key in ("mae", "rmse", "r2"):
         assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4 * scale), key
+
+
+def test_a_single_value_gives_nan_r2_not_an_error():
+    task = _task()
+    task.fit_targets(torch.tensor([[-24.0], [-23.0], [-22.0]]))  # mean -23, std 1
+    s = _scores(task, torch.tensor([[0.5]]), torch.tensor([[-23.0]]))
+    assert s["mae"] == pytest.approx(0.5) and s["rmse"] == pytest.approx(0.5)
+    assert s["r2"] != s["r2"], "R² of one value is undefined: NaN"

@@ -40,7 +40,7 @@ def minmax(images: np.ndarray, chunk: int = 2048) -> torch.Tensor:
     """float32 (N, 1, H, W) copy of `images` with each image scaled to [0, 1]; a constant image becomes zeros."""
     out = torch.empty(images.shape, dtype=torch.float32)
     for start in range(0, len(images), chunk):
-        x = torch.from_numpy(np.asarray(images[start : start + chunk], dtype=np.float32))
+        x = torch.from_numpy(np.array(images[start : start + chunk], dtype=np.float32))  # a writable copy
         flat = x.reshape(len(x), -1)
         lo, hi = flat.min(1).values, flat.max(1).values
         scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))

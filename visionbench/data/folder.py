@@ -257,14 +257,17 @@ def _resolve_csv(value: str | os.PathLike, root: str | None, arg: str) -> Path:
 
 
 def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if train.task == "regression":
+        if classes is not None:
+            raise UserError(f"{train.path}: classes={classes!r} given but this manifest is a regression (path,target)")
+        return ("target",)
     if classes is None:
         seen = train.values if train.task == "classification" else [n for names in train.values for n in names]
         if not seen:
             raise UserError(f"{train.path}: no row has a label; expected ';'-separated class names in 'labels'")
         return tuple(sorted(set(seen)))
-    if train.task == "regression":
-        raise UserError(f"{train.path}: classes={list(classes)!r} given but this manifest is a regression (path,target)")
-    if isinstance(classes, str) or not all(isinstance(c, str) and c.strip() for c in classes) or not classes:
+    valid = isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) and c.strip() for c in classes)
+    if not valid:
         raise UserError(f"csv_manifest: classes={classes!r}, expected a non-empty list of class names")
     names = tuple(c.strip() for c in classes)
     if len(set(names)) != len(names):
@@ -274,7 +277,7 @@ def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -
 
 
 def _targets(manifest: Manifest, class_names: tuple[str, ...], known: str) -> torch.Tensor:
-    """Targets of a manifest; a label outside `class_names` raises, naming the row and `known` (where they came from)."""
+    """Targets of a manifest; a label outside `class_names` raises, naming the row and `known` (their origin)."""
     if manifest.task == "regression":
         return torch.tensor(manifest.values, dtype=torch.float32).unsqueeze(1)  # (N, 1)
     index = {name: i for i, name in enumerate(class_names)}
@@ -285,9 +288,10 @@ def _targets(manifest: Manifest, class_names: tuple[str, ...], known: str) -> to
         return index[name]
 
     if manifest.task == "classification":
-        return torch.tensor([lookup(v, r) for v, r in zip(manifest.values, manifest.rows)], dtype=torch.int64)
+        labels = [lookup(v, r) for v, r in zip(manifest.values, manifest.rows, strict=True)]
+        return torch.tensor(labels, dtype=torch.int64)
     targets = torch.zeros(len(manifest.values), len(class_names), dtype=torch.float32)  # (N, C)
-    for i, (names, row) in enumerate(zip(manifest.values, manifest.rows)):
+    for i, (names, row) in enumerate(zip(manifest.values, manifest.rows, strict=True)):
         for name in names:
             targets[i, lookup(name, row)] = 1.0
     return targets
@@ -299,22 +303,29 @@ def csv_manifest(
     download: bool = True,
     train: str | None = None,
     test: str | None = None,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
+    test_fraction: float | None = None,
     seed: int = 0,
     classes: list[str] | None = None,
 ) -> RawDataset:
     """Images listed in CSV manifests (`path,label|labels|target`); relative CSV paths are taken under `root`."""
     if train is None:
-        raise UserError("csv_manifest: data.kwargs.train is required: a CSV file with a header path,label|labels|target")
+        raise UserError(
+            "csv_manifest: data.kwargs.train is required: a CSV file with a header path,label|labels|target"
+        )
     train_manifest = read_manifest(_resolve_csv(train, root, "train"))
-    class_names = ("target",) if train_manifest.task == "regression" else _class_names(train_manifest, classes)
+    class_names = _class_names(train_manifest, classes)
     if classes is None:
         known = f"does not appear in {train_manifest.path}; expected one of the train labels"
     else:
         known = f"is not among the given classes ({', '.join(class_names)})"
     train_split = FileSplit(train_manifest.files, _targets(train_manifest, class_names, known))
     if test is None:
-        train_split, test_split = carve_test(train_split, test_fraction, seed, train_manifest.path)
+        fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+        train_split, test_split = carve_test(train_split, fraction, seed, train_manifest.path)
+    elif test_fraction is not None:
+        raise UserError(
+            f"csv_manifest: test_fraction={test_fraction} given with a test manifest ({test}); expected one of them"
+        )
     else:
         test_manifest = read_manifest(_resolve_csv(test, root, "test"))
         if test_manifest.task != train_manifest.task:

@@ -29,7 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, FileSplit, RawDataset, cache_dir, download, extract_tar, md5sum, search_dirs
+from visionbench.data.base import (
+    DatasetInfo,
+    FileSplit,
+    RawDataset,
+    cache_dir,
+    download,
+    extract_tar,
+    md5sum,
+    search_dirs,
+)
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
@@ -168,7 +177,9 @@ def parse_annotation(path: str | os.PathLike) -> tuple[set[int], set[int]]:
             raise UserError(f"{path}: <object> {number} has no <name>; expected one of the 20 VOC classes")
         index = _CLASS_INDEX.get(name)
         if index is None:
-            raise UserError(f"{path}: <object> {number} has unknown class {name!r}; expected one of {', '.join(VOC_CLASSES)}")
+            raise UserError(
+                f"{path}: <object> {number} has unknown class {name!r}; expected one of {', '.join(VOC_CLASSES)}"
+            )
         flag = (obj.findtext("difficult") or "0").strip()  # absent on some 2012 objects: not difficult
         if flag not in ("0", "1"):
             raise UserError(f"{path}: <object> {number} ({name}) has <difficult>{flag}</difficult>, expected 0 or 1")
@@ -236,7 +247,9 @@ def _download(spec: VocYear, archive: VocArchive) -> Path:
         extract_tar(path, tmp)
         unpacked = Path(tmp) / "VOCdevkit" / spec.folder
         if not _has_layout(unpacked):
-            raise UserError(f"{path}: expected VOCdevkit/{spec.folder}/ with JPEGImages, Annotations and ImageSets/Main")
+            raise UserError(
+                f"{path}: expected VOCdevkit/{spec.folder}/ with JPEGImages, Annotations and ImageSets/Main"
+            )
         _merge_tree(unpacked, final)
     path.unlink()
     return final

@@ -3,6 +3,7 @@ optionally one-vs-rest ROC AUC (the DeepLense classification metric)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -35,6 +36,37 @@ class _MeanLoss(Metric):
         self.mean.reset()
 
 
+class _MacroAUROC(Metric):
+    """Mean over classes of torchmetrics' one-vs-rest ROC AUC, skipping classes that the split lacks (or holds
+    alone): torchmetrics scores those 0 with a warning and averages them in, which a small split meets often."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.auroc = MulticlassAUROC(num_classes, average=None)
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.auroc.update(logits.float(), targets)
+        self.counts += torch.bincount(targets, minlength=len(self.counts))
+
+    def per_class(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No (positive|negative) samples", category=UserWarning)
+            auroc = self.auroc.compute().float()
+        scorable = (self.counts > 0) & (self.counts < self.counts.sum())
+        return torch.where(scorable, auroc, torch.full_like(auroc, float("nan")))
+
+    def compute(self) -> torch.Tensor:
+        auroc = self.per_class()
+        return auroc.nanmean() if bool(torch.isfinite(auroc).any()) else torch.tensor(float("nan"))
+
+    def reset(self) -> None:
+        super().reset()
+        self.auroc.reset()
+
+
 class ClassificationTask(Task):
     main_metric = "acc1"
     mode = "max"
@@ -61,7 +93,7 @@ class ClassificationTask(Task):
         if self.num_classes > 5:
             metrics["acc5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
         if self.auroc:
-            metrics["auroc"] = MulticlassAUROC(self.num_classes, average="macro")
+            metrics["auroc"] = _MacroAUROC(self.num_classes)
         return MetricCollection(metrics)
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
@@ -71,8 +103,10 @@ class ClassificationTask(Task):
     def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         if not self.auroc:
             return {}
-        per_class = MulticlassAUROC(self.num_classes, average=None)(logits.float(), targets)
-        return {"per_class_auroc": {n: round(float(v), 6) for n, v in zip(self.class_names, per_class, strict=True)}}
+        metric = _MacroAUROC(self.num_classes)
+        metric.update(logits, targets)
+        per_class = [None if v != v else round(v, 6) for v in metric.per_class().tolist()]  # NaN -> None
+        return {"per_class_auroc": dict(zip(self.class_names, per_class, strict=True))}
 
 
 @TASKS.register("classification")

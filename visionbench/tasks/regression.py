@@ -63,7 +63,7 @@ class RegressionTask(Task):
         metrics = {
             "mae": MeanAbsoluteError(),
             "rmse": MeanSquaredError(squared=False),
-            "r2": R2Score(),
+            "r2": _R2Score(),
             "loss": _TaskLoss(self),
         }
         return MetricCollection({k: _OnPredictions(m, self) if k != "loss" else m for k, m in metrics.items()})
@@ -99,6 +99,15 @@ class _OnPredictions(Metric):
     def reset(self) -> None:
         super().reset()
         self.metric.reset()
+
+
+class _R2Score(R2Score):
+    """torchmetrics' R², NaN instead of an error on fewer than two values (a one-image validation split)."""
+
+    def compute(self) -> torch.Tensor:
+        if int(self.total) < 2:
+            return torch.tensor(float("nan"))
+        return super().compute()
 
 
 class _TaskLoss(Metric):
