@@ -38,11 +38,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("preset", "size"), [("model_i", 150), ("model_ii", 64), ("model_iii", 64)])
 def test_each_preset_writes_its_shape_values_and_meta(tmp_path: Path, preset: str, size: int) -> None:
-    folder = lensing_sim.simulate(preset, 6, tmp_path / preset, seed=1, chunk_size=4)
+    n = 100
+    folder = lensing_sim.simulate(preset, n, tmp_path / preset, seed=1, chunk_size=32)
     images, targets = _arrays(folder)
-    assert images.shape == (6, 1, size, size) and images.dtype == np.float32 and np.isfinite(images).all()
-    assert targets.shape == (6,) and targets.dtype == np.float32
-    assert ((targets >= -24) & (targets <= -22)).all() and len(set(targets.tolist())) == 6
+    assert images.shape == (n, 1, size, size) and images.dtype == np.float32 and np.isfinite(images).all()
+    assert targets.shape == (n,) and targets.dtype == np.float32
+    assert ((targets >= -24) & (targets <= -22)).all() and len(set(targets.tolist())) == n
+    assert targets.min() < -23.5 and targets.max() > -22.5, "U(-24, -22) covers its range"
     if preset == "model_i":
         assert (images >= 0).all() and (images == np.round(images)).all(), "Model I images are Poisson counts"
     else:
@@ -51,17 +53,31 @@ def test_each_preset_writes_its_shape_values_and_meta(tmp_path: Path, preset: st
     centre = images[:, 0, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4].mean()
     assert centre > 3 * abs(images[:, 0, :4, :].mean())
     meta = lensing_sim.read_meta(folder)
-    assert meta["complete"] is True and meta["n"] == 6 and meta["image_shape"] == [1, size, size]
+    assert meta["complete"] is True and meta["n"] == n and meta["image_shape"] == [1, size, size]
     assert meta["lenstronomy"] == lensing_sim.lenstronomy_version() and meta["target"] == "log10_m_a"
     assert sorted(p.name for p in folder.iterdir()) == ["images.npy", "meta.json", "targets.npy"]
 
 
-def test_output_does_not_depend_on_workers_or_chunk_size(tmp_path: Path, reference: Path) -> None:
-    folder = lensing_sim.simulate("model_ii", 24, tmp_path / "w2", seed=7, workers=2, chunk_size=5)
-    for ours, theirs in zip(_arrays(folder), _arrays(reference), strict=True):
-        np.testing.assert_array_equal(ours, theirs)
+def test_another_seed_gives_other_images(tmp_path: Path, reference: Path) -> None:
     other_seed = lensing_sim.simulate("model_ii", 4, tmp_path / "s8", seed=8)
     assert not np.array_equal(_arrays(other_seed)[0], _arrays(reference)[0][:4])
+
+
+@pytest.mark.parametrize("preset", ["model_i", "model_ii", "model_iii"])
+def test_every_preset_is_the_same_for_any_workers_chunks_or_interruption(tmp_path: Path, preset: str) -> None:
+    reference = _arrays(lensing_sim.simulate(preset, 12, tmp_path / "ref", seed=2, chunk_size=12))
+    pooled = _arrays(lensing_sim.simulate(preset, 12, tmp_path / "pool", seed=2, workers=2, chunk_size=5))
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lensing_sim.simulate(preset, 12, tmp_path / "resumed", seed=2, chunk_size=4, progress=interrupt)
+    resumed = _arrays(lensing_sim.simulate(preset, 12, tmp_path / "resumed", seed=2, chunk_size=4))
+    for arrays in (pooled, resumed):
+        for ours, theirs in zip(arrays, reference, strict=True):
+            np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_killed_generation_resumes_where_it_stopped(tmp_path: Path, reference: Path) -> None:
