@@ -76,6 +76,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
     kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
+    max_params: float | None = Field(None, gt=0)  # refuse to start a run whose model has more parameters
+    pretrained: str | None = None  # a .safetensors file, a visionbench run directory, or "timm" (hub weights)
+    freeze: str | list[str] | None = None  # "backbone" (all but the head) or module-name patterns (fnmatch)
 
 
 class TaskConfig(Section):
@@ -97,6 +100,8 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd
     nesterov: bool = False  # sgd
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adam, adamw
+    eps: float | None = Field(None, gt=0.0)  # adaptive optimizers' epsilon; default: the optimizer's own
+    backbone_lr_scale: float = Field(1.0, gt=0.0)  # learning-rate multiplier of everything but the head
     weight_decay: float = Field(5e-4, ge=0.0)
     no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-D parameters)
     norm_bias_lr_scale: float = Field(1.0, gt=0.0)  # airbench gives BN biases a larger learning rate
@@ -118,6 +123,7 @@ class TrainerConfig(Section):
     channels_last: bool = True  # NHWC memory format: faster on CUDA and on CPU (oneDNN), measured in benchmarks/
     compile: bool = False  # torch.compile the training model
     accumulate_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
+    unfreeze_at_epoch: int | None = Field(None, ge=1)  # make model.freeze's parameters trainable from this epoch
     grad_clip_norm: float | None = Field(None, gt=0.0)
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # evaluate an EMA of the weights
     tta: Literal["none", "flip"] = "none"  # test-time augmentation at evaluation
