@@ -106,6 +106,33 @@ class RawDataset:
     info: DatasetInfo
 
 
+def select_classes(raw: RawDataset, classes: list[int | str] | None) -> RawDataset:
+    """Keep the images of `classes` (indices or names, in the order given, which becomes the new label order) in
+    both splits of an in-memory classification dataset: `data.kwargs.classes` of the MNIST-like datasets."""
+    if classes is None:
+        return raw
+    names = raw.info.class_names
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise UserError(f"data.kwargs.classes: expected a non-empty list of class indices or names, got {classes!r}")
+    picked = []
+    for c in classes:
+        index = names.index(c) if isinstance(c, str) and c in names else c
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
+            raise UserError(f"data.kwargs.classes: {c!r} is not a class of {raw.info.name} ({', '.join(names)})")
+        if index in picked:
+            raise UserError(f"data.kwargs.classes: {c!r} is given twice")
+        picked.append(index)
+    remap = torch.full((len(names),), -1, dtype=torch.int64)
+    remap[picked] = torch.arange(len(picked))
+
+    def keep(split: TensorSplit) -> TensorSplit:
+        mask = remap[split.targets] >= 0
+        return TensorSplit(split.images[mask], remap[split.targets[mask]])
+
+    info = dataclasses.replace(raw.info, num_outputs=len(picked), class_names=tuple(names[i] for i in picked))
+    return RawDataset(keep(raw.train), keep(raw.test), info)
+
+
 @dataclasses.dataclass
 class Datasets:
     """What the engine trains on: train, optional val (carved from train) and test."""

@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, cache_dir, download, search_dirs
+from visionbench.data.base import (
+    DatasetInfo,
+    RawDataset,
+    TensorSplit,
+    cache_dir,
+    download,
+    search_dirs,
+    select_classes,
+)
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.io import write_bytes
@@ -253,12 +261,13 @@ def load_idx_dataset(
 
 
 @DATASETS.register("fashion-mnist")
-def fashion_mnist(root: str | None = None, download: bool = True) -> RawDataset:
-    """Fashion-MNIST (Xiao et al. 2017, https://arxiv.org/abs/1708.07747): 60k/10k 28x28 grey clothing images."""
-    return load_idx_dataset("fashion-mnist", FASHION_MNIST_CLASSES, root, download)
+def fashion_mnist(root: str | None = None, download: bool = True, classes: list | None = None) -> RawDataset:
+    """Fashion-MNIST (Xiao et al. 2017, https://arxiv.org/abs/1708.07747): 60k/10k 28x28 grey clothing images.
+    `classes` keeps a subset (indices or names), relabelled in the order given."""
+    return select_classes(load_idx_dataset("fashion-mnist", FASHION_MNIST_CLASSES, root, download), classes)
 
 
 @DATASETS.register("mnist")
-def mnist(root: str | None = None, download: bool = True) -> RawDataset:
-    """MNIST handwritten digits (LeCun et al. 1998): 60k/10k 28x28 grey images."""
-    return load_idx_dataset("mnist", MNIST_CLASSES, root, download)
+def mnist(root: str | None = None, download: bool = True, classes: list | None = None) -> RawDataset:
+    """MNIST handwritten digits (LeCun et al. 1998): 60k/10k 28x28 grey images; `classes` keeps a subset."""
+    return select_classes(load_idx_dataset("mnist", MNIST_CLASSES, root, download), classes)

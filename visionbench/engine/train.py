@@ -34,6 +34,7 @@ from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
 from visionbench.engine.schedule import build_scheduler
+from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
 from visionbench.errors import UserError, first_line
 from visionbench.models import create_model, inspect_model
 from visionbench.tasks import build_task
@@ -46,6 +47,33 @@ def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, i
     model = create_model(cfg.model.name, data.info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
     params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
     return model, params, flops
+
+
+def check_budget(cfg: RunConfig, params: int) -> None:
+    """model.max_params: refuse an over-budget model before anything is trained or written."""
+    budget = cfg.model.max_params
+    if budget is not None and params > budget:
+        raise UserError(
+            f"model.max_params: {cfg.model.name} has {params:,} parameters, over the budget of {int(budget):,}"
+        )
+
+
+def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> tuple[set[str], list[str]]:
+    """Load model.pretrained (not on a resume: the checkpoint has the weights) and apply model.freeze.
+
+    Returns the head's parameter names (for optim.backbone_lr_scale) and the frozen parameter names.
+    """
+    mcfg, tcfg = cfg.model, cfg.trainer
+    if tcfg.unfreeze_at_epoch is not None and not mcfg.freeze:
+        raise UserError("trainer.unfreeze_at_epoch: needs model.freeze (there is nothing frozen to unfreeze)")
+    needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0
+    head = head_parameter_names(model) if needs_head or mcfg.pretrained else set()
+    if mcfg.pretrained and not resumed:
+        load_pretrained(model, mcfg.pretrained, mcfg.name)
+    frozen = freeze_names(model, mcfg.freeze) if mcfg.freeze else []
+    if frozen:
+        set_frozen(model, frozen, frozen=True)
+    return head, frozen
 
 
 def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device):
@@ -71,6 +99,8 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     task = build_task(cfg.task, data.info)
     task.fit_targets(data.train.targets)
     model, params, flops = build_model(cfg, data)
+    check_budget(cfg, params)
+    head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
     ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
 
     # 2. Data onto the device, model, optimisation.
@@ -84,7 +114,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     if channels_last:
         model.to(memory_format=torch.channels_last)
     task.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, head, keep=set(frozen) if tcfg.unfreeze_at_epoch else set())
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.accumulate_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and tcfg.precision == "fp16")
@@ -103,7 +133,8 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         device=device,
         ema=ema,
         train_model=torch.compile(model) if tcfg.compile else None,
-        callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))],
+        callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))]
+        + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else []),
         start_time=start,
     )
     state = TrainState(loss_sum=torch.zeros((), device=device))

@@ -82,8 +82,13 @@ def create_timm_model(
             model = timm.create_model(name, **args)
     except (TypeError, ValueError) as e:  # an unknown or mistyped model.kwargs entry, as in create_model
         raise UserError(f"model.kwargs for 'timm:{name}': {e}") from None
+    return give_contract(model, in_chans, img_size)
+
+
+def give_contract(model: nn.Module, in_chans: int, img_size: tuple[int, int], cam_layer: str | None = None):
+    """Set `reset_head`, `cam_layer` (default: the last feature stage) and `feature_layout` on a timm model."""
     # A bound method pickles as getattr(model, 'reset_classifier'), so deepcopy (EMA) and torch.save still work.
     model.reset_head = model.reset_classifier
-    model.cam_layer = _cam_layer(model)
-    model.feature_layout = _feature_layout(model, in_chans, img_size)
+    model.cam_layer = cam_layer or _cam_layer(model)
+    model.feature_layout = _feature_layout(model, in_chans, tuple(img_size))
     return model

@@ -1,0 +1,167 @@
+"""Transfer learning and the parameter budget: pretrained weights from a run directory or a file, the head replaced,
+the first conv adapted, freezing (weights and BatchNorm statistics), unfreezing, per-group learning rates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from visionbench.cli.main import main
+from visionbench.config import OptimConfig
+from visionbench.engine.optim import param_groups
+from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
+from visionbench.errors import UserError
+from visionbench.models import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """A short small_cnn run on 3,000 Fashion-MNIST images; returns its run directory."""
+    out = tmp_path / "runs"
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        "data: {name: fashion-mnist, subset: 3000, val_fraction: 0.0}\n"
+        "model: {name: small_cnn}\n"
+        "optim: {name: sgd, lr: 0.05, nesterov: true}\n"
+        f"trainer: {{epochs: 2, batch_size: 64, device: cpu, out_dir: {out}, progress: lines}}\n"
+    )
+    assert main(["train", str(config), *[x for o in overrides for x in ("--set", o)]]) == 0
+    (run,) = (out / name).iterdir()
+    return run
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(run / "checkpoints" / "best.safetensors"))
+
+
+def test_transfer_to_other_classes_keeps_the_frozen_backbone_and_trains_the_new_head(tmp_path: Path) -> None:
+    source = _train(tmp_path, "tops", "data.kwargs.classes=[0, 1, 2, 3, 4]")
+    target = _train(
+        tmp_path,
+        "shoes",
+        "data.kwargs.classes=[5, 6, 7, 8, 9]",
+        f"model.pretrained={source}",
+        "model.freeze=backbone",
+    )
+    before, after = _weights(source), _weights(target)
+    head = {"fc.weight", "fc.bias"}
+    assert set(before) == set(after)
+    for key in set(before) - head:
+        assert torch.equal(before[key], after[key]), f"frozen {key} changed"
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    summary = json.loads((target / "summary.json").read_text())
+    assert summary["final"]["test/acc1"] > 0.6, "the new head learns on frozen features (chance: 0.2)"
+    config = (target / "config.yaml").read_text()
+    assert "pretrained:" in config and "freeze: backbone" in config
+
+
+def test_unfreeze_at_epoch_trains_the_backbone_again(tmp_path: Path) -> None:
+    source = _train(tmp_path, "a", "trainer.epochs=1")
+    target = _train(tmp_path, "b", f"model.pretrained={source}", "model.freeze=[conv*]", "trainer.unfreeze_at_epoch=2")
+    before, after = _weights(source), _weights(target)
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"]), "unfrozen at epoch 2, then trained"
+
+
+def test_load_pretrained_skips_the_head_and_adapts_the_first_conv_to_one_channel(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    rgb = create_model("resnet18", 1000, in_chans=3, img_size=(32, 32))
+    path = tmp_path / "rgb.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
+    grey = create_model("resnet18", 5, in_chans=1, img_size=(32, 32))
+    fresh_head = grey.fc.weight.clone()
+    skipped = load_pretrained(grey, str(path), "resnet18")
+    assert set(skipped) == {"fc.weight", "fc.bias"}
+    assert torch.equal(grey.fc.weight, fresh_head), "the head keeps its fresh init"
+    torch.testing.assert_close(grey.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))  # timm's rule
+    torch.testing.assert_close(grey.layer4[1].conv2.weight, rgb.layer4[1].conv2.weight)
+    torch.testing.assert_close(grey.bn1.running_mean, rgb.bn1.running_mean)
+
+
+def test_a_pretrained_file_that_does_not_fit_names_the_key_and_shapes(tmp_path: Path) -> None:
+    small = create_model("resnet18", 10, small_stem=True)  # a 3x3 stem
+    path = tmp_path / "small.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
+    standard = create_model("resnet18", 10)  # a 7x7 stem
+    with pytest.raises(UserError, match=r"'conv1.weight' has shape \(64, 3, 3, 3\), resnet18 expects \(64, 3, 7, 7\)"):
+        load_pretrained(standard, str(path), "resnet18")
+    safetensors.torch.save_file({"conv1.weight": small.conv1.weight.contiguous()}, str(path))
+    with pytest.raises(UserError, match="has no tensor 'bn1.weight'"):
+        load_pretrained(create_model("resnet18", 10, small_stem=True), str(path), "resnet18")
+    for bad, message in [(tmp_path, "not a visionbench run directory"), (tmp_path / "x.pt", "expected a .safetensors")]:
+        with pytest.raises(UserError, match=message):
+            load_pretrained(standard, str(bad), "resnet18")
+
+
+def test_timm_weights_offline_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "visionbench", "train", "configs/smoke/synthetic.yaml"]
+    command += [
+        "--set",
+        "model.name=resnet18",
+        "--set",
+        "model.pretrained=timm",
+        "--set",
+        f"trainer.out_dir={tmp_path}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "timm weights for 'resnet18' could not be fetched" in done.stderr
+    assert not any(tmp_path.glob("synthetic*")), "nothing written"
+
+
+def test_freeze_patterns_batchnorm_statistics_and_unfreeze() -> None:
+    model = create_model("resnet18", 3, in_chans=1, small_stem=True)
+    names = freeze_names(model, ["layer1*", "conv1"])
+    assert names and all(n.startswith(("layer1.", "conv1.")) for n in names)
+    set_frozen(model, names, frozen=True)
+    model.train()
+    assert not model.layer1[0].bn1.training and model.layer2[0].bn1.training, "frozen BN stays in eval mode"
+    stats = model.layer1[0].bn1.running_mean.clone()
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    assert torch.equal(model.layer1[0].bn1.running_mean, stats)
+    assert model.layer1[0].conv1.weight.grad is None and model.layer2[0].conv1.weight.grad is not None
+    Unfreeze(model, names, at=2).before_epoch(type("S", (), {"epoch": 1})())
+    assert model.layer1[0].conv1.weight.requires_grad and type(model.layer1[0].bn1) is nn.BatchNorm2d
+    with pytest.raises(UserError, match="pattern 'head.*' matches no module; expected 'backbone'.*conv1"):
+        freeze_names(model, ["head.*"])
+    assert set(freeze_names(model, "backbone")) | head_parameter_names(model) == {
+        n for n, _ in model.named_parameters()
+    }
+
+
+def test_backbone_lr_scale_applies_to_all_but_the_head() -> None:
+    model = create_model("small_cnn", 10)
+    head = head_parameter_names(model)
+    assert head == {"fc.weight", "fc.bias"}
+    groups = param_groups(model, OptimConfig(backbone_lr_scale=0.1, norm_bias_lr_scale=2.0), head)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale[id(named["fc.weight"])] == 1.0 and scale[id(named["fc.bias"])] == 2.0
+    assert scale[id(named["conv1.weight"])] == pytest.approx(0.1) and scale[id(named["conv1.bias"])] == pytest.approx(
+        0.2
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.max_params=1000"], "model.max_params: small_cnn has 5,600 parameters, over the budget of 1,000"),
+        (["trainer.unfreeze_at_epoch=2"], "trainer.unfreeze_at_epoch: needs model.freeze"),
+        (["model.freeze=[nothing*]"], "model.freeze: pattern 'nothing*' matches no module"),
+    ],
+)
+def test_bad_transfer_settings_exit_2_before_anything_is_written(tmp_path: Path, capsys, overrides, message) -> None:
+    args = ["train", str(ROOT / "configs/smoke/synthetic.yaml"), "--set", f"trainer.out_dir={tmp_path}"]
+    assert main([*args, *[x for o in overrides for x in ("--set", o)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert list(tmp_path.iterdir()) == []
