@@ -4,6 +4,7 @@ refusal of malicious pickles, md5 warnings, safe tar extraction and the download
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pickle
@@ -376,3 +377,55 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mon
 def test_official_md5s() -> None:
     assert CIFAR10.archive_md5 == "c58f30108f718f92721af3b95e74349a"
     assert CIFAR100.archive_md5 == "eb9058c3a382ffc7106e4002c42a8d85", "the md5 published on the CIFAR page"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The seed studies' CIFAR-10 configs, on a tiny CIFAR-10 written in the official format
+
+CIFAR10_CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[2] / "configs" / "cifar10").glob("*.yaml")
+    if "visionbench train " in p.read_text()
+)
+
+
+@pytest.mark.parametrize("config", CIFAR10_CONFIGS, ids=lambda p: p.stem)
+def test_cifar10_configs_train_their_short_variant(tmp_path: Path, capsys, short_variant, config: Path) -> None:
+    import safetensors.torch
+
+    from visionbench.cli.main import main
+    from visionbench.config import load_config
+    from visionbench.models import create_model
+
+    make_cifar10(tmp_path / "data", n=4)
+    out = tmp_path / "runs"
+    tiny = [f"data.root={tmp_path / 'data'}", "data.download=false", "trainer.device=cpu", f"trainer.out_dir={out}"]
+    tiny += ["trainer.batch_size=8", "trainer.progress=lines", "trainer.checkpoint_every_minutes=null"]
+    cfg = load_config(config)
+    if cfg.model.pretrained == "timm":  # offline here: the same transfer path from a local weights file
+        source = create_model(cfg.model.name, 1000, img_size=(32, 32), **cfg.model.kwargs)
+        weights = tmp_path / "imagenet.safetensors"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+        tiny.append(f"model.pretrained={weights}")
+    overrides = short_variant(config) + tiny
+    assert main(["train", str(config), *[x for o in overrides for x in ("--set", o)]]) == 0, capsys.readouterr().err
+    (summary_path,) = out.glob(f"{config.stem}/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "finished" and 0.0 <= summary["final"]["test/acc1"] <= 1.0
+    if cfg.model.max_params is not None:
+        assert summary["params"] <= cfg.model.max_params
+
+
+def test_the_budget_resnet_is_the_studys_final_setting_under_5m() -> None:
+    from visionbench.config import load_config
+    from visionbench.models import count_params, create_model
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cifar10" / "resnet_budget5m.yaml")
+    kwargs = cfg.model.kwargs
+    assert (kwargs["blocks"], kwargs["channels"], kwargs["conv_kernels"], kwargs["skip_kernels"]) == (
+        [3, 3], [128, 256], [3, 3], [1, 1]
+    )  # fmt: skip
+    assert kwargs["pool_size"] == 1 and (cfg.optim.name, cfg.optim.lr, cfg.trainer.batch_size) == ("adam", 1e-3, 64)
+    assert cfg.trainer.epochs == 60 and cfg.data.augment.translate_pixels == 4 and cfg.data.augment.flip
+    params = count_params(create_model("resnet_cfg", 10, img_size=(32, 32), **kwargs))
+    assert 4_500_000 < params < 5_000_000 == cfg.model.max_params
