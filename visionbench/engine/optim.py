@@ -19,12 +19,12 @@ def sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
 
 @OPTIMIZERS.register("adam")
 def adam(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"eps": cfg.eps} if cfg.eps else {}))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"eps": cfg.eps} if cfg.eps else {}))
 
 
 def param_groups(
