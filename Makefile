@@ -12,7 +12,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing,export]'
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist where the files are missing and we are root on Debian.

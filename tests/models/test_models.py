@@ -39,6 +39,16 @@ SMALL_KWARGS = {
 INPUTS = [(1, 28), (1, 32), (3, 28), (3, 32)]  # (in_chans, side)
 # Sides a model cannot take; it must refuse them with a one-line UserError (tested below).
 UNSUPPORTED = {"vgg16": {28}, "vgg16_bn": {28}, "vit_r50_hybrid": {28}}
+# ~98M parameters take seconds to build on a CPU: their matrix cases run with -m slow; test_zoo.py builds the
+# hybrid once (parameter count, contract) in the default run.
+HEAVY = {"vit_r50_hybrid"}
+
+
+def _params(cases: list[tuple], ids: list[str]) -> list:
+    marks = [[pytest.mark.slow] if c[0] in HEAVY else [] for c in cases]
+    return [pytest.param(*c, id=i, marks=m) for c, i, m in zip(cases, ids, marks, strict=True)]
+
+
 CASES = [(n, c, s) for n in MODEL_NAMES for c, s in INPUTS if s not in UNSUPPORTED.get(n, ())]
 NUM_OUTPUTS = 5
 # Different batch sizes and memory formats may pick different conv kernels: equal up to float32 rounding.
@@ -54,8 +64,8 @@ def _images(batch: int, in_chans: int, side: int, seed: int = 1) -> torch.Tensor
     return torch.randn(batch, in_chans, side, side, generator=torch.Generator().manual_seed(seed))
 
 
-matrix = pytest.mark.parametrize("name", MODEL_NAMES)
-cases = pytest.mark.parametrize("name, in_chans, side", CASES, ids=[f"{n}-{c}x{s}x{s}" for n, c, s in CASES])
+cases = pytest.mark.parametrize("name, in_chans, side", _params(CASES, [f"{n}-{c}x{s}x{s}" for n, c, s in CASES]))
+light_matrix = pytest.mark.parametrize("name", _params([(n,) for n in MODEL_NAMES], MODEL_NAMES))
 
 
 @cases
@@ -84,7 +94,7 @@ def test_contract_attributes_and_reset_head(name, in_chans, side):
         assert model(x).shape == (2, 7), f"{name}: reset_head(7) did not give 7 outputs"
 
 
-@matrix
+@light_matrix
 def test_cam_layer_resolves_to_a_spatial_activation(name):
     model = _build(name, 3, 32).eval()
     layer = model.get_submodule(model.cam_layer)
@@ -97,6 +107,26 @@ def test_cam_layer_resolves_to_a_spatial_activation(name):
         handle.remove()
     spatial = 4 if model.feature_layout == "NCHW" else 3  # a (B, C, H, W) map, or (B, N, C) tokens
     assert len(seen) == 1 and len(seen[0]) == spatial, f"{name}: cam_layer output shapes {seen}"
+
+
+# The other input sizes of our datasets (64: DeepLense II/III, 150: DeepLense I, 224 and 300: VOC), one channel.
+LARGE_SIDES = (64, 150, 224, 300)
+LARGE_UNSUPPORTED = {"vit": {150}, "vit_r50_hybrid": {150, 300}}  # the patch (4, 16) must divide the side
+LARGE_CASES = [(n, s) for n in MODEL_NAMES for s in LARGE_SIDES if s not in LARGE_UNSUPPORTED.get(n, ())]
+
+
+@pytest.mark.parametrize("name, side", _params(LARGE_CASES, [f"{n}-{s}" for n, s in LARGE_CASES]))
+def test_forward_at_the_larger_dataset_sizes(name, side):
+    model = _build(name, 1, side).eval()
+    with torch.no_grad():
+        logits = model(_images(1, 1, side))
+    assert logits.shape == (1, NUM_OUTPUTS) and torch.isfinite(logits).all(), name
+
+
+@pytest.mark.parametrize("name, side", [(n, s) for n, sides in LARGE_UNSUPPORTED.items() for s in sides])
+def test_a_larger_side_the_model_cannot_take_is_a_user_error(name, side):
+    with pytest.raises(UserError, match=f"{side}x{side}"):
+        create_model(name, 3, in_chans=1, img_size=(side, side), **SMALL_KWARGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name, side", [(n, s) for n, sides in UNSUPPORTED.items() for s in sides])
@@ -127,7 +157,7 @@ def test_channels_last_matches_contiguous(name, in_chans, side):
     torch.testing.assert_close(got, expected, **TOL, msg=lambda m: f"{name}: channels_last differs\n{m}")
 
 
-@pytest.mark.parametrize("name", MODELS.list())
+@pytest.mark.parametrize("name", _params([(n,) for n in MODELS.list()], MODELS.list()))
 def test_bf16_autocast_channels_last_forward(name):
     model = _build(name, 3, 32).train().to(memory_format=torch.channels_last)
     x = _images(4, 3, 32).contiguous(memory_format=torch.channels_last)
@@ -155,7 +185,7 @@ def test_fastnet_matches_airbench94_size():
     assert 1_950_000 <= params <= 1_990_000, f"fastnet has {params} parameters, airbench94 has 1.97M"
 
 
-@pytest.mark.parametrize("name", MODELS.list())
+@pytest.mark.parametrize("name", _params([(n,) for n in MODELS.list()], MODELS.list()))
 def test_inspect_model_returns_params_and_flops(name):
     model = _build(name, 3, 32)
     params, flops = inspect_model(model, (3, 32, 32), name=name)

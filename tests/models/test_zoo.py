@@ -64,5 +64,19 @@ def test_cnn_vit_tokens_come_from_the_conv_map():
 
 
 def test_vit_r50_hybrid_is_vit_b16_on_a_resnet50_stem():
-    params = count_params(create_model("vit_r50_hybrid", 1000, img_size=(224, 224)))
-    assert params == pytest.approx(98_000_000, rel=0.01), params
+    model = create_model("vit_r50_hybrid", 1000, in_chans=1, img_size=(32, 32)).eval()
+    assert count_params(model) == pytest.approx(97_750_000, rel=0.01), "ViT-B/16 on R50: about 98M parameters"
+    with torch.no_grad():
+        tokens = model.forward_features(torch.zeros(1, 1, 32, 32))
+        assert tokens.shape == (1, 1 + 2 * 2, 768) and model.feature_layout == "NLC", "stride 16: a 2x2 grid"
+        model.reset_head(3)
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+    assert model.get_submodule(model.cam_layer) is model.blocks[11].norm1
+
+
+def test_flops_count_attention_cvt13_matches_the_paper():
+    from visionbench.models import inspect_model
+
+    params, flops = inspect_model(create_model("cvt_13", 1000, img_size=(224, 224)), (3, 224, 224), "cvt_13")
+    assert params == pytest.approx(20e6, rel=0.03)
+    assert flops / 2 == pytest.approx(4.5e9, rel=0.05), "the paper's 4.5G multiply-adds (FLOPs = 2 x MACs)"

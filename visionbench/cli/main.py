@@ -24,10 +24,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from visionbench.cli import data, evaluate, models, report, train
+    from visionbench.cli import data, evaluate, export, models, predict, report, train
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
+    app.command("predict")(predict.predict)
+    app.command("export")(export.export)
     app.command("models")(models.models)
     app.command("report")(report.report)
     app.add_typer(data.app, name="data")

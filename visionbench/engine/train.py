@@ -160,6 +160,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         "flops": flops,
         "epochs": tcfg.epochs,
         **({"task_stats": task.stats()} if task.stats() else {}),
+        "data_info": vars(data.info),  # input size, mean/std, class names: `predict` and `export` need no data
     }
     best_key = f"val/{task.main_metric}" if "val" in eval_loaders else None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from visionbench.errors import UserError, first_line
@@ -61,7 +62,8 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str 
     x = torch.zeros(1, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     try:
-        with counter:
+        # FlopCounterMode counts 0 for the fused attention kernels on CPU: count attention through the math path
+        with counter, sdpa_kernel(SDPBackend.MATH):
             out = model(x)
     except (RuntimeError, ValueError, AssertionError) as e:
         size = "x".join(map(str, input_size))

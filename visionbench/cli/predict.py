@@ -1,0 +1,269 @@
+"""`visionbench predict RUN_DIR IMAGES... [--weights best|last] [--top-k 5] [--json]`: a trained run on image files.
+
+Each file goes through the run's own evaluation preprocessing, whatever its size: decoded with Pillow as one grey
+or three RGB channels (the model's `in_chans`; `.npy` arrays as they are), resized to the run's input size with
+the streaming loader's resize (bilinear, antialiased; skipped when the size already fits), min-max scaled per image
+for DeepLense runs, then standardised with the mean and std the run trained with. Those facts (`data_info`) and the
+regression standardisation (`task_stats`) come from the run's summary.json, so no training data is needed; runs
+written before `data_info` was saved rebuild the dataset instead, as `visionbench eval` does.
+
+`load_run` (config, dataset facts, task, model with its weights) is shared with `visionbench export`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import typer
+from torch import nn
+
+from visionbench.errors import UserError
+
+if TYPE_CHECKING:  # the CLI imports the heavy modules inside the commands
+    from visionbench.config import RunConfig
+    from visionbench.data import DatasetInfo
+    from visionbench.tasks import Task
+
+WEIGHTS = ("best", "last")
+PER_IMAGE_MINMAX = ("deeplense",)  # datasets whose images are scaled to [0, 1] one by one before standardising
+BATCH_SIZE = 64
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A run directory ready for inference: the model is in eval mode on the CPU, with the chosen weights."""
+
+    cfg: RunConfig
+    info: DatasetInfo  # input size, mean/std, class names
+    task: Task  # with the run's target standardisation
+    model: nn.Module
+    kind: str  # task registry name: classification, multilabel or regression
+
+
+def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
+    """Rebuild a run's model and task from its directory, as `visionbench eval` does, and load its weights.
+
+    Args:
+        run_dir: a directory written by `visionbench train`.
+        weights: `best` (checkpoints/best.safetensors) or `last` (checkpoints/last, its EMA when it has one).
+
+    Raises:
+        UserError: not a run directory, an unreadable summary, missing or foreign weights.
+    """
+    from visionbench.config import load_config
+    from visionbench.data import build_datasets
+    from visionbench.engine import rundir
+    from visionbench.engine.checkpoint import load_checkpoint, load_state, load_weights
+    from visionbench.models import create_model
+    from visionbench.tasks import build_task
+    from visionbench.utils.io import read_json
+
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights: expected best or last, got {weights!r}")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    summary_path = run_dir / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    if not isinstance(summary, dict):
+        raise UserError(f"{summary_path}: expected a JSON object")
+    data = None  # the dataset itself, only for runs whose summary lacks what inference needs
+    info = _saved_info(summary, summary_path)
+    if info is None:
+        data = build_datasets(cfg.data)
+        info = data.info
+    task = build_task(cfg.task, info)
+    if summary.get("task_stats"):  # the standardisation the run trained with, not one recomputed from today's files
+        task.load_stats(summary["task_stats"])
+    elif task.stats():
+        data = data if data is not None else build_datasets(cfg.data)
+        task.fit_targets(data.train.targets)
+    C, H, W = info.input_size
+    # the construction of engine.train.build_model, without its FLOP count
+    model = create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
+    if weights == "best":
+        load_weights(run_dir / rundir.BEST, model)
+    else:
+        ckpt = load_checkpoint(run_dir / rundir.LAST)
+        state = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+        if ckpt.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
+            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+        load_state(model, state, str(run_dir / rundir.LAST))
+    return LoadedRun(cfg=cfg, info=info, task=task.eval(), model=model.eval(), kind=cfg.task.name or info.task)
+
+
+def _saved_info(summary: dict[str, Any], source: Path) -> DatasetInfo | None:
+    """The DatasetInfo saved in summary.json (`data_info`), or None for runs written before it was."""
+    from visionbench.data import DatasetInfo
+
+    saved = summary.get("data_info")
+    if saved is None:
+        return None
+    try:
+        return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    except (TypeError, AttributeError) as e:
+        raise UserError(f"{source}: data_info is not what `visionbench train` writes ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """The evaluation preprocessing of a run, from its dataset facts."""
+
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: torch.Tensor  # (C,), [0, 1] units
+    std: torch.Tensor  # (C,)
+    minmax: bool  # scale each image to [0, 1] first (DeepLense)
+
+    @classmethod
+    def from_info(cls, info: DatasetInfo) -> Preprocess:
+        mean, std = info.mean, info.std
+        if info.input_size[0] == 1 and len(mean) > 1:  # grey images of an RGB-statistics dataset: StreamLoader's rule
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        return cls(tuple(info.input_size), torch.tensor(mean), torch.tensor(std), info.name in PER_IMAGE_MINMAX)
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        """One file as a (C, H, W) float32 tensor, standardised as the run's evaluation batches are."""
+        from torchvision.transforms.v2 import functional as TF
+
+        from visionbench.data.transforms import normalize
+
+        C, H, W = self.input_size
+        x = self._decode(path)
+        if x.shape[0] != C:
+            if x.shape[0] == 1:  # a grey array for an RGB model, as Pillow's convert("RGB") does
+                x = x.expand(C, -1, -1)
+            else:
+                raise UserError(f"{path}: an array of {x.shape[0]} channels; the model takes {C}")
+        if tuple(x.shape[-2:]) != (H, W):
+            x = TF.resize(x, [H, W], antialias=True)  # v2.Resize's defaults, as the streaming loader uses
+        if self.minmax:  # after resizing, so that the model sees exactly [0, 1] like the training images
+            from visionbench.data.deeplense import minmax
+
+            x = minmax(x[None].float().numpy())[0]
+        return normalize(x[None], self.mean, self.std)[0]
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        from visionbench.data.stream import decode_image
+
+        if not path.is_file():
+            raise UserError(f"{path}: no such image file")
+        if self.minmax and path.suffix == ".npy":  # a DeepLense release file ([image, label] or an image)
+            from visionbench.data.deeplense import load_release_file
+
+            try:
+                image, _ = load_release_file(path)
+            except UserError as e:
+                raise UserError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+            return torch.from_numpy(image)[None]
+        return decode_image(str(path), grayscale=self.input_size[0] == 1)
+
+
+@torch.inference_mode()
+def predict_outputs(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+    """The task's activated outputs (probabilities, or values in target units) of a (B, C, H, W) batch."""
+    outputs = [run.task.activate(run.model(images[i : i + BATCH_SIZE])) for i in range(0, len(images), BATCH_SIZE)]
+    return torch.cat(outputs)
+
+
+def _classification(run: LoadedRun, probs: torch.Tensor, top_k: int) -> dict[str, Any]:
+    values, indices = probs.topk(min(top_k, probs.shape[-1]))
+    names = run.info.class_names
+    ranked = [
+        {"label": names[i], "index": i, "probability": p}
+        for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+    return {"predictions": ranked}
+
+
+def _multilabel(run: LoadedRun, probs: torch.Tensor, top_k: int) -> dict[str, Any]:
+    threshold = run.task.threshold  # "over" as the F1 metric counts it (torchmetrics: p > threshold)
+    labels = [
+        {"label": name, "index": i, "probability": p, "positive": p > threshold}
+        for i, (name, p) in enumerate(zip(run.info.class_names, probs.tolist(), strict=True))
+    ]
+    return {"threshold": threshold, "predictions": labels}
+
+
+def _regression(run: LoadedRun, values: torch.Tensor, top_k: int) -> dict[str, Any]:
+    targets = [
+        {"label": name, "index": i, "value": v}
+        for i, (name, v) in enumerate(zip(run.info.class_names, values.tolist(), strict=True))
+    ]
+    return {"predictions": targets}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Output:
+    """How one task kind reads: its JSON fields, and its table columns with the cells of one prediction."""
+
+    fields: Callable[[LoadedRun, torch.Tensor, int], dict[str, Any]]
+    columns: tuple[str, ...]
+    cells: Callable[[int, dict[str, Any]], list[str]]
+
+
+OUTPUTS = {
+    "classification": _Output(
+        _classification,
+        ("rank", "class", "probability"),
+        lambda k, p: [str(k + 1), p["label"], f"{p['probability']:.4f}"],
+    ),
+    "multilabel": _Output(
+        _multilabel,
+        ("label", "probability", "positive"),
+        lambda k, p: [p["label"], f"{p['probability']:.4f}", "yes" if p["positive"] else ""],
+    ),
+    "regression": _Output(_regression, ("target", "value"), lambda k, p: [p["label"], f"{p['value']:.6g}"]),
+}
+
+
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `visionbench train`."),
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, anything Pillow reads) or .npy arrays."),
+    weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
+    top_k: int = typer.Option(5, "--top-k", help="Classification: the K most probable classes (all: K >= classes)."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON object per image instead of a table."),
+) -> None:
+    """Predict with a run's weights: top-k classes, every label's probability, or regression values in target units.
+
+    Images of any size are resized to the run's input size and normalised as in training.
+    """
+    if top_k < 1:
+        raise UserError(f"--top-k: expected a positive integer, got {top_k}")
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: no such image file")
+    run = load_run(run_dir, weights)
+    output = OUTPUTS.get(run.kind)
+    if output is None:
+        raise UserError(f"{run_dir}: predict knows the tasks {', '.join(OUTPUTS)}, not {run.kind!r}")
+    preprocess = Preprocess.from_info(run.info)
+    batch = torch.stack([preprocess(p) for p in images])  # every file decoded before anything is printed
+    records = [
+        {"image": str(path), "task": run.kind, **output.fields(run, out, top_k)}
+        for path, out in zip(images, predict_outputs(run, batch), strict=True)
+    ]
+    if json_lines:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        _print_table(records, output)
+
+
+def _print_table(records: list[dict[str, Any]], output: _Output) -> None:
+    """One row per prediction; the image named on its first row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("image", *output.columns)
+    for record in records:
+        for k, prediction in enumerate(record["predictions"]):
+            table.add_row(record["image"] if k == 0 else "", *output.cells(k, prediction))
+    if "threshold" in records[0]:
+        table.caption = f"positive: probability > {records[0]['threshold']:g}"
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120).print(table)
