@@ -53,6 +53,11 @@ class AugmentConfig(Section):
     rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)  # rotate by U(-d, d) degrees, bilinear, zero fill
     translate_pixels: int = Field(0, ge=0)  # random crop after padding by this many pixels (reflect)
     cutout_pixels: int = Field(0, ge=0)  # side of a zeroed square at a random position
+    # classification: timm's Mixup on whole device batches (one lambda a batch), soft targets
+    mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) mixing of image pairs; 0: off
+    cutmix_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) box pasting; 0: off
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)  # probability that a batch is mixed
+    mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0)  # with both on: probability of cutmix instead of mixup
     # streamed datasets only (in the workers):
     random_resized_crop: list[float] | None = Field(None, min_length=2, max_length=2)  # area scale, e.g. [0.5, 1]
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness, contrast and saturation strength

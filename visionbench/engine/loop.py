@@ -69,6 +69,7 @@ class Trainer:
     device: torch.device
     ema: torch.optim.swa_utils.AveragedModel | None = None
     train_model: nn.Module | None = None  # torch.compile'd forward, when enabled
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # mixup/cutmix
     # objects with any of before_fit, before_epoch, after_batch, after_epoch, after_fit(state) (fastai's names)
     callbacks: list[Any] = dataclasses.field(default_factory=list)
     checkpoint: Callable[[TrainState], None] | None = None  # writes checkpoints/last
@@ -160,6 +161,8 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     loss_sum = torch.as_tensor(state.loss_sum, device=trainer.device, dtype=torch.float32).clone()
     last_ckpt = time.monotonic()
     for images, targets in loader.epoch(state.epoch, state.batch):
+        if trainer.mix is not None:
+            images, targets = trainer.mix(images, targets)  # targets become (B, C) probabilities
         with autocast(trainer.device, cfg.precision):
             logits = forward(images)
             loss = task.loss(logits, targets)

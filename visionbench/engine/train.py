@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from visionbench.config import RunConfig
-from visionbench.data import Datasets, build_datasets, build_loader
+from visionbench.config import AugmentConfig, RunConfig
+from visionbench.data import WORKER_AUGMENTS, Datasets, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
@@ -47,6 +47,41 @@ def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, i
     model = create_model(cfg.model.name, data.info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
     params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
     return model, params, flops
+
+
+def build_mix(cfg: RunConfig, task_kind: str, num_classes: int):
+    """timm's Mixup for augment.mixup_alpha / cutmix_alpha (classification only; whole batches, on the device)."""
+    aug = cfg.data.augment
+    if not (aug.mixup_alpha or aug.cutmix_alpha):
+        return None
+    if task_kind != "classification":
+        raise UserError(f"data.augment.mixup_alpha / cutmix_alpha: classification only, this task is {task_kind}")
+    if cfg.trainer.batch_size % 2:
+        raise UserError(
+            f"trainer.batch_size: mixup/cutmix pair images, expected an even size, got {cfg.trainer.batch_size}"
+        )
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        prob=aug.mix_prob,
+        switch_prob=aug.mix_switch_prob,
+        mode="batch",
+        label_smoothing=0.0,  # the task applies task.label_smoothing to the mixed targets
+        num_classes=num_classes,
+    )
+
+
+def augment_record(cfg: RunConfig) -> dict[str, list[str]]:
+    """The training augmentations in use and where they run: batched on the device, or per image in workers."""
+    aug, default = cfg.data.augment, AugmentConfig()
+    settings = ("flip_mode", "mix_prob", "mix_switch_prob")  # modify others, are not augmentations themselves
+    active = [k for k in AugmentConfig.model_fields if k not in settings and getattr(aug, k) != getattr(default, k)]
+    return {
+        "device": [k for k in active if k not in WORKER_AUGMENTS],
+        "workers": [k for k in active if k in WORKER_AUGMENTS],
+    }
 
 
 def check_budget(cfg: RunConfig, params: int) -> None:
@@ -100,6 +135,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     task.fit_targets(data.train.targets)
     model, params, flops = build_model(cfg, data)
     check_budget(cfg, params)
+    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
     head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
     ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
 
@@ -133,6 +169,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         device=device,
         ema=ema,
         train_model=torch.compile(model) if tcfg.compile else None,
+        mix=mix,
         callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))]
         + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else []),
         start_time=start,
@@ -159,6 +196,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         "params": params,
         "flops": flops,
         "epochs": tcfg.epochs,
+        "augment": augment_record(cfg),
         **({"task_stats": task.stats()} if task.stats() else {}),
         "data_info": vars(data.info),  # input size, mean/std, class names: `predict` and `export` need no data
     }
