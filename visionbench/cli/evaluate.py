@@ -18,8 +18,7 @@ def evaluate(
     """Evaluate a run's weights on a split; prints the metrics and saves them as eval-<split>-<tta>-<weights>.json."""
     from visionbench.config import load_config
     from visionbench.data import build_datasets
-    from visionbench.engine import rundir
-    from visionbench.engine.checkpoint import load_checkpoint, load_state, load_weights
+    from visionbench.engine.checkpoint import load_run_weights
     from visionbench.engine.loop import evaluate as run_eval
     from visionbench.engine.runtime import resolve_device
     from visionbench.engine.train import build_model, eval_loader
@@ -42,14 +41,7 @@ def evaluate(
     else:
         task.fit_targets(data.train.targets)
     model, _, _ = build_model(cfg, data)
-    if weights == "best":
-        load_weights(run_dir / rundir.BEST, model)
-    else:
-        ckpt = load_checkpoint(run_dir / rundir.LAST)
-        state = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
-        if ckpt.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
-            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
-        load_state(model, state, str(run_dir / rundir.LAST))
+    load_run_weights(run_dir, model, weights)
     model.to(device)
     metrics, _, _ = run_eval(model, eval_loader(data, split, cfg, device), task.to(device), device, cfg.trainer)
     result = {"split": split, "tta": tta, "weights": weights, **{f"{split}/{k}": v for k, v in metrics.items()}}

@@ -58,8 +58,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     """
     from visionbench.config import load_config
     from visionbench.data import build_datasets
-    from visionbench.engine import rundir
-    from visionbench.engine.checkpoint import load_checkpoint, load_state, load_weights
+    from visionbench.engine.checkpoint import load_run_weights
     from visionbench.models import create_model
     from visionbench.tasks import build_task
     from visionbench.utils.io import read_json
@@ -87,14 +86,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     C, H, W = info.input_size
     # the construction of engine.train.build_model, without its FLOP count
     model = create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
-    if weights == "best":
-        load_weights(run_dir / rundir.BEST, model)
-    else:
-        ckpt = load_checkpoint(run_dir / rundir.LAST)
-        state = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
-        if ckpt.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
-            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
-        load_state(model, state, str(run_dir / rundir.LAST))
+    load_run_weights(run_dir, model, weights)
     return LoadedRun(cfg=cfg, info=info, task=task.eval(), model=model.eval(), kind=cfg.task.name or info.task)
 
 

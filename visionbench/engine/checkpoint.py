@@ -101,3 +101,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def load_run_weights(run_dir: Path, model: nn.Module, weights: str = "best") -> None:
+    """A run directory's `best` weights (safetensors) or its `last` checkpoint's (the EMA weights when it kept an
+    EMA, as evaluation used them) into `model`; a missing or foreign file is a one-line UserError."""
+    from visionbench.engine import rundir
+
+    if weights == "best":
+        load_weights(run_dir / rundir.BEST, model)
+        return
+    ckpt = load_checkpoint(run_dir / rundir.LAST)
+    state = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    if ckpt.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
+        state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+    load_state(model, state, str(run_dir / rundir.LAST))
