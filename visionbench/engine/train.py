@@ -101,11 +101,11 @@ def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> t
     mcfg, tcfg = cfg.model, cfg.trainer
     if tcfg.unfreeze_at_epoch is not None and not mcfg.freeze:
         raise UserError("trainer.unfreeze_at_epoch: needs model.freeze (there is nothing frozen to unfreeze)")
-    needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0
-    head = head_parameter_names(model) if needs_head or mcfg.pretrained else set()
+    needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0 or mcfg.pretrained
+    head = head_parameter_names(model) if needs_head else set()  # found once: it deep-copies the model
     if mcfg.pretrained and not resumed:
-        load_pretrained(model, mcfg.pretrained, mcfg.name)
-    frozen = freeze_names(model, mcfg.freeze) if mcfg.freeze else []
+        load_pretrained(model, mcfg.pretrained, mcfg.name, head)
+    frozen = freeze_names(model, mcfg.freeze, head) if mcfg.freeze else []
     if frozen:
         set_frozen(model, frozen, frozen=True)
     return head, frozen

@@ -81,13 +81,13 @@ def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor],
         raise UserError(f"model.pretrained: {path}: not a readable safetensors file ({first_line(e)})") from None
 
 
-def load_pretrained(model: nn.Module, source: str, model_name: str) -> list[str]:
+def load_pretrained(model: nn.Module, source: str, model_name: str, head: set[str] | None = None) -> list[str]:
     """Copy `source`'s matching tensors into `model` (see the module doc); returns the names left as initialised."""
     from timm.models._manipulate import adapt_input_conv
 
     tensors, where = _read_source(source, model_name)
     own = model.state_dict()
-    head = head_parameter_names(model)
+    head = head_parameter_names(model) if head is None else head
     new, skipped = {}, []
     for key, value in own.items():
         theirs = tensors.get(key)
@@ -131,12 +131,12 @@ def _frozen_class(cls: type) -> type:
     return _FROZEN_CLASSES[cls]
 
 
-def freeze_names(model: nn.Module, spec: str | list[str]) -> list[str]:
+def freeze_names(model: nn.Module, spec: str | list[str], head: set[str] | None = None) -> list[str]:
     """The parameter names that `spec` ("backbone" or module-name patterns) freezes; a pattern matching nothing is
     a UserError listing some module names."""
     names = [name for name, _ in model.named_parameters()]
     if spec == "backbone":
-        head = head_parameter_names(model)
+        head = head_parameter_names(model) if head is None else head
         return [n for n in names if n not in head]
     patterns = [spec] if isinstance(spec, str) else list(spec)
     chosen = []
