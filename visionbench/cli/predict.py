@@ -59,7 +59,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     from visionbench.config import load_config
     from visionbench.data import build_datasets
     from visionbench.engine.checkpoint import load_run_weights
-    from visionbench.models import create_model
+    from visionbench.engine.train import create_run_model
     from visionbench.tasks import build_task
     from visionbench.utils.io import read_json
 
@@ -83,9 +83,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     elif task.stats():
         data = data if data is not None else build_datasets(cfg.data)
         task.fit_targets(data.train.targets)
-    C, H, W = info.input_size
-    # the construction of engine.train.build_model, without its FLOP count
-    model = create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
+    model = create_run_model(cfg, info)  # as training built it, without build_model's FLOP count
     load_run_weights(run_dir, model, weights)
     return LoadedRun(cfg=cfg, info=info, task=task.eval(), model=model.eval(), kind=cfg.task.name or info.task)
 

@@ -18,7 +18,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visionbench.config import AugmentConfig, RunConfig
-from visionbench.data import WORKER_AUGMENTS, Datasets, build_datasets, build_loader
+from visionbench.data import WORKER_AUGMENTS, DatasetInfo, Datasets, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
@@ -41,10 +41,15 @@ from visionbench.tasks import build_task
 from visionbench.utils.io import write_json, write_text
 
 
+def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
+    """The configured model for a dataset's input size and outputs (random init, no check run)."""
+    C, H, W = info.input_size
+    return create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
+
+
 def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, int]:
     """The configured model for `data`, checked against the input size; returns (model, params, flops)."""
-    C, H, W = data.info.input_size
-    model = create_model(cfg.model.name, data.info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
+    model = create_run_model(cfg, data.info)
     params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
     return model, params, flops
 
