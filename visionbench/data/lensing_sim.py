@@ -29,7 +29,6 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -40,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from visionbench.data.base import cache_dir
-from visionbench.errors import UserError, first_line
-from visionbench.utils.io import write_json
+from visionbench.errors import UserError
+from visionbench.utils.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -432,16 +431,18 @@ def _rerun_hint(folder: Path) -> str:
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> Any:
+    """utils.io.read_json, except that a missing file raises FileNotFoundError, or gives None (as an unreadable
+    one does) when `missing_ok`."""
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        return read_json(path)
+    except UserError:
         if missing_ok:
             return None
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        if missing_ok:
-            return None
-        raise UserError(f"{path}: cannot read JSON ({first_line(e)})") from None
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
