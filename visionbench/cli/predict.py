@@ -146,10 +146,7 @@ class Preprocess:
         if self.minmax and path.suffix == ".npy":  # a DeepLense release file ([image, label] or an image)
             from visionbench.data.deeplense import load_release_file
 
-            try:
-                image, _ = load_release_file(path)
-            except UserError as e:
-                raise UserError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+            image, _ = load_release_file(path)  # its errors name the file
             return torch.from_numpy(image)[None]
         return decode_image(str(path), grayscale=self.input_size[0] == 1)
 

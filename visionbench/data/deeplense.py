@@ -80,7 +80,7 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
                 image = np.fromfile(f, dtype=dtype, count=math.prod(shape))
                 if image.size != math.prod(shape):
                     raise ValueError(f"{image.size} values for a {shape} array")
-                return _plain_image(image.reshape(shape, order="F" if fortran else "C")), None
+                return _plain_image(image.reshape(shape, order="F" if fortran else "C"), path), None
             payload = f.read()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({first_line(e)})") from None
@@ -102,16 +102,16 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
         label = float(np.asarray(label).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):
         raise UserError(f"{path}: the label is not a number") from None
-    return _plain_image(np.asarray(image)), label
+    return _plain_image(np.asarray(image), path), label
 
 
-def _plain_image(array: np.ndarray) -> np.ndarray:
+def _plain_image(array: np.ndarray, path: Path) -> np.ndarray:
     try:
         array = np.squeeze(np.asarray(array, dtype=np.float32))
     except (TypeError, ValueError):
-        raise UserError(f"expected a numeric image, got an array of {np.asarray(array).dtype}") from None
+        raise UserError(f"{path}: expected a numeric image, got an array of {np.asarray(array).dtype}") from None
     if array.ndim != 2:
-        raise UserError(f"expected a single-channel image, got an array of shape {array.shape}")
+        raise UserError(f"{path}: expected a single-channel image, got an array of shape {array.shape}")
     return array
 
 
@@ -127,10 +127,7 @@ def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str, tuple[s
     images, targets = [], []
     for cls, files in groups:
         for path in files:
-            try:
-                image, label = load_release_file(path)
-            except UserError as e:
-                raise UserError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+            image, label = load_release_file(path)
             if cls is None:
                 if label is None:
                     raise UserError(f"{path}: no label; a regression folder needs [image, mass] files")
