@@ -7,7 +7,7 @@ for DeepLense runs, then standardised with the mean and std the run trained with
 regression standardisation (`task_stats`) come from the run's summary.json, so no training data is needed; runs
 written before `data_info` was saved rebuild the dataset instead, as `visionbench eval` does.
 
-`load_run` (config, dataset facts, task, model with its weights) is shared with `visionbench export`.
+`load_run` (config, dataset facts, task, model with its weights) is shared with `visionbench export` and `eval`.
 """
 
 from __future__ import annotations
