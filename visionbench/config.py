@@ -72,8 +72,10 @@ class DataConfig(Section):
     download: bool = True  # try the official source when files are missing
     kwargs: dict[str, Any] = {}  # extra arguments of the dataset builder
     augment: AugmentConfig = AugmentConfig()
-    # streamed datasets (VOC, image folders, CSV manifests): decoded and resized in DataLoader workers
-    image_size: int | None = Field(None, ge=8)  # square side after resizing; default 224
+    # square side after resizing. Streamed datasets (VOC, image folders, CSV manifests): in DataLoader workers,
+    # default 224. In-memory datasets: all images once at load (e.g. 28 px Fashion-MNIST to 32 px for VGG16)
+    image_size: int | None = Field(None, ge=8)
+    # streamed datasets only:
     grayscale: bool = False  # decode as one channel
     num_workers: int | None = Field(None, ge=0)  # DataLoader worker processes; default min(8, CPU count)
 
@@ -82,7 +84,8 @@ class ModelConfig(Section):
     name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
     kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
     max_params: float | None = Field(None, gt=0)  # refuse to start a run whose model has more parameters
-    pretrained: str | None = None  # a .safetensors file, a visionbench run directory, or "timm" (hub weights)
+    pretrained: str | None = None  # a .safetensors file, a run directory, an experiment folder (its newest finished
+    # run), or "timm" (hub weights)
     freeze: str | list[str] | None = None  # "backbone" (all but the head) or module-name patterns (fnmatch)
 
 

@@ -5,8 +5,8 @@ import inspect
 
 import torch
 
-from visionbench.data import cifar, deeplense, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
-from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve
+from visionbench.data import cifar, deeplense, digits, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
+from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve, resize_split
 from visionbench.data.loader import DeviceLoader
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
@@ -35,12 +35,19 @@ def build_datasets(cfg) -> Datasets:
         raw = builder(**kwargs, **cfg.kwargs)
     except TypeError as e:
         raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
+    if cfg.image_size and isinstance(raw.train, TensorSplit):  # in memory: resized once, here
+        size = cfg.image_size
+        raw = RawDataset(
+            train=resize_split(raw.train, size),
+            test=resize_split(raw.test, size),
+            info=dataclasses.replace(raw.info, input_size=(raw.info.input_size[0], size, size)),
+        )
     data = carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
     if data.streamed:
         size = cfg.image_size or DEFAULT_IMAGE_SIZE
         data.info = dataclasses.replace(data.info, input_size=(1 if cfg.grayscale else 3, size, size))
     else:
-        for key in ("image_size", "grayscale", "num_workers"):
+        for key in ("grayscale", "num_workers"):
             if getattr(cfg, key) not in (None, False):
                 raise UserError(f"data.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory")
         for key in WORKER_AUGMENTS:

@@ -5,7 +5,8 @@ parameters `reset_head` replaces) is skipped, since the model was built for the 
 convolution that differs only in input channels is adapted with timm's `adapt_input_conv` (RGB summed into one
 grey channel, or repeated and rescaled). Anything else that does not fit is one UserError naming the first key and
 both shapes. `source` is a `.safetensors` file, a visionbench run directory (its `checkpoints/best.safetensors`),
-or `timm` (the hub weights of the timm architecture the model is built from; offline, a clear error).
+an experiment folder (`runs/<experiment>`: its newest finished run), or `timm` (the hub weights of the timm
+architecture the model is built from; offline, a clear error).
 
 `freeze(model, spec)` takes "backbone" (every parameter but the head's) or module-name patterns (fnmatch, e.g.
 `features.*` or `layer[12]*`). Frozen parameters get `requires_grad=False` and stay in the optimizer, so
@@ -44,6 +45,22 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     return {name for name, p in probe.named_parameters() if before.get(name) != id(p)}
 
 
+def _newest_finished_run(experiment: Path) -> Path:
+    """An experiment folder (runs/<experiment>/) given as model.pretrained: its newest finished run."""
+    from visionbench.engine.rundir import BEST, read_summary
+
+    runs = [
+        p
+        for p in sorted(experiment.iterdir(), reverse=True)
+        if (p / BEST).is_file() and read_summary(p).get("status") == "finished"
+    ]
+    if not runs:
+        raise UserError(
+            f"model.pretrained: {experiment} is neither a run directory nor an experiment folder with a finished run"
+        )
+    return runs[0]
+
+
 def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of `source` and how to name it in messages."""
     import safetensors.torch
@@ -66,6 +83,8 @@ def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor],
             ) from None
         return reference.state_dict(), f"timm weights of {timm_name}"
     path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        path = _newest_finished_run(path)
     if path.is_dir():
         weights = path / "checkpoints" / "best.safetensors"
         if not (path / "config.yaml").is_file() or not weights.is_file():
