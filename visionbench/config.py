@@ -42,8 +42,11 @@ class AugmentConfig(Section):
     """Augmentation of the training split.
 
     Batched on the device for every dataset (airbench-style, no per-image Python): flips, rotations, translation,
-    cutout. Streamed datasets (VOC, folders) also crop and colour-jitter each image in the DataLoader workers with
-    torchvision.transforms.v2, since those run before the images have a common size.
+    cutout, mixup/cutmix (timm's Mixup) and, by default, random erasing. Streamed datasets (VOC, folders) also crop
+    and colour-jitter each image in the DataLoader workers with torchvision.transforms.v2, since those run before
+    the images have a common size. Augmentations with no batched equivalent (timm's auto_augment: RandAugment,
+    AugMix, AutoAugment) run per image in DataLoader workers for every dataset, through timm's create_transform;
+    the workers then also normalise, and the device-side augmentations follow. summary.json records which ran where.
     """
 
     flip: bool = False  # horizontal flip
@@ -58,6 +61,13 @@ class AugmentConfig(Section):
     cutmix_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) box pasting; 0: off
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)  # probability that a batch is mixed
     mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0)  # with both on: probability of cutmix instead of mixup
+    # per image in DataLoader workers (in-memory and streamed datasets), through timm's create_transform: an
+    # auto_augment spec as timm writes it, e.g. "rand-m9-mstd0.5-inc1" (RandAugment), "augmix-m5-w4-d2", "original"
+    auto_augment: str | None = None
+    # timm-style random erasing (area 2-33 %, aspect 0.3-3.3, per-pixel normal noise in normalised units), with
+    # this probability per image; batched on the device (ours) or per image in the workers (timm's RandomErasing)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    random_erasing_on: Literal["device", "workers"] = "device"
     # streamed datasets only (in the workers):
     random_resized_crop: list[float] | None = Field(None, min_length=2, max_length=2)  # area scale, e.g. [0.5, 1]
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness, contrast and saturation strength

@@ -382,22 +382,26 @@ def test_official_md5s() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The seed studies' CIFAR-10 configs, on a tiny CIFAR-10 written in the official format
 
-CIFAR10_CONFIGS = sorted(
+CIFAR_CONFIGS = sorted(
     p
-    for p in (Path(__file__).resolve().parents[2] / "configs" / "cifar10").glob("*.yaml")
+    for folder in ("cifar10", "cifar100")
+    for p in (Path(__file__).resolve().parents[2] / "configs" / folder).glob("*.yaml")
     if "visionbench train " in p.read_text()
 )
 
 
-@pytest.mark.parametrize("config", CIFAR10_CONFIGS, ids=lambda p: p.stem)
-def test_cifar10_configs_train_their_short_variant(tmp_path: Path, capsys, short_variant, config: Path) -> None:
+@pytest.mark.parametrize("config", CIFAR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_cifar_configs_train_their_short_variant(tmp_path: Path, capsys, short_variant, config: Path) -> None:
     import safetensors.torch
 
     from visionbench.cli.main import main
     from visionbench.config import load_config
     from visionbench.models import create_model
 
-    make_cifar10(tmp_path / "data", n=4)
+    if config.parent.name == "cifar100":
+        make_cifar100(tmp_path / "data" / "cifar-100-python", n=40)
+    else:
+        make_cifar10(tmp_path / "data", n=4)
     out = tmp_path / "runs"
     tiny = [f"data.root={tmp_path / 'data'}", "data.download=false", "trainer.device=cpu", f"trainer.out_dir={out}"]
     tiny += ["trainer.batch_size=8", "trainer.progress=lines", "trainer.checkpoint_every_minutes=null"]
@@ -412,6 +416,10 @@ def test_cifar10_configs_train_their_short_variant(tmp_path: Path, capsys, short
     (summary_path,) = out.glob(f"{config.stem}/*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "finished" and 0.0 <= summary["final"]["test/acc1"] <= 1.0
+    aug = cfg.data.augment
+    if aug.auto_augment:  # the CIFAR-100 study's recipe: RandAugment in the workers, the rest batched on the device
+        assert "auto_augment" in summary["augment"]["workers"], summary["augment"]
+        assert {"mixup_alpha", "cutmix_alpha", "random_erasing"} <= set(summary["augment"]["device"])
     if cfg.model.max_params is not None:
         assert summary["params"] <= cfg.model.max_params
 

@@ -165,3 +165,23 @@ def test_bad_transfer_settings_exit_2_before_anything_is_written(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_experiment_folder_as_pretrained_loads_its_newest_finished_run(tmp_path: Path) -> None:
+    from visionbench.engine.transfer import _read_source
+
+    experiment = tmp_path / "runs" / "source"
+    for stamp, status, value in [("20260101-000000", "finished", 1.0), ("20260102-000000", "finished", 2.0)] + [
+        ("20260103-000000", "running", 3.0)  # newest, but unfinished: not a source
+    ]:
+        run = experiment / f"{stamp}-small_cnn-digits"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("model: {name: small_cnn}\n")
+        (run / "summary.json").write_text(json.dumps({"status": status}))
+        safetensors.torch.save_file({"w": torch.full((2,), value)}, str(run / "checkpoints" / "best.safetensors"))
+    tensors, where = _read_source(str(experiment), "small_cnn")
+    assert tensors["w"].tolist() == [2.0, 2.0] and "20260102-000000" in where
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="neither a run directory nor an experiment folder with a finished run"):
+        _read_source(str(empty), "small_cnn")

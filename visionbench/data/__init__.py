@@ -8,6 +8,7 @@ import torch
 from visionbench.data import cifar, deeplense, digits, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
 from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve, resize_split
 from visionbench.data.loader import DeviceLoader
+from visionbench.data.stream import needs_worker_transform, worker_transform
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
@@ -17,13 +18,14 @@ __all__ = [
     "FileSplit",
     "RawDataset",
     "TensorSplit",
+    "augment_placement",
     "build_datasets",
     "build_loader",
     "carve",
 ]
 
 DEFAULT_IMAGE_SIZE = 224
-WORKER_AUGMENTS = ("random_resized_crop", "color_jitter")
+STREAM_AUGMENTS = ("random_resized_crop", "color_jitter")  # v2, in the workers, streamed datasets only
 
 
 def build_datasets(cfg) -> Datasets:
@@ -47,10 +49,21 @@ def build_datasets(cfg) -> Datasets:
         size = cfg.image_size or DEFAULT_IMAGE_SIZE
         data.info = dataclasses.replace(data.info, input_size=(1 if cfg.grayscale else 3, size, size))
     else:
-        for key in ("grayscale", "num_workers"):
-            if getattr(cfg, key) not in (None, False):
-                raise UserError(f"data.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory")
-        for key in WORKER_AUGMENTS:
+        if cfg.grayscale:
+            raise UserError(f"data.grayscale applies to datasets streamed from disk; {cfg.name!r} is held in memory")
+        if cfg.num_workers is not None and not needs_worker_transform(cfg.augment):
+            raise UserError(
+                f"data.num_workers: {cfg.name!r} is held in memory and uses workers only with per-image "
+                "augmentations (data.augment.auto_augment, or random_erasing_on: workers)"
+            )
+        if needs_worker_transform(cfg.augment) and data.train.images.dtype != torch.uint8:
+            raise UserError(
+                f"data.augment.auto_augment / random_erasing_on: workers need 8-bit images; {cfg.name!r} images are "
+                f"{data.train.images.dtype} (use the batched augmentations and random_erasing_on: device)"
+            )
+        info = data.info
+        worker_transform(cfg.augment, info.input_size[0], info.input_size[1:], info.mean, info.std)  # checks the spec
+        for key in STREAM_AUGMENTS:
             if getattr(cfg.augment, key):
                 raise UserError(
                     f"data.augment.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory "
@@ -74,7 +87,8 @@ def build_loader(
 ):
     """The loader of one split: a DeviceLoader for in-memory datasets, a StreamLoader for streamed ones."""
     augment = cfg.augment if train else None
-    if not data.streamed:
+    in_memory = not data.streamed
+    if in_memory and not needs_worker_transform(augment):
         return DeviceLoader(data.split(split), data.info, batch_size, device, train, augment, seed, channels_last)
     from visionbench.data.stream import StreamLoader
 
@@ -91,3 +105,16 @@ def build_loader(
         grayscale=cfg.grayscale,
         num_workers=cfg.num_workers,
     )
+
+
+def augment_placement(augment) -> dict[str, list[str]]:
+    """The training augmentations in use and where they run: batched on the device, or per image in workers."""
+    from visionbench.config import AugmentConfig
+
+    default = AugmentConfig()
+    settings = ("flip_mode", "mix_prob", "mix_switch_prob", "random_erasing_on")  # modify others
+    active = [k for k in AugmentConfig.model_fields if k not in settings and getattr(augment, k) != getattr(default, k)]
+    in_workers = set(STREAM_AUGMENTS) | {"auto_augment"}
+    if augment.random_erasing_on == "workers":
+        in_workers.add("random_erasing")
+    return {"device": [k for k in active if k not in in_workers], "workers": [k for k in active if k in in_workers]}

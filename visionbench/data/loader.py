@@ -68,6 +68,8 @@ class DeviceLoader:
             if params:
                 images = self._augment(images, {k: v[sl] for k, v in params.items()})
             x = transforms.normalize(images, self.mean, self.std)
+            if params and "erase" in params:
+                x = erase_batch(x, {k: v[sl] for k, v in params.items()}, self.seed, epoch, i)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, targets
@@ -84,6 +86,7 @@ class DeviceLoader:
 
 
 AUGMENT_KEYS = ("flip", "vflip", "rot90", "angle", "dx", "dy", "cy", "cx")
+ERASE_KEYS = ("erase", "erase_area", "erase_aspect", "erase_y", "erase_x")
 
 
 def epoch_plan(seed: int, epoch: int, n: int, aug: AugmentConfig | None, H: int, W: int) -> dict[str, torch.Tensor]:
@@ -117,14 +120,28 @@ def epoch_plan(seed: int, epoch: int, n: int, aug: AugmentConfig | None, H: int,
             params["rot90"] = torch.randint(0, 4, (n,), generator=g)
         if aug.rotate_degrees:
             params["angle"] = (torch.rand(n, generator=g) * 2 - 1) * aug.rotate_degrees
-        for key in AUGMENT_KEYS:  # per-image params follow the shuffled order
+        if aug.random_erasing and aug.random_erasing_on == "device":
+            lo, hi = transforms.ERASE_LOG_ASPECT
+            params["erase"] = torch.rand(n, generator=g) < aug.random_erasing
+            params["erase_area"] = torch.empty(n).uniform_(*transforms.ERASE_AREA, generator=g)
+            params["erase_aspect"] = torch.empty(n).uniform_(lo, hi, generator=g)
+            params["erase_y"], params["erase_x"] = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        for key in AUGMENT_KEYS + ERASE_KEYS:  # per-image params follow the shuffled order
             if key in params:
                 params[key] = params[key][params["order"]]
     return params
 
 
+def erase_batch(x: torch.Tensor, p: dict[str, torch.Tensor], seed: int, epoch: int, batch: int) -> torch.Tensor:
+    """Random erasing of normalised batch `batch` of `epoch` with its slice of an `epoch_plan`; the noise comes
+    from a generator on the batch's device seeded by (seed, epoch, batch), so a resumed epoch repeats it."""
+    g = torch.Generator(device=x.device).manual_seed((seed * 1_000_003 + epoch) * 100_003 + batch + 1)
+    return transforms.random_erasing(x, p, g)
+
+
 def apply_augment(images: torch.Tensor, p: dict[str, torch.Tensor], aug: AugmentConfig) -> torch.Tensor:
-    """Augment a batch with its slice of an `epoch_plan`: translate, flips, rotations, then cutout."""
+    """Augment a batch with its slice of an `epoch_plan`: translate, flips, rotations, then cutout (random erasing,
+    which works on normalised images, is `erase_batch`'s)."""
     if "dx" in p:
         images = transforms.translate(images, p["dx"], p["dy"], aug.translate_pixels)
     if "flip" in p:

@@ -1,6 +1,9 @@
-"""A loader for datasets streamed from disk (Pascal VOC, image folders, CSV manifests): DataLoader workers decode,
-resize and (when training) crop and colour-jitter each image; the device then normalises and applies the batched
-augmentations the in-memory loader uses (flips, rotations, translation, cutout).
+"""A loader whose images pass through DataLoader workers. For datasets streamed from disk (Pascal VOC, image
+folders, CSV manifests) the workers decode, resize and (when training) crop and colour-jitter each image; the device
+then normalises and applies the batched augmentations the in-memory loader uses (flips, rotations, translation,
+cutout, random erasing). Training with per-image augmentations that have no batched equivalent (timm's auto_augment:
+RandAugment and kin) also goes through here, for in-memory datasets too: the workers run timm's create_transform,
+which normalises, and the device adds its batched augmentations.
 
 Same contract as `DeviceLoader`: `epoch(e, start_batch)` yields (images, targets) on the device, and everything
 random in epoch `e` is a pure function of (seed, e). The order and the device-side parameters come from the same
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
-from visionbench.data.base import DatasetInfo, FileSplit
-from visionbench.data.loader import apply_augment, epoch_plan
+from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
+from visionbench.data.loader import apply_augment, epoch_plan, erase_batch
 from visionbench.errors import UserError, first_line
 
 NO_SEED = -1  # worker-side transforms off (evaluation)
@@ -55,12 +60,91 @@ def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
 
 
+def needs_worker_transform(augment: AugmentConfig | None) -> bool:
+    """Whether training runs per-image augmentations with no batched equivalent (timm's, in the workers)."""
+    if augment is None:
+        return False
+    return bool(augment.auto_augment or (augment.random_erasing and augment.random_erasing_on == "workers"))
+
+
+def worker_transform(augment: AugmentConfig | None, channels: int, size: tuple[int, int], mean, std):
+    """timm's create_transform for the per-image augmentations (auto_augment, and random erasing when it runs in
+    the workers), or None when there are none. Its random crop is the whole image and its flips are off: resizing,
+    cropping and flipping stay where they were (v2 in the workers, batched on the device). It ends with ToTensor
+    and Normalize, so the device does not normalise these batches again."""
+    if not needs_worker_transform(augment):
+        return None
+    from timm.data import create_transform
+
+    erase = augment.random_erasing if augment.random_erasing_on == "workers" else 0.0
+    spec = augment.auto_augment
+    if spec is not None and not re.fullmatch(r"[a-z0-9]+(-[a-z]+[0-9.]+)*", spec):  # timm skips such sections
+        raise UserError(
+            f"data.augment.auto_augment: {spec!r} is not a timm auto_augment spec (expected e.g. "
+            "'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2' or 'original')"
+        )
+    try:
+        return create_transform(
+            input_size=(channels, *size),
+            is_training=True,
+            scale=(1.0, 1.0),
+            ratio=(1.0, 1.0),
+            hflip=0.0,
+            vflip=0.0,
+            color_jitter=None,
+            auto_augment=augment.auto_augment,
+            interpolation="bilinear",
+            mean=tuple(mean),
+            std=tuple(std),
+            re_prob=erase,
+            re_mode="pixel",
+        )
+    except Exception as e:  # timm asserts on a spec it cannot parse
+        raise UserError(
+            f"data.augment.auto_augment: {augment.auto_augment!r} is not a timm auto_augment spec (expected e.g. "
+            f"'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2' or 'original'; {first_line(e) or type(e).__name__})"
+        ) from None
+
+
+def _seed_sample(seed: int) -> None:
+    """Seed every generator a per-image transform may draw from: torch (v2), Python's and numpy's (timm)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # NOTE: each worker owns its generators
+
+
+def _finish(transform, image: torch.Tensor, where: str) -> torch.Tensor:
+    """The worker transform on a uint8 (C, H, W) image, through PIL as timm's transforms expect."""
+    if image.dtype != torch.uint8:
+        raise UserError(f"data.augment.auto_augment: needs 8-bit images; {where} holds {image.dtype} values")
+    from torchvision.transforms.functional import to_pil_image
+
+    return transform(to_pil_image(image))
+
+
+class TensorItems(Dataset):
+    """Items are (index, sample_seed) pairs of an in-memory split; returns the image through the worker transform."""
+
+    def __init__(self, split: TensorSplit, transform) -> None:
+        self.images, self.targets, self.transform = split.images, split.targets, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        _seed_sample(seed)
+        return _finish(self.transform, self.images[index], "the dataset"), self.targets[index]
+
+
 class FileDataset(Dataset):
     """Items are (index, sample_seed) pairs; returns the decoded, resized (and, with a seed, augmented) image."""
 
-    def __init__(self, split: FileSplit, size: int, grayscale: bool, augment: AugmentConfig | None) -> None:
+    def __init__(
+        self, split: FileSplit, size: int, grayscale: bool, augment: AugmentConfig | None, finish=None
+    ) -> None:
         self.paths, self.targets = split.paths, split.targets
-        self.size, self.grayscale, self.augment = size, grayscale, augment
+        self.size, self.grayscale, self.augment, self.finish = size, grayscale, augment, finish
         self._train_tf = self._eval_tf = None
 
     def _transforms(self, train: bool):
@@ -86,8 +170,10 @@ class FileDataset(Dataset):
             image = self._eval_tf(image)
         else:
             self._train_tf = self._train_tf or self._transforms(True)
-            torch.manual_seed(seed)  # NOTE: v2 transforms draw from the global generator; each worker owns its own
+            _seed_sample(seed)
             image = self._train_tf(image)
+            if self.finish is not None:
+                image = _finish(self.finish, image, self.paths[index])
         return image, self.targets[index]
 
 
@@ -114,10 +200,13 @@ class _PlanSampler(Sampler):
 
 
 class StreamLoader:
-    """Batches of a FileSplit decoded by DataLoader workers: float32 normalised images and targets on `device`.
+    """Batches prepared by DataLoader workers: float32 normalised images and targets on `device`.
+
+    A FileSplit's images are decoded and resized in the workers; a TensorSplit (an in-memory dataset whose training
+    uses per-image augmentations, see `worker_transform`) is indexed there.
 
     Args:
-        split: file paths and targets.
+        split: file paths and targets, or in-memory images and targets.
         info: mean and std for normalisation (ImageNet's for the file datasets).
         batch_size: images per batch.
         device: where batches are produced.
@@ -132,7 +221,7 @@ class StreamLoader:
 
     def __init__(
         self,
-        split: FileSplit,
+        split: FileSplit | TensorSplit,
         info: DatasetInfo,
         batch_size: int,
         device: torch.device,
@@ -154,8 +243,15 @@ class StreamLoader:
         self.mean, self.std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
         self.sampler = _PlanSampler(len(split), self.batch_size, train, seed)
         workers = default_workers() if num_workers is None else num_workers
+        channels = info.input_size[0] if isinstance(split, TensorSplit) else (1 if grayscale else 3)
+        finish = worker_transform(self.augment, channels, (image_size, image_size), mean, std)
+        self.normalized = finish is not None  # the workers' timm transform ends with Normalize
+        if isinstance(split, TensorSplit):
+            dataset = TensorItems(split, finish)
+        else:
+            dataset = FileDataset(split, image_size, grayscale, self.augment, finish)
         self.dataloader = DataLoader(
-            FileDataset(split, image_size, grayscale, self.augment),
+            dataset,
             batch_sampler=self.sampler,
             num_workers=workers,
             pin_memory=device.type == "cuda",
@@ -183,10 +279,12 @@ class StreamLoader:
                 raise _worker_error(e) from None
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if params:
-                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
                 images = apply_augment(images, {k: v[sl] for k, v in params.items()}, self.augment)
-            x = transforms.normalize(images, self.mean, self.std)
+            x = images if self.normalized else transforms.normalize(images, self.mean, self.std)
+            if "erase" in params:
+                x = erase_batch(x, {k: v[sl] for k, v in params.items()}, self.seed, epoch, i)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, targets

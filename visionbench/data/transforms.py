@@ -70,3 +70,27 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     levels (divided by 255 first); float images are taken to be in [0, 1] units already."""
     x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
     return (x - mean[:, None, None]).div_(std[:, None, None])
+
+
+ERASE_AREA = (0.02, 1 / 3)  # fraction of the image erased (timm's RandomErasing defaults)
+ERASE_LOG_ASPECT = (-1.2039728043259361, 1.1939224684724346)  # log(0.3), log(1 / 0.3)
+
+
+def random_erasing(x: torch.Tensor, p: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """timm-style random erasing of a normalised float batch (B, C, H, W), batched: where `p["erase"]`, a rectangle
+    of area fraction `p["erase_area"]` and log aspect `p["erase_aspect"]` (clipped to the image), placed by the
+    fractions `p["erase_y"]`, `p["erase_x"]`, is replaced by per-pixel standard normal noise from `generator`."""
+    B, C, H, W = x.shape
+    area = p["erase_area"] * H * W
+    aspect = p["erase_aspect"].exp()
+    h = (area * aspect).sqrt().round().clamp(1, H).long()  # (B,)
+    w = (area / aspect).sqrt().round().clamp(1, W).long()
+    top = (p["erase_y"] * (H - h + 1)).long()
+    left = (p["erase_x"] * (W - w + 1)).long()
+    r = torch.arange(H, device=x.device)[None, :]
+    c = torch.arange(W, device=x.device)[None, :]
+    rows = (r >= top[:, None]) & (r < (top + h)[:, None])  # (B, H)
+    cols = (c >= left[:, None]) & (c < (left + w)[:, None])  # (B, W)
+    mask = (rows[:, :, None] & cols[:, None, :] & p["erase"][:, None, None])[:, None]  # (B, 1, H, W)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.where(mask, noise, x)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from visionbench.config import AugmentConfig, RunConfig
-from visionbench.data import WORKER_AUGMENTS, DatasetInfo, Datasets, build_datasets, build_loader
+from visionbench.config import RunConfig
+from visionbench.data import DatasetInfo, Datasets, augment_placement, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
@@ -76,17 +76,6 @@ def build_mix(cfg: RunConfig, task_kind: str, num_classes: int):
         label_smoothing=0.0,  # the task applies task.label_smoothing to the mixed targets
         num_classes=num_classes,
     )
-
-
-def augment_record(cfg: RunConfig) -> dict[str, list[str]]:
-    """The training augmentations in use and where they run: batched on the device, or per image in workers."""
-    aug, default = cfg.data.augment, AugmentConfig()
-    settings = ("flip_mode", "mix_prob", "mix_switch_prob")  # modify others, are not augmentations themselves
-    active = [k for k in AugmentConfig.model_fields if k not in settings and getattr(aug, k) != getattr(default, k)]
-    return {
-        "device": [k for k in active if k not in WORKER_AUGMENTS],
-        "workers": [k for k in active if k in WORKER_AUGMENTS],
-    }
 
 
 def check_budget(cfg: RunConfig, params: int) -> None:
@@ -201,7 +190,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         "params": params,
         "flops": flops,
         "epochs": tcfg.epochs,
-        "augment": augment_record(cfg),
+        "augment": augment_placement(cfg.data.augment),
         **({"task_stats": task.stats()} if task.stats() else {}),
         "data_info": vars(data.info),  # input size, mean/std, class names: `predict` and `export` need no data
     }
