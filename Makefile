@@ -12,7 +12,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing,export]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing,export,tensorboard]'
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist where the files are missing and we are root on Debian.
@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/visionbench train configs/demo/small_cnn.yaml
 	$(BIN)/visionbench train configs/demo/resnet_cfg_small.yaml
 	$(BIN)/visionbench train configs/demo/fastnet_s.yaml
-	$(BIN)/visionbench report runs/demo --latest
+	$(BIN)/visionbench report runs/demo --latest --cols data.name
 
 test: setup
 	$(BIN)/pytest -q

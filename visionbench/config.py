@@ -7,6 +7,7 @@ the complaint this avoids). Defaults live here and nowhere else: the CLI declare
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -153,6 +154,11 @@ class TrainerConfig(Section):
     out_dir: str = "runs"
     experiment: str | None = None  # default: the config file's stem
     progress: Literal["auto", "bar", "lines"] = "auto"  # auto: a bar only when stdout is a terminal
+    # train for this long: the learning-rate schedule runs on elapsed training time instead of steps, so the run
+    # anneals and ends at the budget (`epochs` stays an upper bound); evaluation is not counted unless asked
+    time_budget_minutes: float | None = Field(None, gt=0.0)
+    time_budget_counts_eval: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files (`<run>/tensorboard/`) during training
 
 
 class RunConfig(Section):
@@ -175,21 +181,33 @@ def load_config(path: str | Path | None, overrides: list[str] = (), experiment: 
         UserError: missing or unreadable file, bad YAML, a bad override, or a value the schema refuses.
     """
     source = str(path) if path is not None else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
-        try:
-            raw = safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    raw = read_config_file(path) if path is not None else {}
+    return config_from_raw(raw, overrides, source, experiment)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping of a config file, not yet validated (a `compare` config also holds its `matrix`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
+    try:
+        raw = safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    return raw
+
+
+def config_from_raw(
+    raw: dict[str, Any], overrides: list[str] = (), source: str = "<config>", experiment: str | None = None
+) -> RunConfig:
+    """Apply `dotted.key=value` overrides to a copy of a plain mapping, set the default experiment name, validate."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item, source)
     if experiment and not (raw.get("trainer") or {}).get("experiment"):

@@ -24,14 +24,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from visionbench.cli import data, evaluate, export, models, predict, report, train
+    from visionbench.cli import compare, data, evaluate, export, lr_find, models, predict, report, train
 
     app.command("train")(train.train)
+    app.command("lr-find")(lr_find.lr_find)
     app.command("eval")(evaluate.evaluate)
     app.command("predict")(predict.predict)
     app.command("export")(export.export)
     app.command("models")(models.models)
     app.command("report")(report.report)
+    app.command("compare")(compare.compare)
     app.add_typer(data.app, name="data")
 
 

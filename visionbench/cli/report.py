@@ -1,4 +1,5 @@
-"""`visionbench report RUN_DIRS... | EXPERIMENT_DIR`: the results table of finished and unfinished runs."""
+"""`visionbench report RUN_DIRS... | EXPERIMENT_DIR [--out DIR] [--rows KEY] [--cols KEY] [--latest]`: results
+tables of finished and unfinished runs as report.md, and a self-contained report.html with every run's figures."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ import typer
 
 
 def report(
-    paths: list[Path] = typer.Argument(..., help="Run directories or experiment folders."),
-    latest: bool = typer.Option(False, help="Only the newest run of each (model, dataset)."),
+    paths: list[Path] = typer.Argument(..., help="Run directories, experiment folders or folders of experiments."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for report.md and report.html [default: the folder given, if only one, else .]."
+    ),
+    rows: str | None = typer.Option(None, help="Dotted config key(s), comma-separated, of the rows [model.name]."),
+    cols: str | None = typer.Option(
+        None, help="Dotted config key(s) of the columns [data.name and the data.* keys varied within a dataset]."
+    ),
+    latest: bool = typer.Option(False, help="Only the newest run of each table cell."),
 ) -> None:
-    """Print the markdown results table (model, params, test metric, time, status)."""
-    from visionbench.report.tables import find_runs, latest_per_cell, load_record, markdown_table
+    """Write report.md and report.html, print the markdown, then the two paths (one per line)."""
+    from visionbench.report.page import default_out_dir, write_report
 
-    records = [load_record(p) for p in find_runs(paths)]
-    print(markdown_table(latest_per_cell(records) if latest else records))
+    md_path, html_path = write_report(paths, out or default_out_dir(paths), rows=rows, cols=cols, latest=latest)
+    print(md_path.read_text(encoding="utf-8"), end="")
+    print(md_path)
+    print(html_path)

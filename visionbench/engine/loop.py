@@ -19,8 +19,11 @@ from torch import nn
 from visionbench.config import TrainerConfig
 from visionbench.data.loader import DeviceLoader
 from visionbench.engine.runtime import autocast
+from visionbench.engine.schedule import TimeBudget
 from visionbench.errors import UserError
 from visionbench.tasks.base import Task
+
+budget_clock: Callable[[], float] = time.monotonic  # the time budget's clock (tests put a fake one here)
 
 
 class TrainingDiverged(UserError):
@@ -42,6 +45,7 @@ class TrainState:
     best_epoch: int | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
     elapsed_offset: float = 0.0  # elapsed seconds before this process (resume)
+    budget_seconds: float = 0.0  # seconds counted against trainer.time_budget_minutes so far
     should_stop: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +79,9 @@ class Trainer:
     checkpoint: Callable[[TrainState], None] | None = None  # writes checkpoints/last
     on_epoch_end: Callable[[TrainState, dict[str, float]], None] | None = None  # run directory bookkeeping
     start_time: float = dataclasses.field(default_factory=time.monotonic)
+    budget: TimeBudget | None = None  # trainer.time_budget_minutes: the schedule reads it, the loop fills it
+    clock: Callable[[], float] = dataclasses.field(default_factory=lambda: budget_clock)  # of the time budget
+    writer: Any = None  # a TensorBoard SummaryWriter (trainer.tensorboard)
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)  # last eval
 
     @property
@@ -119,6 +126,7 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
         t0 = _clock(trainer.device)
         train_loss = train_one_epoch(trainer, state)
         t1 = _clock(trainer.device)
+        tick = trainer.clock()  # the time budget's clock
         state.seconds["train"] += t1 - t0
         row: dict[str, Any] = {
             "epoch": state.epoch + 1,
@@ -127,7 +135,7 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
             "lr": trainer.optimizer.param_groups[0]["lr"],
             "train/loss": train_loss,
         }
-        last = state.epoch + 1 == cfg.epochs
+        last = state.epoch + 1 == cfg.epochs or state.should_stop  # the budget ends a run mid-epoch
         if (state.epoch + 1) % cfg.eval_every_epochs == 0 or last:
             for split, loader in trainer.eval_loaders.items():
                 if split == "test" and not (cfg.eval_test_every_epoch or last):
@@ -142,8 +150,17 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
         state.epoch += 1
         state.batch = 0
         state.loss_sum = torch.zeros((), device=trainer.device)
+        if trainer.writer is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    trainer.writer.add_scalar(key, value, row["epoch"])
+            trainer.writer.flush()
         if trainer.on_epoch_end is not None:
             trainer.on_epoch_end(state, row)  # best weights, metrics.csv, summary.json
+        if trainer.budget is not None and trainer.budget.counts_eval:  # evaluation and the epoch-end writes
+            state.budget_seconds += trainer.clock() - tick
+            trainer.budget.used = state.budget_seconds
+            state.should_stop = state.should_stop or trainer.budget.spent
         if trainer.checkpoint is not None:
             trainer.checkpoint(state)
         trainer._emit("after_epoch", state)
@@ -160,6 +177,9 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     model.train()
     loss_sum = torch.as_tensor(state.loss_sum, device=trainer.device, dtype=torch.float32).clone()
     last_ckpt = time.monotonic()
+    budget, tick = trainer.budget, trainer.clock()
+    if budget is not None:
+        budget.used = state.budget_seconds
     for images, targets in loader.epoch(state.epoch, state.batch):
         if trainer.mix is not None:
             images, targets = trainer.mix(images, targets)  # targets become (B, C) probabilities
@@ -177,18 +197,25 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
         trainer.scaler.step(optimizer)
         trainer.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if budget is not None:  # before the scheduler steps: it reads the budget's progress
+            now = trainer.clock()
+            state.budget_seconds += now - tick
+            budget.used, tick = state.budget_seconds, now
         trainer.scheduler.step()
         state.step += 1
         if trainer.ema is not None:
             trainer.ema.update_parameters(model)
         state.loss_sum = loss_sum
         trainer._emit("after_batch", state)
+        if budget is not None and budget.spent:
+            state.should_stop = True  # fit evaluates this partial epoch as the last one
+            break
         if trainer.checkpoint is not None and state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
             _check_finite(loss_sum, state)
             trainer.checkpoint(state)
             last_ckpt = time.monotonic()
     _check_finite(loss_sum, state)
-    return loss_sum.item() / max(1, n_batches)
+    return loss_sum.item() / max(1, state.batch)
 
 
 @torch.no_grad()

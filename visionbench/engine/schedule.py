@@ -57,5 +57,46 @@ def schedule_fn(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callable
     return partial(fn, total_steps=total, warmup_steps=warmup, cfg=cfg, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, steps_per_epoch, epochs))
+class TimeBudget:
+    """Training time against `trainer.time_budget_minutes`: the loop adds the seconds it spends (`used`), the
+    schedule reads `progress`, the fraction of the budget spent so far."""
+
+    RESOLUTION = 1_000_000  # virtual steps of a budgeted schedule
+
+    def __init__(self, minutes: float, counts_eval: bool = False) -> None:
+        self.seconds, self.counts_eval, self.used = minutes * 60.0, counts_eval, 0.0
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.used / self.seconds)
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.seconds
+
+
+def budget_schedule_fn(cfg: OptimConfig, steps_per_epoch: int, epochs: int, budget: TimeBudget):
+    """The factor of a time-budgeted run: the warmup counts real optimizer steps (its length in steps does not
+    depend on the machine's speed); the schedule after it runs on the budget's progress, as if the budget were
+    `TimeBudget.RESOLUTION` steps long (step milestones sit at `step_epochs / epochs` of the budget)."""
+    total = TimeBudget.RESOLUTION
+    main = schedule_fn(cfg.model_copy(update={"warmup_epochs": 0.0}), total // epochs, epochs)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        return _warmup(step, warmup) * main(round(budget.progress * (total // epochs) * epochs))
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    budget: TimeBudget | None = None,
+):
+    if budget is not None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, budget_schedule_fn(cfg, steps_per_epoch, epochs, budget))
+    fn = schedule_fn(cfg, steps_per_epoch, epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

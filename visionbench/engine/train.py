@@ -33,7 +33,7 @@ from visionbench.engine.checkpoint import (
 from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
-from visionbench.engine.schedule import build_scheduler
+from visionbench.engine.schedule import TimeBudget, build_scheduler
 from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
 from visionbench.errors import UserError, first_line
 from visionbench.models import create_model, inspect_model
@@ -111,8 +111,11 @@ def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device
     return build_loader(data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last)
 
 
-def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | None = None) -> Path:
-    """Train `cfg` in a new run directory, or continue the run in `resume_dir`; returns the run directory."""
+def train(
+    cfg: RunConfig, resume_dir: Path | None = None, start_time: float | None = None, run_dir: Path | None = None
+) -> Path:
+    """Train `cfg` in a new run directory (`run_dir`, which must not exist yet, or a fresh timestamped one), or
+    continue the run in `resume_dir`; returns the run directory."""
     start = start_time if start_time is not None else time.monotonic()
     tcfg = cfg.trainer
     device = resolve_device(tcfg.device)
@@ -132,6 +135,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     mix = build_mix(cfg, data.info.task, data.info.num_outputs)
     head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
     ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
+    summary_writer = tensorboard_writer_class() if tcfg.tensorboard else None
 
     # 2. Data onto the device, model, optimisation.
     channels_last = tcfg.channels_last
@@ -146,7 +150,10 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     task.to(device)
     optimizer = build_optimizer(model, cfg.optim, head, keep=set(frozen) if tcfg.unfreeze_at_epoch else set())
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.accumulate_steps)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs)
+    budget = None
+    if tcfg.time_budget_minutes is not None:
+        budget = TimeBudget(tcfg.time_budget_minutes, tcfg.time_budget_counts_eval)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs, budget)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and tcfg.precision == "fp16")
     ema = None
     if tcfg.ema_decay is not None:
@@ -167,6 +174,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
         callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))]
         + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else []),
         start_time=start,
+        budget=budget,
     )
     state = TrainState(loss_sum=torch.zeros((), device=device))
     if ckpt is not None:
@@ -179,7 +187,12 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
             ) from None
 
     # 3. The run directory.
-    run_dir = resume_dir if resume_dir is not None else rundir.new_run_dir(cfg)
+    if resume_dir is not None:
+        run_dir = resume_dir
+    elif run_dir is not None:
+        run_dir.mkdir(parents=True)  # compare's cells: a fixed name, checked to be free beforehand
+    else:
+        run_dir = rundir.new_run_dir(cfg)
     base = {
         "experiment": tcfg.experiment,
         "model": cfg.model.name,
@@ -211,6 +224,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
                 "best": best,
                 **({"test_details": details} if details else {}),
                 "seconds": seconds,
+                **({"time_budget": budget_record(tcfg, state)} if budget is not None else {}),
                 "peak_memory_bytes": peak_memory_bytes(device),
                 "error": error,
             },
@@ -235,16 +249,21 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     if ckpt is None:
         rundir.write_config(run_dir, cfg)
     rundir.write_env(run_dir, cfg, device)
+    if summary_writer is not None:
+        trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
     summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
 
     # 4. Train, then the final and best evaluations.
     try:
         fit(trainer, state)
-        final = dict(state.rows[-1])
         t_eval = time.monotonic()
         test_loader = eval_loaders["test"]
-        if "test" not in trainer.outputs:  # resumed after the last epoch: the test outputs are not in memory
-            _, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
+        if "test" not in trainer.outputs:  # resumed after the last epoch, or a budget spent by an evaluation
+            metrics, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
+            if not any(k.startswith("test/") for k in state.rows[-1]):
+                state.rows[-1].update({f"test/{k}": v for k, v in metrics.items()})
+                rundir.write_metrics(run_dir, state.rows)
+        final = dict(state.rows[-1])
         _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
         details.update(task.details(*trainer.outputs["test"]))
         if best_key is None:  # no validation split: the best weights are the final ones
@@ -261,7 +280,33 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, start_time: float | No
     except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
         summary("failed", state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
         raise
+    finally:
+        if trainer.writer is not None:
+            trainer.writer.close()
     return run_dir
+
+
+def tensorboard_writer_class():
+    """torch.utils.tensorboard's SummaryWriter, or a UserError when the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "trainer.tensorboard: needs the tensorboard package (pip install 'visionbench[tensorboard]')"
+        ) from None
+    return SummaryWriter
+
+
+def budget_record(tcfg, state: TrainState) -> dict[str, Any]:
+    """summary.json's account of a time-budgeted run: the budget, the seconds counted against it, what ended it."""
+    budget_s = tcfg.time_budget_minutes * 60
+    return {
+        "minutes": tcfg.time_budget_minutes,
+        "counts_eval": tcfg.time_budget_counts_eval,
+        "used_seconds": round(state.budget_seconds, 3),
+        "used_fraction": round(state.budget_seconds / budget_s, 4),
+        "ended_by": "budget" if state.budget_seconds >= budget_s else "epochs" if state.epoch >= tcfg.epochs else None,
+    }
 
 
 def _best_row(state: TrainState) -> dict[str, Any]:

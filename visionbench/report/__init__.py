@@ -1,1 +1,8 @@
-"""Reports are pure functions of run directories on disk; this package never imports the engine."""
+"""Reports are pure functions of run directories on disk; this package never imports the engine.
+
+`write_report` (page.py) writes report.md and report.html; `tables.py` builds the tables, `plots.py` the figures.
+"""
+
+from visionbench.report.page import write_report
+
+__all__ = ["write_report"]

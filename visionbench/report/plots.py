@@ -1,7 +1,10 @@
-"""Figures of one run directory, drawn from its files alone: loss and metric curves (metrics.csv) and, for
-regression, predicted against true values on the test set (predictions_test.csv, the DeepLense study's figure).
+"""Figures of one run directory, drawn from its files alone: loss and metric curves (metrics.csv, also exported as
+`curves.csv`), the test confusion matrix (confusion_matrix_test.json), per-class AP or AUROC bars (summary.json's
+`test_details`) and, for regression, predicted against true test values (predictions_test.csv, the DeepLense
+study's figure).
 
-Written under `<run>/plots/` as PNG, each file atomically, so a figure is either whole or absent.
+Each figure is written under `<run>/plots/` as PNG (for the HTML report) and SVG (for papers), each file atomically,
+so a figure is either whole or absent. Drawn at the end of training and again by `visionbench report`.
 """
 
 from __future__ import annotations
@@ -10,78 +13,193 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import Any
 
-from visionbench.utils.io import read_json, write_bytes
+from visionbench.errors import UserError
+from visionbench.utils.io import read_json, write_bytes, write_text
 
 PLOTS = "plots"
+ANNOTATE_MAX_CLASSES = 20  # counts printed in confusion-matrix cells up to this many classes
+TICKS_MAX_CLASSES = 40  # class names on the axes up to this many classes
 
 
-def _read_csv(path: Path) -> dict[str, list[float]]:
-    """Numeric columns of a CSV (empty cells become NaN)."""
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _numeric_columns(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+    """Numeric columns of CSV rows (empty cells become NaN); text columns are left out."""
     columns: dict[str, list[float]] = {}
     for key in rows[0] if rows else []:
         try:
             columns[key] = [float(r[key]) if r[key] not in ("", None) else math.nan for r in rows]
         except ValueError:
-            continue  # a text column
+            continue
     return columns
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return path
-
-
-def _figure(ncols: int):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
+    return plt
 
 
-def plot_curves(run_dir: Path) -> Path | None:
-    """Loss per epoch (train, val, test) and the run's main metric per epoch; None when there is no epoch yet."""
+def _figure(ncols: int):
+    return _pyplot().subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
+
+
+def _save(fig, path: Path) -> Path:
+    """`path` (.png) and the same figure as .svg beside it; returns the PNG path."""
+    plt = _pyplot()
+    try:
+        png, svg = io.BytesIO(), io.BytesIO()
+        fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+        # no date and a fixed salt for the element ids (random by default): the same run files give the same bytes
+        with plt.rc_context({"svg.hashsalt": "visionbench"}):
+            fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+    finally:
+        plt.close(fig)
+    write_bytes(path, png.getvalue())
+    write_bytes(path.with_suffix(".svg"), svg.getvalue())
+    return path
+
+
+def _main_metric(run_dir: Path) -> str:
+    """summary.json's main metric; `loss` while there is no readable summary (a run that died early)."""
+    try:
+        return read_json(run_dir / "summary.json").get("main_metric", "loss")
+    except (UserError, AttributeError):
+        return "loss"
+
+
+def plot_curves(run_dir: Path) -> list[Path]:
+    """Loss per epoch (train, val, test) and the run's main metric per epoch, as `curves.png`/`.svg`, with the
+    plotted columns of metrics.csv as `curves.csv`; nothing when there is no epoch yet."""
     metrics_csv = run_dir / "metrics.csv"
     if not metrics_csv.is_file():
-        return None
-    columns = _read_csv(metrics_csv)
+        return []
+    _, rows = _read_rows(metrics_csv)
+    columns = _numeric_columns(rows)
     epochs = columns.get("epoch")
     if not epochs:
-        return None
-    summary = run_dir / "summary.json"
-    main = read_json(summary).get("main_metric", "loss") if summary.is_file() else "loss"
+        return []
+    from matplotlib.ticker import MaxNLocator
+
+    main = _main_metric(run_dir)
     panels = ["loss"] + ([main] if main != "loss" else [])
     fig, axes = _figure(len(panels))
+    plotted = ["epoch"]
     for ax, metric in zip(axes[0], panels, strict=True):
         for split in ("train", "val", "test"):
-            values = columns.get(f"{split}/{metric}")
+            key = f"{split}/{metric}"
+            values = columns.get(key)
             if values and not all(math.isnan(v) for v in values):
                 ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, label=split)
+                plotted.append(key)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle(run_dir.name, fontsize=9)
-    return _save(fig, run_dir / PLOTS / "curves.png")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(plotted)
+    writer.writerows([row.get(k, "") for k in plotted] for row in rows)  # the values as metrics.csv has them
+    write_text(run_dir / PLOTS / "curves.csv", buf.getvalue())
+    return [_save(fig, run_dir / PLOTS / "curves.png")]
 
 
-def plot_predictions(run_dir: Path) -> Path | None:
-    """Predicted against true test values with the y = x line and the MAE; None unless the run is a regression."""
+def plot_confusion(run_dir: Path) -> list[Path]:
+    """The test confusion matrix, coloured by the fraction of each true class (row), with counts in the cells up
+    to `ANNOTATE_MAX_CLASSES` classes; nothing unless the run is a classification."""
+    path = run_dir / "confusion_matrix_test.json"
+    if not path.is_file():
+        return []
+    data = read_json(path)
+    names, matrix = (data.get("class_names"), data.get("rows_true_cols_pred")) if isinstance(data, dict) else (0, 0)
+    k = len(names) if isinstance(names, list) else 0
+    if not k or not isinstance(matrix, list) or any(not isinstance(r, list) or len(r) != k for r in matrix):
+        raise UserError(f"{path}: expected class_names and a square rows_true_cols_pred of the same size")
+    import numpy as np
+
+    try:
+        counts = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: rows_true_cols_pred holds something other than counts") from None
+    if counts.shape != (k, k):
+        raise UserError(f"{path}: rows_true_cols_pred has {counts.shape[0]} rows for {k} classes")
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * k + 2), 24.0)  # inches: legible names up to ~40 classes
+    fig, ax = _pyplot().subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    if k <= TICKS_MAX_CLASSES:
+        ax.set_xticks(range(k), [str(n) for n in names], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), [str(n) for n in names], fontsize=8)
+    if k <= ANNOTATE_MAX_CLASSES:
+        for (i, j), count in np.ndenumerate(counts):
+            colour = "white" if fractions[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=7, color=colour)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(f"{run_dir.name}\ntest confusion matrix, accuracy {100 * accuracy:.2f} %", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    return [_save(fig, run_dir / PLOTS / "confusion_matrix.png")]
+
+
+def _per_class_figure(values: dict[str, Any], metric: str, run_name: str):
+    names = list(values)
+    scores = [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values.values()]
+    fig, ax = _pyplot().subplots(figsize=(6, min(max(2.5, 0.25 * len(names) + 1.2), 30.0)))
+    ax.barh(range(len(names)), [s if s is not None else 0.0 for s in scores], color="tab:blue")
+    for i, score in enumerate(scores):
+        ax.text(0.01 if score is None else score + 0.01, i, "n/a" if score is None else f"{score:.3f}", va="center")
+    scored = [s for s in scores if s is not None]
+    title = f"{run_name}\ntest {metric} per class"
+    if scored:
+        mean = sum(scored) / len(scored)  # the macro mean that the summary's metric reports
+        ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+        title += f", mean {mean:.3f} (dashed)"
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()  # first class on top, as in the summary
+    ax.set(xlim=(0, 1.15), xlabel=f"{metric} (n/a: no positive in the test set)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_per_class(run_dir: Path) -> list[Path]:
+    """Bars of the per-class test AP (multi-label) or AUROC (classification with `task.auroc`) that summary.json
+    keeps under `test_details`; nothing when it has none."""
+    try:
+        details = read_json(run_dir / "summary.json").get("test_details") or {}
+    except (UserError, AttributeError):
+        return []
+    if not isinstance(details, dict):
+        return []
+    paths = []
+    for key, metric in (("per_class_ap", "AP"), ("per_class_auroc", "AUROC")):
+        values = details.get(key)
+        if isinstance(values, dict) and values:
+            fig = _per_class_figure(values, metric, run_dir.name)
+            paths.append(_save(fig, run_dir / PLOTS / f"{key}.png"))
+    return paths
+
+
+def plot_predictions(run_dir: Path) -> list[Path]:
+    """Predicted against true test values with the y = x line and the MAE; nothing unless the run is a regression."""
     path = run_dir / "predictions_test.csv"
     if not path.is_file():
-        return None
-    columns = _read_csv(path)
+        return []
+    columns = _numeric_columns(_read_rows(path)[1])
     pairs = [(k, "pred" + k[4:]) for k in columns if k.startswith("true") and "pred" + k[4:] in columns]
     if not pairs:
-        return None
+        return []
     fig, axes = _figure(len(pairs))
     for ax, (true_key, pred_key) in zip(axes[0], pairs, strict=True):
         true, pred = columns[true_key], columns[pred_key]
@@ -94,9 +212,12 @@ def plot_predictions(run_dir: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
     fig.suptitle(run_dir.name, fontsize=9)
-    return _save(fig, run_dir / PLOTS / "pred_vs_true.png")
+    return [_save(fig, run_dir / PLOTS / "pred_vs_true.png")]
+
+
+PLOTTERS = (plot_curves, plot_confusion, plot_per_class, plot_predictions)
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """Every figure that the run's files allow."""
-    return [p for p in (plot_curves(run_dir), plot_predictions(run_dir)) if p is not None]
+    """Every figure that the run's files allow (PNG paths; an SVG lies beside each)."""
+    return [path for plotter in PLOTTERS for path in plotter(run_dir)]

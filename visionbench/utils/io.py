@@ -17,6 +17,15 @@ from typing import IO, Any
 from visionbench.errors import UserError, first_line
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on a clean exit it is fsynced and renamed over `path`."""
@@ -24,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the usual mode of a new file, not mkstemp's 0600
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -1,0 +1,28 @@
+"""Atomic writes: a write that fails midway leaves the previous file intact, and new files get the usual mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from visionbench.utils.io import atomic_open, write_text
+
+
+def test_a_failed_write_keeps_the_previous_version_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    write_text(path, "old")
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_written_files_get_the_mode_of_a_new_file_not_mkstemps_0600(tmp_path: Path) -> None:
+    write_text(tmp_path / "report.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE((tmp_path / "report.md").stat().st_mode)
+    assert mode == 0o666 & ~mask, oct(mode)

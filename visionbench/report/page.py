@@ -1,0 +1,259 @@
+"""`write_report`: `report.md` (results tables) and `report.html` (the same tables, sortable, plus every run's
+figures and config) for a set of run directories; what `visionbench report` and `compare` call.
+
+The HTML page is one self-contained file, so that it can be mailed or attached to an issue: no network reference,
+figures embedded as base64 PNG, a few lines of inline vanilla JavaScript that sort a table when its header is
+clicked, each run's config.yaml in a collapsible <details>.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from visionbench.errors import UserError, first_line
+from visionbench.report import plots
+from visionbench.report.tables import (
+    DEFAULT_ROWS,
+    UNREADABLE,
+    Table,
+    cell_key,
+    check_keys,
+    default_columns,
+    find_runs,
+    is_readable,
+    latest_per_cell,
+    load_record,
+    pivot_tables,
+    run_table,
+    status_text,
+    to_markdown,
+)
+from visionbench.utils.io import write_text
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+_STATUS_ORDER = ("finished", "running", "failed", UNREADABLE)
+
+
+def default_out_dir(paths: list[Path]) -> Path:
+    """Where a report goes without `--out`: the folder given when it is the only path (an experiment folder, a
+    folder of experiments or one run), else the current directory."""
+    return paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
+
+
+def _keys(value: str | None) -> list[str]:
+    return [k.strip() for k in (value or "").split(",") if k.strip()]
+
+
+def write_report(
+    paths: list[Path], out_dir: Path, rows: str | None = None, cols: str | None = None, latest: bool = False
+) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` into `out_dir` and every run's figures into `<run>/plots/`.
+
+    Args:
+        paths: run directories, experiment folders or folders of experiments.
+        out_dir: created when missing.
+        rows: dotted config key(s), comma-separated, whose values are the pivot's rows (default `model.name`).
+        cols: the same for its columns (default: `data.name` when it differs and the `data.*` keys that differ
+            between runs of one dataset; `data.name` when nothing differs).
+        latest: keep only the newest run of each pivot cell.
+
+    Returns:
+        The paths of report.md and report.html.
+
+    Raises:
+        UserError: a path that does not exist or holds no run, no readable run at all, an unknown key, or an
+            `out_dir` that is a file.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder")
+    records = [load_record(run) for run in find_runs(paths)]
+    if not any(is_readable(rec) for rec in records):
+        rec = records[0]
+        many = f"{len(records)} run directories, none readable; " if len(records) > 1 else ""
+        raise UserError(f"nothing to report: {many}{rec['run_dir']}: {rec['error']}")
+    row_keys = _keys(rows) or list(DEFAULT_ROWS)
+    check_keys(records, row_keys, "--rows")
+    col_keys = _keys(cols)
+    check_keys(records, col_keys, "--cols")
+    col_keys = col_keys or default_columns(records, row_keys)
+    if latest:
+        records = latest_per_cell(records, key=lambda rec: cell_key(rec, row_keys, col_keys))
+
+    pivots = pivot_tables(records, row_keys, col_keys)
+    runs = run_table(records, row_keys + col_keys)
+    figures = [_draw(Path(rec["run_dir"])) for rec in records]
+
+    md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
+    write_text(md_path, render_markdown(records, pivots, runs))
+    write_text(html_path, render_html(records, pivots, runs, figures))
+    return md_path, html_path
+
+
+def _draw(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """The run's figures, and one line per figure that its files do not allow (a corrupt confusion matrix, ...)."""
+    paths, problems = [], []
+    for plotter in plots.PLOTTERS:
+        try:
+            paths += plotter(run_dir)
+        except (UserError, OSError, ValueError) as e:
+            problems.append(f"{plotter.__name__}: {first_line(e)}")
+    return paths, problems
+
+
+def _status_line(records: list[dict[str, Any]]) -> str:
+    counts = Counter(rec.get("status", "unknown") for rec in records)
+    order = [s for s in _STATUS_ORDER if counts[s]] + sorted(s for s in counts if s not in _STATUS_ORDER)
+    noun = "run" if len(records) == 1 else "runs"
+    return f"{len(records)} {noun}: " + ", ".join(f"{counts[s]} {s}" for s in order) + "."
+
+
+def render_markdown(records: list[dict[str, Any]], pivots: list[Table], runs: Table) -> str:
+    parts = ["# visionbench report", _status_line(records)]
+    for table in pivots:
+        parts += [f"## {table.title}", to_markdown(table)]
+    parts += ["## Runs", to_markdown(runs)]
+    return "\n\n".join(parts) + "\n"
+
+
+# --- HTML ---------------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #1b1f24; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #d0d7de; padding: 0.3em 0.6em; vertical-align: top; }
+th { background: #f6f8fa; cursor: pointer; user-select: none; white-space: nowrap; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+td.num, th.num { text-align: right; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+p.note { color: #57606a; max-width: 70em; }
+section.run { border-top: 1px solid #d0d7de; margin-top: 1.5em; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+figcaption, .path { color: #57606a; font-size: 12px; }
+.failed, .unreadable, .problem { color: #cf222e; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
+"""
+
+# Click (or Enter on) a header to sort by that column, again to reverse. Numeric columns sort by data-sort (an
+# empty one always last), the others by text with numbers in numeric order. Sorting is stable.
+_JS = """
+(function () {
+  "use strict";
+  function key(cell) {
+    var raw = cell.getAttribute("data-sort");
+    if (raw === null) return cell.textContent.trim();
+    return raw === "" ? null : parseFloat(raw);
+  }
+  function compare(a, b) {
+    if (typeof a === "number" && typeof b === "number") return a - b;
+    return String(a).localeCompare(String(b), undefined, { numeric: true });
+  }
+  function sortBy(table, th, col) {
+    var heads = table.tHead.rows[0].cells;
+    var ascending = th.getAttribute("aria-sort") !== "ascending";
+    for (var i = 0; i < heads.length; i++) heads[i].removeAttribute("aria-sort");
+    th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (r, s) {
+      var a = key(r.cells[col]), b = key(s.cells[col]);
+      if (a === null || b === null) return (a === null) - (b === null);
+      return ascending ? compare(a, b) : compare(b, a);
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.addEventListener("click", function () { sortBy(table, th, col); });
+      th.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sortBy(table, th, col); }
+      });
+    });
+  });
+})();
+"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_table(table: Table, table_id: str) -> str:
+    num = ' class="num"'
+    head = "".join(
+        f'<th scope="col" tabindex="0"{num if numeric else ""}>{_esc(h)}</th>'
+        for h, numeric in zip(table.header, table.numeric, strict=True)
+    )
+    body = []
+    for row in table.rows:
+        cells = []
+        for cell, numeric in zip(row, table.numeric, strict=True):
+            sort = "" if cell.sort is None else repr(cell.sort)
+            attrs = f' class="num" data-sort="{sort}"' if numeric else ""
+            text = f'<a href="{_esc(cell.href)}">{_esc(cell.text)}</a>' if cell.href else _esc(cell.text)
+            cells.append(f"<td{attrs}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = "".join(f'<p class="note">{_esc(note)}</p>' for note in table.notes)
+    return (
+        f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>{notes}"
+    )
+
+
+def _figure_html(png: Path, run_dir: Path) -> str:
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    files = [png.name, png.with_suffix(".svg").name] + (["curves.csv"] if png.name == "curves.png" else [])
+    caption = f"{plots.PLOTS}/" + ", ".join(files)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(png.stem)} of {_esc(run_dir.name)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _run_section(index: int, rec: dict[str, Any], figures: tuple[list[Path], list[str]]) -> str:
+    run_dir = Path(rec["run_dir"])
+    status = rec.get("status", "unknown")
+    parts = [
+        f'<section class="run" id="run-{index}"><h3>{_esc(run_dir.name)}</h3>',
+        f'<p class="path">{_esc(run_dir)}</p>',
+        f'<p class="{_esc(status)}">{_esc(status_text(rec, limit=500))}</p>',
+    ]
+    paths, problems = figures
+    parts += [f'<p class="problem">{_esc(p)}</p>' for p in problems]
+    if paths:
+        parts.append('<div class="figures">' + "".join(_figure_html(p, run_dir) for p in paths) + "</div>")
+    try:
+        config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+        parts.append(f"<details><summary>config.yaml</summary><pre>{_esc(config)}</pre></details>")
+    except (OSError, UnicodeDecodeError) as e:
+        parts.append(f'<p class="problem">config.yaml: {_esc(first_line(e))}</p>')
+    return "\n".join(parts) + "</section>"
+
+
+def render_html(
+    records: list[dict[str, Any]],
+    pivots: list[Table],
+    runs: Table,
+    figures: list[tuple[list[Path], list[str]]],
+) -> str:
+    body = ["<h1>visionbench report</h1>", f"<p>{_esc(_status_line(records))}</p>"]
+    for i, table in enumerate(pivots):
+        body += [f"<h2>{_esc(table.title)}</h2>", _html_table(table, f"pivot-{i}")]
+    body += ["<h2>Runs</h2>", _html_table(runs, "runs"), "<h2>Figures and configs</h2>"]
+    body += [_run_section(i, rec, figs) for i, (rec, figs) in enumerate(zip(records, figures, strict=True))]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<link rel="icon" href="data:,">\n'  # no favicon request
+        f"<title>visionbench report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{_JS}</script>\n</body>\n</html>\n"
+    )
