@@ -1,0 +1,423 @@
+"""`lr_find(cfg)`: the learning-rate range test (Smith, 2015, https://arxiv.org/abs/1506.01186, section 3.3; the
+method of fastai's `Learner.lr_find`) on a RunConfig's model, data and optimizer.
+
+The learning rate grows exponentially from `start_lr` to `end_lr`, one value per optimizer step, on batches of the
+normal training loader (epochs cycle when the sweep is longer than one); the training loss is smoothed with a
+bias-corrected exponential moving average and the sweep stops once that diverges. `sweep` restores the model,
+the optimizer and every RNG exactly afterwards, so that training can follow in the same process.
+
+Three suggestions are read off the smoothed curve (`suggest`), designed to move little between seeds:
+
+- `valley` (the one presented first): the geometric middle of the descent into the loss minimum. The descent
+  starts where the smoothed loss has fallen by `VALLEY_ONSET` of its total drop, which does not depend on how far
+  below the interesting range the sweep starts. fastai's rule (the middle of the longest decreasing stretch) does:
+  its stretch begins on the plateau, so on Fashion-MNIST it moved 5-8x between starts at 1e-7 and 1e-3, this one
+  under 1.1x; it also sat ~10x lower (0.003-0.005).
+- `steepest`: the most negative slope of smoothed loss against log10(lr) before the minimum, each slope a
+  least-squares line over as many steps as the EMA remembers (`slope_half_window`), so that a noisy pair of
+  neighbours cannot win.
+- `min/10`: a tenth of the lr of the smoothed minimum (fastai's `minimum`), a cheap cross-check.
+
+As in fastai, the suggestions come from the EMA curve that is saved and plotted, which lags the raw loss by about
+beta / (1 - beta) steps (0.8 decades of lr at the defaults): they sit to the right of where the raw loss falls.
+A lag-free (forward-backward) smoothing was as stable but put every suggestion 3-5x lower on Fashion-MNIST, below
+the lr its tuned config trains with (0.05; valley: 0.026-0.053 over 20 seeds).
+
+`benchmarks/lr_find_spread.py` measures how far each moves across seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionbench.config import RunConfig, TrainerConfig
+from visionbench.data import build_datasets, build_loader
+from visionbench.data.transforms import normalize
+from visionbench.engine import rundir
+from visionbench.engine.checkpoint import rng_state, set_rng_state
+from visionbench.engine.loop import TrainingDiverged
+from visionbench.engine.optim import build_optimizer
+from visionbench.engine.runtime import autocast, resolve_device, seed_everything
+from visionbench.engine.train import build_mix, build_model, check_budget, prepare_transfer
+from visionbench.errors import UserError
+from visionbench.tasks import build_task
+from visionbench.tasks.base import Task
+from visionbench.utils.io import write_bytes, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+START_LR = 1e-7
+END_LR = 10.0
+# NOTE: fastai's 100 steps are too few for a model trained from scratch: small_cnn on Fashion-MNIST learns and
+# diverges within ~15 steps of a 100-step sweep from 1e-7 to 10, while the EMA below remembers ~50, so the
+# suggestions of seeds 0-4 spread by 9-560x; with 500 steps by at most 2.02x (benchmarks/lr_find_spread.py).
+STEPS = 500
+BETA = 0.98  # EMA of the loss: fastai's default, an effective window of ~1 / (1 - beta) = 50 steps
+DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of the best smoothed loss so far
+VALLEY_ONSET = 0.1  # the descent begins where the smoothed loss has fallen by this fraction of its total drop
+MAIN = "valley"  # the suggestion printed first (the stabler one in benchmarks/lr_find_spread.py)
+
+
+@dataclasses.dataclass
+class Curve:
+    """One sweep: the base lr of every step taken (a group's lr is this times its `lr_scale`), its training loss
+    and the smoothed loss; `stop` says why it ended: `end` (all steps), `diverged` or `non-finite`."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    stop: str
+    seconds: float
+
+
+@dataclasses.dataclass
+class LRFindResult:
+    """A sweep, its suggestions (`valley`, `steepest`, `min/10`: base learning rates) and the files written."""
+
+    curve: Curve
+    suggestions: dict[str, float]
+    files: dict[str, Path]
+
+
+def check_range(start_lr: float, end_lr: float, steps: int, beta: float) -> None:
+    """Refuse a sweep that cannot be run, before anything is built (names as the CLI spells them)."""
+    if not (math.isfinite(start_lr) and start_lr > 0):
+        raise UserError(f"--start-lr: expected a positive number, got {start_lr}")
+    if not (math.isfinite(end_lr) and end_lr > start_lr):
+        raise UserError(f"--end-lr: expected a number above --start-lr ({start_lr:g}), got {end_lr:g}")
+    if steps < 2:
+        raise UserError(f"--steps: expected at least 2 (a sweep needs two learning rates), got {steps}")
+    if not 0.0 <= beta < 1.0:
+        raise UserError(f"--beta: expected 0 <= beta < 1, got {beta}")
+
+
+def exponential_lrs(start_lr: float, end_lr: float, steps: int) -> list[float]:
+    """`steps` learning rates from `start_lr` to `end_lr` (both included), a constant ratio apart."""
+    ratio = math.log(end_lr / start_lr) / (steps - 1)
+    return [start_lr * math.exp(ratio * i) for i in range(steps - 1)] + [end_lr]
+
+
+def smooth(losses: list[float], beta: float = BETA) -> list[float]:
+    """Exponential moving average with Adam's bias correction, so that early values are not pulled towards 0."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def sweep(
+    model: nn.Module,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    lrs: list[float],
+    cfg: TrainerConfig,
+    device: torch.device,
+    beta: float = BETA,
+    mix=None,
+) -> Curve:
+    """Take one optimizer step at each of `lrs` (fewer if the smoothed loss diverges) as training would: autocast,
+    `cfg.accumulate_steps` micro-batches per step, `cfg.grad_clip_norm`, mixup/cutmix when `mix` is given.
+
+    Every parameter group's lr is `lr * group["lr_scale"]`, so ratios such as `optim.backbone_lr_scale` hold.
+    Afterwards (also on an exception) the model's and optimizer's state dicts, the gradients, the train/eval
+    mode of every module and every RNG are put back as they were.
+    """
+    saved = _snapshot(model, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "fp16")
+    batches = _cycle(loader)
+    taken, losses, smoothed, stop = [], [], [], "end"
+    avg, best = 0.0, math.inf
+    t0 = time.monotonic()
+    try:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        for i, lr in enumerate(lrs, start=1):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss = _step(model, task, optimizer, scaler, batches, cfg, device, mix)
+            avg = beta * avg + (1 - beta) * loss
+            value = avg / (1 - beta**i)
+            taken.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            if not math.isfinite(value):
+                stop = "non-finite"
+                break
+            if value > DIVERGE_FACTOR * best:
+                stop = "diverged"
+                break
+            best = min(best, value)
+    finally:
+        batches.close()  # a streamed loader's worker processes end with its iterator
+        _restore(model, optimizer, saved)
+    return Curve(taken, losses, smoothed, stop, time.monotonic() - t0)
+
+
+def suggest(lrs: list[float], smoothed: list[float], beta: float = BETA) -> dict[str, float]:
+    """`valley`, `steepest` and `min/10` of a smoothed curve (see the module docstring); `valley` and `steepest`
+    are members of `lrs`, `min/10` a tenth of one. Points from the first non-finite loss on are ignored.
+
+    Args:
+        lrs: the learning rates swept, increasing.
+        smoothed: the smoothed loss at each (`smooth`).
+        beta: the smoothing used; the slopes of `steepest` are fitted over the same number of steps.
+    """
+    x, y = _finite_prefix(lrs, smoothed)
+    return {
+        "valley": float(lrs[valley_index(x, y)]),
+        "steepest": float(lrs[steepest_index(x, y, slope_half_window(beta))]),
+        "min/10": float(lrs[int(np.argmin(y))]) / 10,
+    }
+
+
+def valley_index(log_lrs: np.ndarray, y: np.ndarray) -> int:
+    """The point nearest the geometric middle of the descent into the minimum of `y` (see the module docstring).
+
+    Args:
+        log_lrs: log10 of the learning rates, increasing.
+        y: the smoothed loss at each, all finite.
+    """
+    m = int(np.argmin(y))
+    top = float(np.max(y[: m + 1]))
+    drop = top - float(y[m])
+    if m == 0 or drop <= 0:
+        return m  # no descent at all: the lowest point is the only defensible answer
+    above = np.nonzero(y[: m + 1] >= top - VALLEY_ONSET * drop)[0]
+    onset = int(above[-1])  # the last point before the loss has really started to fall
+    middle = (log_lrs[onset] + log_lrs[m]) / 2
+    return onset + int(np.argmin(np.abs(log_lrs[onset : m + 1] - middle)))
+
+
+def steepest_index(log_lrs: np.ndarray, y: np.ndarray, half_window: int) -> int:
+    """The point of the most negative fitted slope dy / dlog10(lr) on the descent, i.e. up to the minimum of `y`;
+    the points after it (the divergence, whose last smoothed value can be huge) are left out of every fit."""
+    m = int(np.argmin(y))
+    if m == 0:
+        return 0
+    return int(np.argmin(local_slopes(log_lrs[: m + 1], y[: m + 1], half_window)))
+
+
+def slope_half_window(beta: float) -> int:
+    """Points on either side of each slope fit: half the EMA's effective window of 1 / (1 - beta) steps, since
+    the smoothed curve cannot resolve anything shorter (25 for beta = 0.98), at least 1."""
+    return max(1, round(0.5 / (1 - beta)))
+
+
+def local_slopes(x: np.ndarray, y: np.ndarray, half_window: int) -> np.ndarray:
+    """Least-squares slope of y against x over the `half_window` points on either side of each point (fewer at
+    the ends): a derivative that no single noisy point can dominate."""
+    n = len(x)
+    out = np.zeros(n)
+    for i in range(n):
+        xs, ys = x[max(0, i - half_window) : i + half_window + 1], y[max(0, i - half_window) : i + half_window + 1]
+        dx = xs - xs.mean()
+        denom = float(dx @ dx)
+        out[i] = float(dx @ (ys - ys.mean())) / denom if denom > 0 else 0.0
+    return out
+
+
+def lr_find(
+    cfg: RunConfig,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    steps: int = STEPS,
+    beta: float = BETA,
+    out: Path | None = None,
+) -> LRFindResult:
+    """Sweep `cfg`'s freshly built model and optimizer, then write `lr_find.csv`, `lr_find.png`, `lr_find.json`
+    and `config.yaml` into `out` (default: `<trainer.out_dir>/<experiment>/lr_find-<time>-<model>-<dataset>/`).
+
+    The folder is created only after the sweep has run, so bad input leaves nothing behind.
+
+    Raises:
+        UserError: a bad range (see `check_range`), `out` not a folder, or anything `train` would refuse.
+        TrainingDiverged: the very first loss is not finite.
+    """
+    check_range(start_lr, end_lr, steps, beta)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    tcfg = cfg.trainer
+    device = resolve_device(tcfg.device)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    seed_everything(tcfg.seed, tcfg.deterministic)
+
+    # the same assembly as `train`, up to the optimizer (no scheduler: the sweep sets every lr itself)
+    data = build_datasets(cfg.data)
+    task = build_task(cfg.task, data.info)
+    task.fit_targets(data.train.targets)
+    model, params, _ = build_model(cfg, data)
+    check_budget(cfg, params)
+    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
+    head, frozen = prepare_transfer(cfg, model, resumed=False)
+    loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, tcfg.channels_last)
+    if hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
+        model.init_from_data(normalize(data.train.images[:5000], loader.mean.cpu(), loader.std.cpu()))
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    task.to(device)
+    optimizer = build_optimizer(model, cfg.optim, head, keep=set(frozen) if tcfg.unfreeze_at_epoch else set())
+
+    curve = sweep(model, task, optimizer, loader, exponential_lrs(start_lr, end_lr, steps), tcfg, device, beta, mix)
+    if curve.stop == "non-finite" and len(curve.lrs) == 1:
+        raise TrainingDiverged(f"the first loss of the sweep (lr {start_lr:g}) is not finite: nothing to suggest")
+    suggestions = suggest(curve.lrs, curve.smoothed, beta)
+    if curve.stop != "end" and len(curve.lrs) < 10:
+        log.warning("the loss diverged after %d steps: lower --start-lr", len(curve.lrs))
+
+    out = Path(out) if out is not None else _new_out_dir(cfg)
+    settings = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
+    files = write_result(out, cfg, curve, suggestions, settings)
+    return LRFindResult(curve, suggestions, files)
+
+
+def write_result(
+    out: Path, cfg: RunConfig, curve: Curve, suggestions: dict[str, float], settings: dict[str, Any]
+) -> dict[str, Path]:
+    """The curve as CSV (lr, loss, smoothed_loss) and PNG, the suggestions as JSON and the resolved config, each
+    written atomically; returns the paths by kind."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["lr", "loss", "smoothed_loss"])
+    writer.writerows(zip(curve.lrs, curve.losses, curve.smoothed, strict=True))
+    files = {"csv": out / "lr_find.csv", "png": out / "lr_find.png", "json": out / "lr_find.json"}
+    write_text(files["csv"], buf.getvalue())
+    summary = {
+        **settings,
+        "steps_taken": len(curve.lrs),
+        "stop": curve.stop,
+        "seconds": round(curve.seconds, 3),
+        "main": MAIN,
+        "suggestions": suggestions,
+    }
+    write_json(files["json"], summary)
+    rundir.write_config(out, cfg)
+    write_bytes(files["png"], _plot(curve, suggestions, title=f"{cfg.model.name} on {cfg.data.name}"))
+    return files
+
+
+def _step(model, task, optimizer, scaler, batches, cfg: TrainerConfig, device, mix) -> float:
+    """One optimizer step over `cfg.accumulate_steps` micro-batches (as `train_one_epoch` takes them); returns
+    their mean loss."""
+    total = 0.0
+    for _ in range(cfg.accumulate_steps):
+        images, targets = next(batches)
+        if mix is not None:
+            images, targets = mix(images, targets)
+        with autocast(device, cfg.precision):
+            loss = task.loss(model(images), targets)
+        scaler.scale(loss / cfg.accumulate_steps).backward()
+        total += float(loss.detach()) / cfg.accumulate_steps
+    if cfg.grad_clip_norm is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _cycle(loader):
+    """The training batches of epoch 0, 1, 2 ... without end (each epoch in the order training would see it)."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in loader.epoch(epoch):
+            empty = False
+            yield batch
+        if empty:
+            raise UserError("the training split has no batch (check data.subset and trainer.batch_size)")
+        epoch += 1
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    # deep copies: state_dict() returns the live tensors, which the sweep is about to change
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "grads": [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
+        "modes": {name: m.training for name, m in model.named_modules()},
+        "rng": rng_state(),
+    }
+
+
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    model.load_state_dict(saved["model"])  # copies into the same parameter objects the optimizer holds
+    optimizer.load_state_dict(saved["optimizer"])  # state and every group's hyper-parameters, lr included
+    for p, grad in zip(model.parameters(), saved["grads"], strict=True):
+        p.grad = grad
+    for name, m in model.named_modules():
+        m.training = saved["modes"][name]
+    set_rng_state(saved["rng"])
+
+
+def _finite_prefix(lrs: list[float], smoothed: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 lr, smoothed loss) up to the first non-finite loss; a curve with no finite point is a bug."""
+    y = np.asarray(smoothed, dtype=np.float64)
+    bad = np.nonzero(~np.isfinite(y))[0]
+    n = int(bad[0]) if len(bad) else len(y)
+    if n == 0:
+        raise ValueError("no finite loss in the curve")
+    return np.log10(np.asarray(lrs[:n], dtype=np.float64)), y[:n]
+
+
+def _new_out_dir(cfg: RunConfig) -> Path:
+    """A fresh folder beside the experiment's run directories; no summary.json, so `report` does not list it."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model.name}-{cfg.data.name}")
+    parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (f"lr_find-{stamp}-{slug}" if n == 0 else f"lr_find-{stamp}-{slug}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create an lr_find folder under {parent}")
+
+
+def _plot(curve: Curve, suggestions: dict[str, float], title: str) -> bytes:
+    """PNG bytes: loss and smoothed loss against lr (log x), with each suggestion marked on the smoothed curve."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve.lrs, curve.losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(curve.lrs, curve.smoothed, color="C0", lw=1.8, label="smoothed loss")
+    x, y = _finite_prefix(curve.lrs, curve.smoothed)
+    styles = {"valley": ("C3", "o"), "steepest": ("C2", "s"), "min/10": ("C1", "^")}
+    for name, lr in suggestions.items():
+        color, marker = styles.get(name, ("k", "x"))
+        at = float(np.interp(math.log10(lr), x, y))
+        ax.axvline(lr, color=color, lw=0.8, ls=":")
+        ax.plot([lr], [at], marker=marker, color=color, ls="", ms=8, label=f"{name}: {lr:.2e}")
+    m = int(np.argmin(y))
+    raw = np.asarray(curve.losses[: m + 1], dtype=np.float64)
+    hi, lo = float(np.max(y[: m + 1])), float(min(y[m], np.min(raw, initial=y[m], where=np.isfinite(raw))))
+    pad = 0.1 * max(hi - lo, 1e-3 * abs(hi) + 1e-12)
+    ax.set_ylim(lo - pad, hi + 3 * pad)  # the plateau and the descent; a diverging tail runs off the top
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=f"lr range test: {title}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
