@@ -96,7 +96,10 @@ def test_a_pretrained_file_that_does_not_fit_names_the_key_and_shapes(tmp_path: 
     safetensors.torch.save_file({"conv1.weight": small.conv1.weight.contiguous()}, str(path))
     with pytest.raises(UserError, match="has no tensor 'bn1.weight'"):
         load_pretrained(create_model("resnet18", 10, small_stem=True), str(path), "resnet18")
-    for bad, message in [(tmp_path, "not a visionbench run directory"), (tmp_path / "x.pt", "expected a .safetensors")]:
+    for bad, message in [
+        (tmp_path, "neither a run directory nor an experiment folder"),
+        (tmp_path / "x.pt", "expected a .safetensors"),
+    ]:
         with pytest.raises(UserError, match=message):
             load_pretrained(standard, str(bad), "resnet18")
 

@@ -34,7 +34,6 @@ import dataclasses
 import io
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -281,7 +280,7 @@ def lr_find(
     if curve.stop != "end" and len(curve.lrs) < 10:
         log.warning("the loss diverged after %d steps: lower --start-lr", len(curve.lrs))
 
-    out = Path(out) if out is not None else _new_out_dir(cfg)
+    out = Path(out) if out is not None else rundir.new_run_dir(cfg, prefix="lr_find-")
     settings = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
     files = write_result(out, cfg, curve, suggestions, settings)
     return LRFindResult(curve, suggestions, files)
@@ -375,21 +374,6 @@ def _finite_prefix(lrs: list[float], smoothed: list[float]) -> tuple[np.ndarray,
     if n == 0:
         raise ValueError("no finite loss in the curve")
     return np.log10(np.asarray(lrs[:n], dtype=np.float64)), y[:n]
-
-
-def _new_out_dir(cfg: RunConfig) -> Path:
-    """A fresh folder beside the experiment's run directories; no summary.json, so `report` does not list it."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model.name}-{cfg.data.name}")
-    parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = parent / (f"lr_find-{stamp}-{slug}" if n == 0 else f"lr_find-{stamp}-{slug}-{n}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create an lr_find folder under {parent}")
 
 
 def _plot(curve: Curve, suggestions: dict[str, float], title: str) -> bytes:

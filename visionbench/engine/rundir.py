@@ -29,13 +29,13 @@ LAST = "checkpoints/last"
 BEST = "checkpoints/best.safetensors"
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    """Create a fresh, uniquely named run directory for `cfg`."""
+def new_run_dir(cfg: RunConfig, prefix: str = "") -> Path:
+    """Create a fresh, uniquely named run directory for `cfg` (`prefix` names other outputs, e.g. lr_find-)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model.name}-{cfg.data.name}")
     parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
-        path = parent / (f"{stamp}-{slug}" if n == 0 else f"{stamp}-{slug}-{n}")
+        path = parent / (f"{prefix}{stamp}-{slug}" if n == 0 else f"{prefix}{stamp}-{slug}-{n}")
         try:
             path.mkdir(parents=True)
             return path
