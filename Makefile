@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test test-all bench clean
+.PHONY: setup data postgres demo test test-all bench clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing,export,tensorboard]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,lensing,export,tensorboard,postgres]'
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist where the files are missing and we are root on Debian.
@@ -22,6 +22,14 @@ data:
 	  echo "installing Debian's dataset-fashion-mnist"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "note: Fashion-MNIST not found; visionbench will download it or say where to put the files"; fi
+
+# PostgreSQL: Debian's server, which the search tests start on loopback in a temporary folder (never as a service).
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "note: PostgreSQL not found; the search tests on PostgreSQL need it (apt-get install postgresql)"; fi
 
 demo: setup
 	$(BIN)/visionbench train configs/demo/small_cnn.yaml

@@ -78,6 +78,7 @@ class DataConfig(Section):
     name: str = "fashion-mnist"
     root: str | None = None  # searched first, then $VISIONBENCH_DATA, ~/.cache/visionbench, system folders
     subset: int | None = Field(None, ge=1)  # use only the first N training images
+    test_subset: int | None = Field(None, ge=1)  # evaluate on the first N test images only (quick searches)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # carved from train, seeded by split_seed
     split_seed: int = 0  # kept apart from trainer.seed so that seeds compare on one validation set
     download: bool = True  # try the official source when files are missing

@@ -72,3 +72,15 @@ def test_builder_does_not_touch_the_global_rng() -> None:
 def test_bad_arguments_are_user_errors(kwargs: dict[str, int], key: str) -> None:
     with pytest.raises(UserError, match=f"{key}="):
         synthetic(**kwargs)
+
+
+def test_test_subset_keeps_the_first_test_images_and_leaves_train_and_val_alone() -> None:
+    from visionbench.config import DataConfig
+    from visionbench.data import build_datasets
+
+    kwargs = {"num_classes": 3, "n_train": 90, "n_test": 40, "size": 8}
+    full = build_datasets(DataConfig(name="synthetic", kwargs=kwargs))
+    short = build_datasets(DataConfig(name="synthetic", kwargs=kwargs, test_subset=15))
+    assert len(short.test) == 15 and len(full.test) == 40
+    assert torch.equal(short.test.images, full.test.images[:15])
+    assert torch.equal(short.train.images, full.train.images) and torch.equal(short.val.images, full.val.images)

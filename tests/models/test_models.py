@@ -360,3 +360,14 @@ def test_get_act_layer_resolves_names_and_rejects_unknown_ones():
     assert get_act_layer(nn.SiLU) is nn.SiLU
     with pytest.raises(UserError, match="gelu"):
         get_act_layer("gelux")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_meta_device_params_and_flops_equal_the_real_model(name):
+    """A search checks max_params / max_flops on the meta device; with each architecture's defaults (what a search
+    builds), the count must be the real one. Inputs: 3×32×32, which every registered model takes."""
+    from visionbench.models import inspect_on_meta
+
+    real = inspect_model(create_model(name, 10), (3, 32, 32), name)
+    meta = inspect_on_meta(lambda: create_model(name, 10), (3, 32, 32), name)
+    assert meta == real, f"{name}: meta (params, flops) {meta} != real {real}"

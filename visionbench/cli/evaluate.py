@@ -15,7 +15,8 @@ def evaluate(
     tta: str = typer.Option("none", help="Test-time augmentation: none or flip."),
     weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
 ) -> None:
-    """Evaluate a run's weights on a split; prints the metrics and saves them as eval-<split>-<tta>-<weights>.json."""
+    """Evaluate a run's weights on a whole split (also when the run itself tested on `data.test_subset`); prints
+    the metrics and saves them as eval-<split>-<tta>-<weights>.json."""
     from visionbench.cli.predict import load_run
     from visionbench.config import load_config
     from visionbench.data import build_datasets
@@ -29,10 +30,17 @@ def evaluate(
     run = load_run(run_dir, weights)  # the model with its weights, the task with the run's standardisation
     cfg = load_config(run_dir / "config.yaml", [f"trainer.tta={tta}"])
     device = resolve_device(cfg.trainer.device)
-    data = build_datasets(cfg.data)
+    data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))  # the whole split, always
     model, task = run.model.to(device), run.task.to(device)
     metrics, _, _ = run_eval(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
-    result = {"split": split, "tta": tta, "weights": weights, **{f"{split}/{k}": v for k, v in metrics.items()}}
+    images = len(getattr(data, split)) if getattr(data, split, None) is not None else 0
+    result = {
+        "split": split,
+        "images": images,
+        "tta": tta,
+        "weights": weights,
+        **{f"{split}/{k}": v for k, v in metrics.items()},
+    }
     write_json(run_dir / f"eval-{split}-{tta}-{weights}.json", result)
     for key, value in result.items():
         print(f"{key}\t{value}")

@@ -24,7 +24,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from visionbench.cli import compare, data, evaluate, export, lr_find, models, predict, report, train
+    from visionbench.cli import compare, data, evaluate, export, lr_find, models, predict, report, search, train
 
     app.command("train")(train.train)
     app.command("lr-find")(lr_find.lr_find)
@@ -34,6 +34,7 @@ def _register() -> None:
     app.command("models")(models.models)
     app.command("report")(report.report)
     app.command("compare")(compare.compare)
+    app.command("search")(search.search)
     app.add_typer(data.app, name="data")
 
 

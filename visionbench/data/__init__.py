@@ -45,6 +45,8 @@ def build_datasets(cfg) -> Datasets:
             info=dataclasses.replace(raw.info, input_size=(raw.info.input_size[0], size, size)),
         )
     data = carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
+    if cfg.test_subset is not None and cfg.test_subset < len(data.test):
+        data.test = data.test.take(slice(0, cfg.test_subset))
     if data.streamed:
         size = cfg.image_size or DEFAULT_IMAGE_SIZE
         data.info = dataclasses.replace(data.info, input_size=(1 if cfg.grayscale else 3, size, size))

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ class Cell:
 @dataclasses.dataclass
 class Outcome:
     cell: Cell
-    status: str  # finished, skipped (finished before), failed
+    status: str  # finished, skipped (finished before), failed, or a RunStopped's run_status (pruned)
     seconds: float = 0.0
     error: str | None = None
 
@@ -100,9 +100,11 @@ def cell_state(cell: Cell) -> str:
     return "resumable" if (cell.run_dir / rundir.LAST).is_file() else "new"
 
 
-def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None) -> Outcome:
+def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None, callbacks: Sequence[Any] = ()) -> Outcome:
     """Train one cell (or resume it, or skip it when finished), then call `after(run_dir)` (the CLI draws the
-    plots: the engine does not import the report layer); any error becomes a failed Outcome."""
+    plots: the engine does not import the report layer); any error becomes a failed Outcome, a `RunStopped` from
+    one of the loop `callbacks` an Outcome with its status."""
+    from visionbench.engine.loop import RunStopped
     from visionbench.engine.train import train
 
     start = time.monotonic()
@@ -119,16 +121,18 @@ def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None) -> Outcome:
                     "set another trainer.experiment"
                 )
             print(f"resuming {cell.run_dir}", flush=True)
-            train(stored, resume_dir=cell.run_dir)
+            train(stored, resume_dir=cell.run_dir, callbacks=callbacks)
         else:
             if cell.run_dir.exists():  # ours, killed before its first checkpoint: nothing to keep
                 shutil.rmtree(cell.run_dir)
-            train(cell.cfg, run_dir=cell.run_dir)
+            train(cell.cfg, run_dir=cell.run_dir, callbacks=callbacks)
         if after is not None:
             after(cell.run_dir)
         return Outcome(cell, "finished", time.monotonic() - start)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except RunStopped as e:
+        return Outcome(cell, e.run_status, time.monotonic() - start, first_line(e))
     except Exception as e:  # noqa: BLE001  (a failed cell must not stop the others)
         return Outcome(cell, "failed", time.monotonic() - start, first_line(e) or type(e).__name__)
 

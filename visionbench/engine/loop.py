@@ -32,6 +32,13 @@ class TrainingDiverged(UserError):
     exit_code = 1
 
 
+class RunStopped(Exception):
+    """Raised by a callback to end a run early on purpose (a search pruning a bad trial): the run directory records
+    `run_status` instead of `failed`, and the last checkpoint stays."""
+
+    run_status = "stopped"
+
+
 @dataclasses.dataclass
 class TrainState:
     """Loop position and bookkeeping; saved in every checkpoint."""

@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from visionbench.engine.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from visionbench.engine.loop import Trainer, TrainState, evaluate, fit
+from visionbench.engine.loop import RunStopped, Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
 from visionbench.engine.schedule import TimeBudget, build_scheduler
@@ -112,10 +113,15 @@ def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device
 
 
 def train(
-    cfg: RunConfig, resume_dir: Path | None = None, start_time: float | None = None, run_dir: Path | None = None
+    cfg: RunConfig,
+    resume_dir: Path | None = None,
+    start_time: float | None = None,
+    run_dir: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Path:
     """Train `cfg` in a new run directory (`run_dir`, which must not exist yet, or a fresh timestamped one), or
-    continue the run in `resume_dir`; returns the run directory."""
+    continue the run in `resume_dir`; returns the run directory. `callbacks` join the loop's own (fastai's event
+    names); one that raises `RunStopped` ends the run with its `run_status` (a search's pruner)."""
     start = start_time if start_time is not None else time.monotonic()
     tcfg = cfg.trainer
     device = resolve_device(tcfg.device)
@@ -172,7 +178,8 @@ def train(
         train_model=torch.compile(model) if tcfg.compile else None,
         mix=mix,
         callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))]
-        + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else []),
+        + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else [])
+        + list(callbacks),
         start_time=start,
         budget=budget,
     )
@@ -278,7 +285,8 @@ def train(
         state.seconds["eval"] += time.monotonic() - t_eval
         summary("finished", final, best)
     except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
-        summary("failed", state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
+        status = e.run_status if isinstance(e, RunStopped) else "failed"
+        summary(status, state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
         raise
     finally:
         if trainer.writer is not None:

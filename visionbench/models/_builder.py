@@ -8,6 +8,8 @@ Contract: builder signature `(num_outputs: int, in_chans: int = 3, img_size: tup
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -73,6 +75,19 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str 
     if out.ndim != 2:
         raise TypeError(f"{name} returned shape {tuple(out.shape)}, expected (B, num_outputs)")
     return count_params(model), int(counter.get_total_flops())
+
+
+def inspect_on_meta(
+    build: Callable[[], nn.Module], input_size: tuple[int, int, int], name: str = "model"
+) -> tuple[int, int]:
+    """(params, forward FLOPs per image) of the model `build()` returns, built and run on the meta device: shapes
+    only, no memory for weights and no arithmetic, so a search checks a 100M-parameter candidate in milliseconds.
+
+    Raises a UserError when the model cannot be built with its kwargs or cannot take `input_size`.
+    """
+    with torch.device("meta"):
+        model = build()
+    return inspect_model(model, input_size, name)
 
 
 def resolve_module(model: nn.Module, dotted: str) -> nn.Module:

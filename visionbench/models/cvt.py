@@ -257,7 +257,7 @@ class CvT(nn.Module):
         if min(grid_h + grid_w) < 1:
             least = next(s for s in range(1, 64) if min(_grids(s, embed_cfgs)) >= 1)
             raise ValueError(f"cvt needs inputs of at least {least}x{least}, got img_size {H}x{W}")
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: also under a meta default
         stages, in_chs, start = [], in_chans, 0
         for i, (dim, num_heads, depth) in enumerate(zip(dims, heads, depths, strict=True)):
             last = i == len(dims) - 1

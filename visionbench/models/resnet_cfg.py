@@ -84,6 +84,8 @@ class ResNetCfg(nn.Module):
         img_size: (H, W) of the inputs; sets the flatten size after pooling, hence `num_features`.
         blocks: B_i, basic blocks per stage; its length is the number of stages N.
         channels: C_i, width of each stage.
+        base_channels: C_1 alone, every later stage doubling it (C_i = C_1 · 2^(i-1), the study's rule); replaces
+            `channels`, so that a search can vary the number of stages and the width independently.
         conv_kernels: F_i, odd conv kernel size, one int for all stages or one per stage.
         skip_kernels: K_i, odd shortcut conv kernel size, one int or one per stage.
         pool_size: P, the average-pool kernel before the classifier (clipped to the map when the map is smaller).
@@ -107,6 +109,7 @@ class ResNetCfg(nn.Module):
         conv_kernels: int | Sequence[int] = 3,
         skip_kernels: int | Sequence[int] = 1,
         pool_size: int = 4,
+        base_channels: int | None = None,
         stem_channels: int | None = None,
         drop_rate: float = 0.0,
         drop_block: float = 0.0,
@@ -115,6 +118,10 @@ class ResNetCfg(nn.Module):
     ):
         super().__init__()
         num_stages = len(blocks)
+        if base_channels is not None:
+            if base_channels < 1:
+                raise ValueError(f"base_channels must be positive, got {base_channels}")
+            channels = tuple(base_channels * 2**i for i in range(num_stages))
         channels = _per_stage(channels, num_stages, "channels")
         conv_kernels = _per_stage(conv_kernels, num_stages, "conv_kernels")
         skip_kernels = _per_stage(skip_kernels, num_stages, "skip_kernels")

@@ -3,6 +3,6 @@
 `write_report` (page.py) writes report.md and report.html; `tables.py` builds the tables, `plots.py` the figures.
 """
 
-from visionbench.report.page import write_report
+from visionbench.report.page import Section, write_report
 
-__all__ = ["write_report"]
+__all__ = ["Section", "write_report"]

@@ -9,7 +9,9 @@ clicked, each run's config.yaml in a collapsible <details>.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,18 @@ from visionbench.report.tables import (
 )
 from visionbench.utils.io import write_text
 
+
+@dataclasses.dataclass
+class Section:
+    """A part of the page a caller adds above the tables of runs (a search's best trials, importances, history):
+    paragraphs, tables and PNG figures (embedded in the HTML; linked relative to the report in the markdown)."""
+
+    title: str
+    paragraphs: list[str] = dataclasses.field(default_factory=list)
+    tables: list[Table] = dataclasses.field(default_factory=list)
+    figures: list[Path] = dataclasses.field(default_factory=list)
+
+
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 _STATUS_ORDER = ("finished", "running", "failed", UNREADABLE)
@@ -50,7 +64,14 @@ def _keys(value: str | None) -> list[str]:
 
 
 def write_report(
-    paths: list[Path], out_dir: Path, rows: str | None = None, cols: str | None = None, latest: bool = False
+    paths: list[Path],
+    out_dir: Path,
+    rows: str | None = None,
+    cols: str | None = None,
+    latest: bool = False,
+    sections: list[Section] = (),
+    pivots: bool = True,
+    title: str = "visionbench report",
 ) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir` and every run's figures into `<run>/plots/`.
 
@@ -61,6 +82,9 @@ def write_report(
         cols: the same for its columns (default: `data.name` when it differs and the `data.*` keys that differ
             between runs of one dataset; `data.name` when nothing differs).
         latest: keep only the newest run of each pivot cell.
+        sections: parts placed before the results tables (a search's own tables and figures).
+        pivots: False leaves the pivot tables out (a search's trials differ in many keys; its sections say more).
+        title: the page's heading.
 
     Returns:
         The paths of report.md and report.html.
@@ -84,13 +108,13 @@ def write_report(
     if latest:
         records = latest_per_cell(records, key=lambda rec: cell_key(rec, row_keys, col_keys))
 
-    pivots = pivot_tables(records, row_keys, col_keys)
+    tables = pivot_tables(records, row_keys, col_keys) if pivots else []
     runs = run_table(records, row_keys + col_keys)
     figures = [_draw(Path(rec["run_dir"])) for rec in records]
 
     md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
-    write_text(md_path, render_markdown(records, pivots, runs))
-    write_text(html_path, render_html(records, pivots, runs, figures))
+    write_text(md_path, render_markdown(records, tables, runs, sections, out_dir, title))
+    write_text(html_path, render_html(records, tables, runs, figures, sections, title))
     return md_path, html_path
 
 
@@ -112,8 +136,21 @@ def _status_line(records: list[dict[str, Any]]) -> str:
     return f"{len(records)} {noun}: " + ", ".join(f"{counts[s]} {s}" for s in order) + "."
 
 
-def render_markdown(records: list[dict[str, Any]], pivots: list[Table], runs: Table) -> str:
-    parts = ["# visionbench report", _status_line(records)]
+def render_markdown(
+    records: list[dict[str, Any]],
+    pivots: list[Table],
+    runs: Table,
+    sections: list[Section] = (),
+    out_dir: Path | None = None,
+    title: str = "visionbench report",
+) -> str:
+    parts = [f"# {title}", _status_line(records)]
+    for section in sections:
+        parts += [f"## {section.title}", *section.paragraphs]
+        parts += [to_markdown(t) if not t.title else f"**{t.title}**\n\n{to_markdown(t)}" for t in section.tables]
+        for png in section.figures:
+            href = os.path.relpath(png, out_dir) if out_dir is not None else str(png)
+            parts.append(f"![{png.stem}]({Path(href).as_posix()})")
     for table in pivots:
         parts += [f"## {table.title}", to_markdown(table)]
     parts += ["## Runs", to_markdown(runs)]
@@ -209,11 +246,14 @@ def _html_table(table: Table, table_id: str) -> str:
 
 
 def _figure_html(png: Path, run_dir: Path) -> str:
-    data = base64.b64encode(png.read_bytes()).decode("ascii")
     files = [png.name, png.with_suffix(".svg").name] + (["curves.csv"] if png.name == "curves.png" else [])
-    caption = f"{plots.PLOTS}/" + ", ".join(files)
+    return _embed(png, f"{plots.PLOTS}/" + ", ".join(files), f"{png.stem} of {run_dir.name}")
+
+
+def _embed(png: Path, caption: str, alt: str | None = None) -> str:
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(png.stem)} of {_esc(run_dir.name)}">'
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt or png.stem)}">'
         f"<figcaption>{_esc(caption)}</figcaption></figure>"
     )
 
@@ -243,8 +283,18 @@ def render_html(
     pivots: list[Table],
     runs: Table,
     figures: list[tuple[list[Path], list[str]]],
+    sections: list[Section] = (),
+    title: str = "visionbench report",
 ) -> str:
-    body = ["<h1>visionbench report</h1>", f"<p>{_esc(_status_line(records))}</p>"]
+    body = [f"<h1>{_esc(title)}</h1>", f"<p>{_esc(_status_line(records))}</p>"]
+    for k, section in enumerate(sections):
+        body += [f"<h2>{_esc(section.title)}</h2>", *(f"<p>{_esc(p)}</p>" for p in section.paragraphs)]
+        for j, table in enumerate(section.tables):
+            body += ([f"<h3>{_esc(table.title)}</h3>"] if table.title else []) + [
+                _html_table(table, f"section-{k}-{j}")
+            ]
+        if section.figures:
+            body.append('<div class="figures">' + "".join(_embed(png, png.name) for png in section.figures) + "</div>")
     for i, table in enumerate(pivots):
         body += [f"<h2>{_esc(table.title)}</h2>", _html_table(table, f"pivot-{i}")]
     body += ["<h2>Runs</h2>", _html_table(runs, "runs"), "<h2>Figures and configs</h2>"]
@@ -253,7 +303,7 @@ def render_html(
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<link rel="icon" href="data:,">\n'  # no favicon request
-        f"<title>visionbench report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + f"\n<script>{_JS}</script>\n</body>\n</html>\n"
     )

@@ -1,0 +1,59 @@
+"""`visionbench search CONFIG --space SPACE.yaml [--sampler grid|random|tpe] [--trials N] [--storage URL]
+[--workers K] [--study-name NAME] [--resume]`: trials drawn from a space, in one optuna study, then its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def search(
+    config: Path = typer.Argument(..., help="Base YAML config; each trial adds overrides drawn from the space."),
+    space: Path = typer.Option(..., "--space", help="Search space YAML: params (dotted keys), constraints, pruner."),
+    sampler: str | None = typer.Option(None, "--sampler", help="grid, random or tpe (default: the space's)."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials for random/tpe; a grid runs its cells."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="optuna storage URL (default: sqlite:///<study folder>/study.db; postgresql://...)."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes sharing the study."),
+    study_name: str | None = typer.Option(None, "--study-name", help="Default: the space file's name."),
+    resume: bool = typer.Option(False, "--resume", help="Continue (or join) an existing study."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override of the base config: dotted.key=value."),
+) -> int:
+    """Search hyperparameters and architectures under constraints; trials share one optuna study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from visionbench.errors import UserError
+    from visionbench.search.results import counts_line, write_search_report
+    from visionbench.search.runner import SCALING_PARAM, open_storage, open_study, prepare, run_search
+
+    if sampler is not None and sampler not in ("grid", "random", "tpe"):
+        raise UserError(f"--sampler {sampler!r}: expected grid, random or tpe")
+    spec = prepare(config, space, set_ or [], sampler, trials, storage, study_name)
+    storage_obj = open_storage(spec)
+    study = open_study(spec, storage_obj, resume)
+    what = f"{len(spec.cells)} grid cells" if spec.sampler == "grid" else f"{spec.trials} {spec.sampler} trials"
+    print(f"study {spec.study_name!r}: {what}, {workers} worker(s), optimising {spec.metric} ({spec.direction})")
+    print(f"study folder: {spec.study_dir}")
+    codes = run_search(spec, workers)
+
+    study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
+    print(counts_line(study))
+    keys = [k for k in spec.space.params if k != SCALING_PARAM]
+    if spec.variants:
+        keys = ["model.kwargs.blocks", "model.kwargs.channels", *keys]
+    paths = write_search_report(study, spec.metric, spec.study_dir, keys)
+    if paths:
+        print(f"report: {paths[0]}\nreport: {paths[1]}")
+    try:
+        best = study.best_trial
+        sets = " ".join(best.user_attrs.get("overrides", []))
+        print(f"best: trial {best.number} {spec.metric} {best.value:.4f}: {sets}")
+    except ValueError:
+        print("no trial completed")
+    unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    if any(code not in (0, None) and code > 0 for code in codes) or unfinished:
+        return 1
+    return 0
