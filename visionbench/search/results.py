@@ -89,9 +89,7 @@ def pruned_table(study) -> Table:
         [Cell(str(t.number), sort=t.number), Cell(t.user_attrs.get("pruned_by", "pruner")), Cell(_reason(t))]
         for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL))
     ]
-    return Table(
-        title="Pruned and failed trials", header=["trial", "by", "reason"], numeric=[True, False, False], rows=rows
-    )
+    return Table(title="", header=["trial", "by", "reason"], numeric=[True, False, False], rows=rows)
 
 
 def _reason(t) -> str:
