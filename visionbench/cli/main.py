@@ -24,7 +24,19 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from visionbench.cli import compare, data, evaluate, export, lr_find, models, predict, report, search, train
+    from visionbench.cli import (
+        compare,
+        data,
+        evaluate,
+        explain,
+        export,
+        lr_find,
+        models,
+        predict,
+        report,
+        search,
+        train,
+    )
 
     app.command("train")(train.train)
     app.command("lr-find")(lr_find.lr_find)
@@ -35,6 +47,7 @@ def _register() -> None:
     app.command("report")(report.report)
     app.command("compare")(compare.compare)
     app.command("search")(search.search)
+    app.command("explain")(explain.explain)
     app.add_typer(data.app, name="data")
 
 

@@ -49,6 +49,7 @@ class Section:
 
 
 REPORT_MD = "report.md"
+EXPLAIN = "explain"  # the folder `visionbench explain` writes in a run (analysis/explain.py)
 REPORT_HTML = "report.html"
 _STATUS_ORDER = ("finished", "running", "failed", UNREADABLE)
 
@@ -126,6 +127,7 @@ def _draw(run_dir: Path) -> tuple[list[Path], list[str]]:
             paths += plotter(run_dir)
         except (UserError, OSError, ValueError) as e:
             problems.append(f"{plotter.__name__}: {first_line(e)}")
+    paths += sorted((run_dir / EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
     return paths, problems
 
 
@@ -246,6 +248,8 @@ def _html_table(table: Table, table_id: str) -> str:
 
 
 def _figure_html(png: Path, run_dir: Path) -> str:
+    if png.parent.name != plots.PLOTS:  # an explain grid: its path inside the run
+        return _embed(png, png.relative_to(run_dir).as_posix(), f"{png.parent.name} {png.stem} of {run_dir.name}")
     files = [png.name, png.with_suffix(".svg").name] + (["curves.csv"] if png.name == "curves.png" else [])
     return _embed(png, f"{plots.PLOTS}/" + ", ".join(files), f"{png.stem} of {run_dir.name}")
 

@@ -1,0 +1,177 @@
+"""Attributions beyond shapes: the model-randomisation sanity check, IG completeness, batching, hooks on error,
+and `visionbench explain` on a trained run (grids, the report link, bad input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from visionbench.analysis.attribution import IG_STEPS, METHODS, attribute, to_maps
+from visionbench.cli.main import main
+from visionbench.config import config_from_raw
+from visionbench.models import create_model
+
+BASE = {
+    "data": {"name": "synthetic", "val_fraction": 0.2, "kwargs": {"num_classes": 4, "n_train": 512, "n_test": 64,
+                                                                  "channels": 1, "size": 28}},
+    "model": {"name": "small_cnn"},
+    "trainer": {"epochs": 4, "batch_size": 64, "checkpoint_every_minutes": None, "progress": "lines"},
+    "optim": {"lr": 0.05},
+}  # fmt: skip
+CNN_METHODS = [m for m in METHODS if m != "attention_rollout"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    from visionbench.engine.train import train
+
+    raw = json.loads(json.dumps(BASE))
+    raw["trainer"]["out_dir"] = str(tmp_path_factory.mktemp("runs"))
+    return train(config_from_raw(raw, experiment="explain"))
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    from visionbench.cli.predict import load_run
+
+    return load_run(trained_run)
+
+
+def _images(n: int = 8, side: int = 28, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def _test_images(loaded, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    from visionbench.data import build_datasets
+    from visionbench.engine.train import eval_loader
+
+    data = build_datasets(loaded.cfg.data)
+    x, y = next(iter(eval_loader(data, "test", loaded.cfg, torch.device("cpu"))))
+    return x[:n].float().contiguous(), y[:n]
+
+
+def _tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("vit", 4, in_chans=1, img_size=(28, 28), patch_size=4, embed_dim=32, depth=2, num_heads=2)
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
+
+
+# --- Adebayo et al. (NeurIPS 2018): maps must depend on the learned weights --------------------------------------
+
+
+@pytest.mark.parametrize("method", ["saliency", "gradcam"])
+def test_model_randomisation_changes_the_maps(loaded, method):
+    images, targets = _test_images(loaded)
+    trained = to_maps(attribute(loaded.model, images, targets, method))
+    randomised = create_model(loaded.cfg.model.name, 4, in_chans=1, img_size=(28, 28))
+    torch.manual_seed(123)
+    for m in randomised.modules():  # re-initialise every layer of the trained architecture
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    random_maps = to_maps(attribute(randomised.eval(), images, targets, method))
+    rhos = [spearmanr(a.flatten(), b.flatten()).statistic for a, b in zip(trained, random_maps, strict=True)]
+    rho = float(torch.tensor(rhos).nan_to_num(0.0).abs().mean())
+    print(f"{method}: mean |Spearman rank correlation| trained vs re-initialised = {rho:.3f}")
+    assert rho < 0.5, f"{method} maps barely change when the weights are randomised (|rho| {rho:.3f})"
+
+
+# --- integrated gradients: completeness ---------------------------------------------------------------------------
+
+
+def test_integrated_gradients_sum_to_the_output_difference(loaded):
+    images, targets = _test_images(loaded, 8)
+    attributions = attribute(loaded.model, images, targets, "integrated_gradients")
+    with torch.no_grad():
+        out = loaded.model(images).gather(1, targets[:, None])[:, 0]
+        base = loaded.model(torch.zeros_like(images)).gather(1, targets[:, None])[:, 0]
+    total = attributions.flatten(1).sum(1)
+    diff = out - base
+    error = (total - diff).abs()
+    assert (error <= 0.02 * diff.abs() + 1e-3).all(), (
+        f"IG with {IG_STEPS} steps: sums {total.tolist()} vs output differences {diff.tolist()}"
+    )
+
+
+# --- batching, ranges, hooks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "smoothgrad"])  # SmoothGrad draws noise per batch
+def test_batched_and_unbatched_attributions_are_equal(loaded, method):
+    model = _tiny_vit().eval() if method == "attention_rollout" else loaded.model
+    images, targets = _images(6), torch.tensor([0, 1, 2, 3, 0, 1])
+    whole = attribute(model, images, targets, method, batch_size=6)
+    one_by_one = attribute(model, images, targets, method, batch_size=1)
+    torch.testing.assert_close(whole, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_have_the_input_size_and_lie_in_0_1(loaded, method):
+    model = _tiny_vit().eval() if method == "attention_rollout" else loaded.model
+    maps = to_maps(attribute(model, _images(5), torch.tensor([0, 1, 2, 3, 0]), method, batch_size=2))
+    assert maps.shape == (5, 28, 28)
+    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+
+
+class _Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside the model")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hooks_removed_when_the_model_raises(loaded, method):
+    if method == "attention_rollout":
+        model = _tiny_vit().eval()
+        model.head = _Boom()
+    else:
+        model = create_model("small_cnn", 4, in_chans=1, img_size=(28, 28)).eval()
+        model.fc = _Boom()  # the classifier: after the features (and the Grad-CAM layer) have run
+    fused = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    with pytest.raises(RuntimeError, match="boom inside the model"):
+        attribute(model, _images(2), torch.tensor([0, 1]), method)
+    assert _hooks(model) == 0, f"{method} left hooks on the model"
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == fused
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def test_explain_writes_grids_that_the_report_shows(trained_run, capsys):
+    assert main(["explain", str(trained_run), "--method", "gradcam", "--n", "4"]) == 0
+    out_dir = trained_run / "explain" / "gradcam-test"
+    panels = json.loads((out_dir / "panels.json").read_text())
+    assert set(panels) == {"correct", "wrong"} and len(panels["correct"]) == 4
+    assert (out_dir / "correct.png").stat().st_size > 1000
+    assert main(["explain", str(trained_run), "--method", "saliency", "--n", "2", "--classes", "class_1"]) == 0
+    assert (trained_run / "explain" / "saliency-test" / "class-class_1.png").is_file()
+    assert main(["report", str(trained_run)]) == 0
+    html = (trained_run / "report.html").read_text()
+    assert "explain/gradcam-test/correct.png" in html and "explain/saliency-test/class-class_1.png" in html
+
+
+def test_explain_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
+    cases = [
+        (["--method", "attention_rollout"], "has no timm-style ViT attention"),
+        (["--method", "gradcam", "--classes", "sandal"], "--classes: no class 'sandal'"),
+        (["--method", "lime"], "--method 'lime': expected one of"),
+    ]
+    for args, expected in cases:
+        assert main(["explain", str(trained_run), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((trained_run / "config.yaml").read_text())
+    assert main(["explain", str(empty), "--method", "saliency"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(empty) in err[0], err
