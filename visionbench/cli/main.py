@@ -25,6 +25,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from visionbench.cli import (
+        analyze,
         compare,
         data,
         evaluate,
@@ -48,6 +49,7 @@ def _register() -> None:
     app.command("compare")(compare.compare)
     app.command("search")(search.search)
     app.command("explain")(explain.explain)
+    app.command("analyze")(analyze.analyze)
     app.add_typer(data.app, name="data")
 
 

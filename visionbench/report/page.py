@@ -50,6 +50,7 @@ class Section:
 
 REPORT_MD = "report.md"
 EXPLAIN = "explain"  # the folder `visionbench explain` writes in a run (analysis/explain.py)
+ANALYSIS = "analysis"  # the folder `visionbench analyze` writes in a run (cli/analyze.py)
 REPORT_HTML = "report.html"
 _STATUS_ORDER = ("finished", "running", "failed", UNREADABLE)
 
@@ -127,6 +128,7 @@ def _draw(run_dir: Path) -> tuple[list[Path], list[str]]:
             paths += plotter(run_dir)
         except (UserError, OSError, ValueError) as e:
             problems.append(f"{plotter.__name__}: {first_line(e)}")
+    paths += sorted((run_dir / ANALYSIS).glob("*.png"))  # `visionbench analyze`'s figures, when there are any
     paths += sorted((run_dir / EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
     return paths, problems
 

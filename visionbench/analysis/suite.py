@@ -1,0 +1,166 @@
+"""`analyze`: the analysis suite of the CIFAR-100 study on a trained run, on images of one split.
+
+- `robustness`: the task's main metric under Gaussian noise, Gaussian blur and contrast reduction at 5 severities
+  each (after Hendrycks & Dietterich's ImageNet-C corruptions), applied in pixel space [0, 1] before standardising.
+- `consistency`: how often the prediction stays the same under a horizontal flip and under shifts of 1 and 2 pixels
+  (zero-padded), in four directions.
+- `frequency`: the metric when only the low spatial frequencies (a centred disc of the 2-D FFT) or only the high
+  ones are kept, at several radii (as fractions of the Nyquist radius).
+- `pca`: the penultimate features projected on 2 principal components and embedded with t-SNE (scikit-learn),
+  coloured by class.
+- `erf`: the effective receptive field (Luo et al., 2016): |d (centre unit of the Grad-CAM layer) / d input|,
+  averaged over images.
+
+Each part returns rows for a table and draws a figure into `<run>/analysis/`, which the run's report shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionbench.analysis.tokens import reshape_transform
+from visionbench.models._builder import resolve_module
+
+SUITES = ("robustness", "consistency", "frequency", "pca", "erf")
+NOISE_STD = (0.04, 0.08, 0.12, 0.18, 0.26)  # pixel units
+BLUR_SIGMA = (0.5, 0.75, 1.0, 1.5, 2.0)  # pixels
+CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.2)  # factor towards each image's mean
+SHIFTS = (1, 2)
+FREQ_RADII = (0.1, 0.2, 0.3, 0.5, 0.7)  # fractions of the Nyquist radius
+
+
+class Evaluator:
+    """The run's model and metric on pixel-space images: `score(pixels)` standardises, predicts in batches and
+    returns the task's main metric; `predict(pixels)` returns the outputs."""
+
+    def __init__(self, model: nn.Module, task, mean: torch.Tensor, std: torch.Tensor, batch_size: int = 256):
+        self.model, self.task, self.batch_size = model.eval(), task, batch_size
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
+
+    @torch.inference_mode()
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        return torch.cat([self.model(x[i : i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
+
+    def score(self, pixels: torch.Tensor, targets: torch.Tensor) -> float:
+        metrics = self.task.metrics()
+        metrics.update(self.predict(pixels), targets)
+        return float(metrics.compute()[self.task.main_metric])
+
+
+def robustness(ev: Evaluator, pixels: torch.Tensor, targets: torch.Tensor) -> list[dict]:
+    from torchvision.transforms.v2 import functional as TF
+
+    gen = torch.Generator().manual_seed(0)
+    corruptions: dict[str, tuple[tuple[float, ...], Callable[[torch.Tensor, float], torch.Tensor]]] = {
+        "gaussian_noise": (NOISE_STD, lambda x, s: x + s * torch.randn(x.shape, generator=gen)),
+        "gaussian_blur": (BLUR_SIGMA, lambda x, s: TF.gaussian_blur(x, [2 * math.ceil(3 * s) + 1] * 2, [s, s])),
+        "contrast": (
+            CONTRAST,
+            lambda x, c: (x - x.mean((1, 2, 3), keepdim=True)) * c + x.mean((1, 2, 3), keepdim=True),
+        ),
+    }
+    clean = ev.score(pixels, targets)
+    rows = [{"corruption": "none", "severity": 0, "level": 0.0, "metric": clean}]
+    for name, (levels, fn) in corruptions.items():
+        for severity, level in enumerate(levels, 1):
+            score = ev.score(fn(pixels, level).clamp(0, 1), targets)
+            rows.append({"corruption": name, "severity": severity, "level": level, "metric": score})
+    return rows
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    H, W = x.shape[-2:]
+    padded = F.pad(x, (abs(dx), abs(dx), abs(dy), abs(dy)))
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[..., top : top + H, left : left + W]
+
+
+def _labels(outputs: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "classification":
+        return outputs.argmax(1)
+    if kind == "multilabel":
+        return outputs > 0
+    return outputs
+
+
+def consistency(ev: Evaluator, pixels: torch.Tensor, kind: str) -> list[dict]:
+    """Fraction of images whose prediction is unchanged (regression: mean |change| of the output)."""
+    base = _labels(ev.predict(pixels), kind)
+    variants = {"hflip": pixels.flip(-1)}
+    for s in SHIFTS:
+        for name, (dy, dx) in {"right": (0, s), "left": (0, -s), "down": (s, 0), "up": (-s, 0)}.items():
+            variants[f"shift_{name}_{s}px"] = _shift(pixels, dy, dx)
+    rows = []
+    for name, x in variants.items():
+        other = _labels(ev.predict(x), kind)
+        if kind == "regression":
+            value, what = float((other - base).abs().mean()), "mean |change|"
+        else:
+            same = (other == base) if kind == "classification" else (other == base).all(1)
+            value, what = float(same.float().mean()), "unchanged"
+        rows.append({"transform": name, "value": value, "measure": what})
+    return rows
+
+
+def frequency(ev: Evaluator, pixels: torch.Tensor, targets: torch.Tensor) -> list[dict]:
+    H, W = pixels.shape[-2:]
+    fy = torch.fft.fftfreq(H)[:, None]
+    fx = torch.fft.fftfreq(W)[None, :]
+    radius = (fy.square() + fx.square()).sqrt() / 0.5  # 1.0 = Nyquist along an axis
+    spectrum = torch.fft.fft2(pixels)
+    rows = []
+    for r in FREQ_RADII:
+        for kind, mask in (("low_pass", radius <= r), ("high_pass", radius > r)):
+            filtered = torch.fft.ifft2(spectrum * mask).real
+            if kind == "high_pass":  # keep the mean brightness: only the structure is removed or kept
+                filtered = filtered + pixels.mean((-2, -1), keepdim=True)
+            rows.append({"filter": kind, "radius": r, "metric": ev.score(filtered.clamp(0, 1), targets)})
+    return rows
+
+
+@torch.inference_mode()
+def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Features before the classifier: `forward_head(..., pre_logits=True)` (timm's and our models' convention)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        features = model.forward_features(x[i : i + batch_size])
+        out.append(model.forward_head(features, pre_logits=True).flatten(1).float())
+    return torch.cat(out)
+
+
+def embeddings(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    f = features.numpy()
+    pca = PCA(n_components=2, random_state=0).fit_transform(f)
+    perplexity = min(30.0, max(2.0, (len(f) - 1) / 3))
+    tsne = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(f)
+    return {"pca": torch.from_numpy(pca), "tsne": torch.from_numpy(tsne)}
+
+
+def effective_receptive_field(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(H, W) mean |gradient| of the centre unit of the Grad-CAM layer's map w.r.t. the input, scaled to [0, 1]."""
+    layer = resolve_module(model, model.cam_layer)
+    to_map = reshape_transform(model) or (lambda a: a)
+    caught: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda mod, args, out: caught.append(out))
+    total = torch.zeros(x.shape[-2:])
+    try:
+        for i in range(0, len(x), batch_size):
+            caught.clear()
+            xb = x[i : i + batch_size].detach().clone().requires_grad_(True)
+            model(xb)
+            fmap = to_map(caught[0])  # (B, C, h, w)
+            h, w = fmap.shape[-2:]
+            fmap[:, :, h // 2, w // 2].sum().backward()
+            total += xb.grad.abs().sum((0, 1))
+    finally:
+        handle.remove()
+    return total / total.max().clamp(min=1e-12)
