@@ -161,7 +161,7 @@ def test_explain_writes_grids_that_the_report_shows(trained_run, capsys):
 
 def test_explain_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
     cases = [
-        (["--method", "attention_rollout"], "has no timm-style ViT attention"),
+        (["--method", "attention_rollout"], "has no attention layers"),
         (["--method", "gradcam", "--classes", "sandal"], "--classes: no class 'sandal'"),
         (["--method", "lime"], "--method 'lime': expected one of"),
     ]
@@ -175,3 +175,28 @@ def test_explain_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys)
     assert main(["explain", str(empty), "--method", "saliency"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(empty) in err[0], err
+
+
+def _tiny_cvt() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("cvt", 4, in_chans=1, img_size=(28, 28), dims=(16, 32, 32), heads=(1, 2, 2), depths=(1, 1, 2))
+
+
+@pytest.mark.parametrize("build", [_tiny_vit, _tiny_cvt], ids=["vit", "cvt"])
+def test_attention_rollout_on_token_models(build):
+    model = build().eval()
+    images, targets = _images(4), torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():  # the explicit attention rollout switches to computes what the fused kernel does
+        fused_out = model(images)
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
+        explicit_out = model(images)
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = True
+    torch.testing.assert_close(fused_out, explicit_out, rtol=1e-4, atol=1e-5)
+    maps = attribute(model, images, targets, "attention_rollout", batch_size=4)
+    torch.testing.assert_close(maps, attribute(model, images, targets, "attention_rollout", batch_size=1))
+    assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")) and _hooks(model) == 0

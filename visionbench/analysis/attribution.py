@@ -44,8 +44,8 @@ def check_method(method: str, model: nn.Module, model_name: str) -> None:
 
         if not attention_modules(model):
             raise UserError(
-                f"--method attention_rollout: {model_name} has no timm-style ViT attention (vit, cnn_vit, "
-                "vit_r50_hybrid, timm ViTs); use gradcam or a gradient method"
+                f"--method attention_rollout: {model_name} has no attention layers (ViT, CvT and the hybrids "
+                "have); use gradcam or a gradient method"
             )
 
 

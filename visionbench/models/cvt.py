@@ -116,7 +116,9 @@ class ConvAttention(nn.Module):
         self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
+        self.kv_stride = kv_stride  # attention rollout maps the subsampled keys back onto the query grid with it
+        self.attn_drop = nn.Dropout(attn_drop)  # a module, so that attention rollout can catch the probabilities
+        self.fused_attn = True  # False: explicit softmax(q kᵀ / √d) through attn_drop (attention rollout)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -134,7 +136,11 @@ class ConvAttention(nn.Module):
         q = self._heads(self.conv_proj_q, self.proj_q, x_map, prefix)  # (B, nh, N, hd)
         k = self._heads(self.conv_proj_k, self.proj_k, x_map, prefix)  # (B, nh, N_kv, hd)
         v = self._heads(self.conv_proj_v, self.proj_v, x_map, prefix)  # (B, nh, N_kv, hd)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, nh, N, N_kv)
+            x = self.attn_drop(attn.softmax(-1)) @ v  # (B, nh, N, hd)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
