@@ -200,3 +200,15 @@ def test_attention_rollout_on_token_models(build):
     torch.testing.assert_close(maps, attribute(model, images, targets, "attention_rollout", batch_size=1))
     assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1
     assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")) and _hooks(model) == 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("build", [_tiny_vit, _tiny_cvt], ids=["vit", "cvt"])
+def test_grad_cam_on_token_models_needs_no_reshape_from_the_user(build, method):
+    """The tokens at cam_layer (B, 1 + h·w, D) become a (B, D, h, w) map from the model's declared layout."""
+    model = build().eval()
+    images, targets = _images(4), torch.tensor([0, 1, 2, 3])
+    maps = attribute(model, images, targets, method, batch_size=4)
+    assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1 and maps.flatten(1).amax(1).gt(0).all()
+    torch.testing.assert_close(maps, attribute(model, images, targets, method, batch_size=1), rtol=1e-4, atol=1e-5)
+    assert _hooks(model) == 0

@@ -313,3 +313,23 @@ def test_export_bad_input_is_one_line_and_exit_2(classification_run, tmp_path, m
     _one_line_error(capsys, main(["export", str(tmp_path), "--format", "onnx"]), f"{tmp_path}: not a run directory")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     _one_line_error(capsys, main(["export", run, "--format", "onnx"]), "pip install 'visionbench[export]'")
+
+
+def test_explain_attributes_each_label_of_a_multilabel_run(multilabel_run, capsys):
+    assert main(["explain", str(multilabel_run), "--method", "saliency", "--n", "6", "--target", "true"]) == 0
+    panels = json.loads((multilabel_run / "explain" / "saliency-test" / "panels.json").read_text())
+    assert list(panels) == ["labels"] and panels["labels"], panels
+    names = ["bird", "cat", "dog"]
+    for p in panels["labels"]:  # one panel per image and true label, the label named in the caption
+        assert f" {names[p['target']]} (true label" in p["caption"], p
+    assert (multilabel_run / "explain" / "saliency-test" / "labels.png").is_file()
+
+
+def test_explain_attributes_the_output_of_a_regression_run(regression_run, capsys):
+    assert main(["explain", str(regression_run), "--method", "gradcam", "--n", "4", "--split", "val"]) == 0
+    panels = json.loads((regression_run / "explain" / "gradcam-val" / "panels.json").read_text())
+    assert list(panels) == ["samples"] and [p["target"] for p in panels["samples"]] == [0] * len(panels["samples"])
+    true_values = [float(p["caption"].split("true ")[1].split(",")[0]) for p in panels["samples"]]
+    preds = [float(p["caption"].split("pred ")[1]) for p in panels["samples"]]
+    assert all(999 <= v <= 1007 for v in true_values), true_values  # target units, not standardised
+    assert all(abs(v) > 100 for v in preds), preds
