@@ -24,6 +24,19 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+# Fault injection for the reliability harness (benchmarks/fault_injection.py): VISIONBENCH_FAULT_KILL_WRITE=N makes
+# the N-th atomic write of this process SIGKILL the process after the data is in the temp file, before the rename.
+_KILL_AT_WRITE = int(os.environ.get("VISIONBENCH_FAULT_KILL_WRITE", "0") or 0)
+_writes = 0
+
+
+def _maybe_killed_mid_write() -> None:
+    global _writes
+    _writes += 1
+    if _writes == _KILL_AT_WRITE:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -37,6 +50,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            if _KILL_AT_WRITE:
+                _maybe_killed_mid_write()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
