@@ -24,6 +24,8 @@ app = typer.Typer(
 
 
 def _register() -> None:
+    if app.registered_commands:  # once per process: each call would add every command again (main runs in-process)
+        return
     from visionbench.cli import (
         analyze,
         compare,
@@ -67,6 +69,15 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return tuple(errors), tuple(aborts)
 
 
+# What str.splitlines splits on: a file name or a value holding one of these must not break the error line.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _one_line(message: str) -> str:
+    """`message` with its line breaks escaped as Python writes them (`\\n`), so an error stays one line."""
+    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -76,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, standalone_mode=False)  # returns the exit code of --help and typer.Exit
         code = result if isinstance(result, int) else 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         code = e.exit_code
     except click_errors as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `visionbench` or `visionbench data`: show the help
             print(e.format_message())
         else:
             where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
-            print(f"error: {where}{e.format_message()}", file=sys.stderr)
+            print(f"error: {_one_line(where + e.format_message())}", file=sys.stderr)
         code = e.exit_code
     except (*click_aborts, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ from visionbench.errors import UserError
 def parse_size(text: str) -> tuple[int, int, int]:
     """'1x28x28' -> (1, 28, 28); anything else is a UserError."""
     parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 3 or not all(p.isdecimal() and int(p) > 0 for p in parts):  # isdigit() takes '²'
         raise UserError(f"--input-size: expected CxHxW such as 3x32x32, got {text!r}")
     return tuple(int(p) for p in parts)
 
@@ -20,7 +20,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 def models(
     filter_: str = typer.Option("*", "--filter", help="fnmatch pattern over registered names, e.g. 'resnet*'."),
     input_size: str = typer.Option("3x32x32", help="CxHxW at which params and FLOPs are counted."),
-    num_outputs: int = typer.Option(10, help="Number of outputs of the head."),
+    num_outputs: int = typer.Option(10, min=1, help="Number of outputs of the head."),
     max_params: float = typer.Option(None, help="Show only models with at most this many parameters."),
 ) -> None:
     """List registered models with their parameter count and forward FLOPs per image."""

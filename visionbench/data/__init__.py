@@ -9,7 +9,7 @@ from visionbench.data import cifar, deeplense, digits, folder, mnist, mosaic, sy
 from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve, resize_split
 from visionbench.data.loader import DeviceLoader
 from visionbench.data.stream import needs_worker_transform, worker_transform
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
 
 __all__ = [
@@ -30,20 +30,15 @@ STREAM_AUGMENTS = ("random_resized_crop", "color_jitter")  # v2, in the workers,
 
 def build_datasets(cfg) -> Datasets:
     """Build the dataset named by a DataConfig: official splits, subset, seeded validation split, statistics."""
-    builder = DATASETS.get(cfg.name)
-    accepted = inspect.signature(builder).parameters
-    kwargs = {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
     try:
-        raw = builder(**kwargs, **cfg.kwargs)
-    except TypeError as e:
-        raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
-    if cfg.image_size and isinstance(raw.train, TensorSplit):  # in memory: resized once, here
-        size = cfg.image_size
-        raw = RawDataset(
-            train=resize_split(raw.train, size),
-            test=resize_split(raw.test, size),
-            info=dataclasses.replace(raw.info, input_size=(raw.info.input_size[0], size, size)),
-        )
+        raw = _load(cfg)
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):  # torch's allocator: "can't allocate memory"
+            raise
+        raise UserError(
+            f"data: {cfg.name!r} with data.kwargs {cfg.kwargs} and data.image_size {cfg.image_size} does not fit in "
+            f"memory ({first_line(e)})"
+        ) from None
     data = carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
     if cfg.test_subset is not None and cfg.test_subset < len(data.test):
         data.test = data.test.take(slice(0, cfg.test_subset))
@@ -75,6 +70,25 @@ def build_datasets(cfg) -> Datasets:
     if cfg.augment.rot90 and H != W:
         raise UserError(f"data.augment.rot90 needs square images; {cfg.name!r} images are {H}x{W}")
     return data
+
+
+def _load(cfg) -> RawDataset:
+    """The builder's official splits, resized once here when held in memory and data.image_size asks for it."""
+    builder = DATASETS.get(cfg.name)
+    accepted = inspect.signature(builder).parameters
+    kwargs = {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
+    try:
+        raw = builder(**kwargs, **cfg.kwargs)
+    except TypeError as e:
+        raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
+    if cfg.image_size and isinstance(raw.train, TensorSplit):  # in memory: resized once, here
+        size = cfg.image_size
+        raw = RawDataset(
+            train=resize_split(raw.train, size),
+            test=resize_split(raw.test, size),
+            info=dataclasses.replace(raw.info, input_size=(raw.info.input_size[0], size, size)),
+        )
+    return raw
 
 
 def build_loader(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +56,34 @@ def read_simulated(folder: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     meta = lensing_sim.read_meta(folder)
     try:
         images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
-        targets = np.load(folder / "targets.npy", allow_pickle=False)
+        # memory-mapped too: a header claiming more data than the file holds fails here, not in an allocation
+        targets = np.load(folder / "targets.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{folder}: cannot read the simulated arrays ({first_line(e)})") from None
-    if images.ndim != 4 or len(images) != len(targets) or len(images) != meta.get("n"):
+    if images.ndim != 4 or targets.ndim != 1 or len(images) != len(targets) or len(images) != meta.get("n"):
         raise UserError(
             f"{folder}: images.npy {images.shape} and targets.npy {targets.shape} "
             f"do not match meta.json n={meta.get('n')}"
         )
-    dtype = torch.int64 if meta.get("variant") == "classes" else torch.float32
-    return minmax(images), torch.as_tensor(np.asarray(targets)).to(dtype), meta
+    if images.dtype.kind not in "biuf" or targets.dtype.kind not in "biuf":
+        raise UserError(
+            f"{folder}: images.npy is {images.dtype} {images.shape} and targets.npy {targets.dtype} {targets.shape}; "
+            "expected real numbers, one target per image"
+        )
+    if meta.get("variant") == "classes":
+        count = len(meta.get("class_names") or ())
+        if targets.dtype.kind not in "biu" or (len(targets) and not (0 <= targets.min() and targets.max() < count)):
+            raise UserError(f"{folder / 'targets.npy'}: expected class indices 0..{count - 1} (meta.json class_names)")
+        return _finite(minmax(images), folder / "images.npy"), torch.from_numpy(targets.astype(np.int64)), meta
+    targets = _finite(torch.from_numpy(np.array(targets, dtype=np.float32)), folder / "targets.npy")
+    return _finite(minmax(images), folder / "images.npy"), targets, meta
+
+
+def _finite(values: torch.Tensor, source: Path) -> torch.Tensor:
+    """`values` unchanged; a NaN or infinity (which would only surface as a non-finite loss) is a UserError."""
+    if not torch.isfinite(values).all():
+        raise UserError(f"{source}: holds NaN or infinite values; expected finite numbers")
+    return values
 
 
 def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
@@ -77,9 +96,10 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
                 raise ValueError(f"unsupported .npy format version {version}")
             shape, fortran, dtype = header_readers[version](f)
             if dtype != np.dtype(object):
-                image = np.fromfile(f, dtype=dtype, count=math.prod(shape))
-                if image.size != math.prod(shape):
-                    raise ValueError(f"{image.size} values for a {shape} array")
+                count, left = math.prod(shape), os.fstat(f.fileno()).st_size - f.tell()
+                if count * dtype.itemsize > left:  # checked before np.fromfile allocates what the header claims
+                    raise ValueError(f"{left} bytes hold fewer than the {count} values of a {shape} array")
+                image = np.fromfile(f, dtype=dtype, count=count)
                 return _plain_image(image.reshape(shape, order="F" if fortran else "C"), path), None
             payload = f.read()
     except OSError as e:
@@ -102,16 +122,22 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
         label = float(np.asarray(label).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):
         raise UserError(f"{path}: the label is not a number") from None
+    if not math.isfinite(label):
+        raise UserError(f"{path}: the label is {label}; expected a finite number (a mass in eV or log10 m_a)")
     return _plain_image(np.asarray(image), path), label
 
 
 def _plain_image(array: np.ndarray, path: Path) -> np.ndarray:
     try:
+        if np.asarray(array).dtype.kind not in "biufO":  # complex, text, dates: float32 would garble or fail
+            raise TypeError
         array = np.squeeze(np.asarray(array, dtype=np.float32))
     except (TypeError, ValueError):
         raise UserError(f"{path}: expected a numeric image, got an array of {np.asarray(array).dtype}") from None
     if array.ndim != 2:
         raise UserError(f"{path}: expected a single-channel image, got an array of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise UserError(f"{path}: the image holds NaN or infinite values; expected finite pixel values")
     return array
 
 

@@ -41,13 +41,18 @@ def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
     """
     if path.endswith(".npy"):
         try:
-            array = np.load(path, allow_pickle=False)
+            # memory-mapped first: a header that claims more data than the file holds fails here, not in an allocation
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if array.dtype.kind not in "biuf":
+            raise UserError(f"{path}: an array of {array.dtype}; expected real numbers (bool, integer or float)")
+        x = torch.from_numpy(np.array(array, dtype=np.float32))
         x = x[None] if x.ndim == 2 else x
         if x.ndim != 3:
             raise UserError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {tuple(array.shape)}")
+        if not torch.isfinite(x).all():
+            raise UserError(f"{path}: holds NaN or infinite values; expected finite pixel values")
         return x.mean(0, keepdim=True) if grayscale and x.shape[0] > 1 else x
     from PIL import Image
 
@@ -164,7 +169,9 @@ class FileDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image = decode_image(self.paths[index], self.grayscale)
+        image = _channels(
+            decode_image(self.paths[index], self.grayscale), 1 if self.grayscale else 3, self.paths[index]
+        )
         if seed == NO_SEED:
             self._eval_tf = self._eval_tf or self._transforms(False)
             image = self._eval_tf(image)
@@ -175,6 +182,19 @@ class FileDataset(Dataset):
             if self.finish is not None:
                 image = _finish(self.finish, image, self.paths[index])
         return image, self.targets[index]
+
+
+def _channels(image: torch.Tensor, channels: int, path: str) -> torch.Tensor:
+    """`image` with the dataset's channel count: a grey `.npy` array repeated to RGB, as Pillow's convert("RGB")
+    does for a grey PNG; any other count (a 2- or 4-channel array) is a UserError rather than a failed batch."""
+    if image.shape[0] == channels:
+        return image
+    if image.shape[0] == 1:
+        return image.expand(channels, -1, -1)
+    raise UserError(
+        f"{path}: an array of {image.shape[0]} channels; this dataset decodes images as {channels} "
+        f"(data.grayscale: {str(channels == 1).lower()})"
+    )
 
 
 class _PlanSampler(Sampler):

@@ -71,6 +71,8 @@ def synthetic(
     for key, (value, minimum) in checks.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"synthetic dataset: {key}={value!r}, expected an integer >= {minimum}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:  # torch's seed range
+        raise UserError(f"synthetic dataset: seed={seed!r}, expected an integer in [-2**63, 2**64)")
     generator = torch.Generator().manual_seed(seed)
     patterns = class_patterns(num_classes, channels, size)
     train = _draw(n_train, patterns, generator)

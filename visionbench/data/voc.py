@@ -165,7 +165,7 @@ def parse_annotation(path: str | os.PathLike) -> tuple[set[int], set[int]]:
         root = parser.close()
     except _DtdRefused:
         raise UserError(f"{path}: refused an XML document type declaration (DTD); VOC annotations have none") from None
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError) as exc:  # LookupError: an encoding declaration naming no known codec
         raise UserError(f"{path}: not well-formed XML ({exc}); expected a VOC <annotation>") from None
     if root.tag != "annotation":
         raise UserError(f"{path}: root element is <{root.tag}>, expected a VOC <annotation>")

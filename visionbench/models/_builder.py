@@ -42,6 +42,11 @@ def create_model(
         raise UserError(f"model.kwargs for {name!r}: {e}") from None
     except ValueError as e:  # the builder refuses the input size or a kwarg value
         raise UserError(f"{name}: {e}") from None
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):  # torch's allocator: "can't allocate memory"
+            raise
+        size = "x".join(map(str, (in_chans, *img_size)))
+        raise UserError(f"{name} with model.kwargs {kwargs} at input size {size}: too large to allocate") from None
     missing = [a for a in CONTRACT if not hasattr(model, a)]
     if missing:
         raise TypeError(f"model {name!r} breaks the model contract: missing {missing}")
@@ -61,9 +66,9 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    x = torch.zeros(1, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     try:
+        x = torch.zeros(1, *input_size, device=device)  # inside: an input too large to allocate is the size's fault
         # FlopCounterMode counts 0 for the fused attention kernels on CPU: count attention through the math path
         with counter, sdpa_kernel(SDPBackend.MATH):
             out = model(x)
