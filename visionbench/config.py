@@ -36,7 +36,7 @@ def safe_load(text: str):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Section):
@@ -80,7 +80,7 @@ class DataConfig(Section):
     subset: int | None = Field(None, ge=1)  # use only the first N training images
     test_subset: int | None = Field(None, ge=1)  # evaluate on the first N test images only (quick searches)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # carved from train, seeded by split_seed
-    split_seed: int = 0  # kept apart from trainer.seed so that seeds compare on one validation set
+    split_seed: int = Field(0, ge=0, lt=2**32)  # apart from trainer.seed: seeds compare on one validation set
     download: bool = True  # try the official source when files are missing
     kwargs: dict[str, Any] = {}  # extra arguments of the dataset builder
     augment: AugmentConfig = AugmentConfig()
@@ -126,22 +126,31 @@ class OptimConfig(Section):
     no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-D parameters)
     norm_bias_lr_scale: float = Field(1.0, gt=0.0)  # airbench gives BN biases a larger learning rate
     schedule: str = "cosine"  # constant, cosine, step, one_cycle
-    warmup_epochs: float = Field(0.0, ge=0.0)  # linear warmup, counted in (fractional) epochs
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1e6)  # linear warmup, counted in (fractional) epochs
     min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)  # floor of cosine and one_cycle, as a fraction of lr
     step_epochs: list[float] = Field(default_factory=list)  # step schedule: epochs at which lr *= step_gamma
     step_gamma: float = Field(0.1, gt=0.0)
+    # Lookahead (Zhang et al., 2019; timm's wrapper): every k steps the slow weights move alpha of the way to the
+    # fast ones and the fast weights restart from them; None: off
+    lookahead_k: int | None = Field(None, ge=1)
+    lookahead_alpha: float = Field(0.5, gt=0.0, le=1.0)
 
 
 class TrainerConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # NumPy's seed range
     deterministic: bool = False  # deterministic algorithms: bit-identical resume on CPU
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always trains in fp32
     channels_last: bool = True  # NHWC memory format: faster on CUDA and on CPU (oneDNN), measured in benchmarks/
-    compile: bool = False  # torch.compile the training model
+    compile: bool = False  # torch.compile the training model; falls back to eager with a warning if it fails
+    # torch.compile's mode: reduce-overhead adds CUDA graphs (fewer kernel launches for small models)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # a config tuned for CUDA (the speed configs): without CUDA it runs on CPU after a one-line warning, with
+    # compile off (its warm-up would dominate a CPU run); `device: auto` still chooses the device
+    expect_cuda: bool = False
     accumulate_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
     unfreeze_at_epoch: int | None = Field(None, ge=1)  # make model.freeze's parameters trainable from this epoch
     grad_clip_norm: float | None = Field(None, gt=0.0)
@@ -149,9 +158,12 @@ class TrainerConfig(Section):
     tta: Literal["none", "flip"] = "none"  # test-time augmentation at evaluation
     eval_every_epochs: int = Field(1, ge=1)  # validation cadence
     eval_test_every_epoch: bool = False  # also evaluate test each epoch (test curves; costs time)
-    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0)  # mid-epoch checkpoints; end of epoch always
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0)  # mid-epoch checkpoints
+    # end-of-epoch checkpoints every this many epochs (the last epoch always); null: the last epoch only (a run of
+    # seconds, where a resume would gain nothing and each write costs a device sync and a disk write)
+    checkpoint_every_epochs: int | None = Field(1, ge=1)
     checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints by step count
-    num_threads: int | None = Field(None, ge=1)  # torch CPU threads; default: torch's own
+    num_threads: int | None = Field(None, ge=1, le=4096)  # torch CPU threads; default: torch's own
     out_dir: str = "runs"
     experiment: str | None = None  # default: the config file's stem
     progress: Literal["auto", "bar", "lines"] = "auto"  # auto: a bar only when stdout is a terminal
@@ -194,7 +206,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
     try:
-        raw = safe_load(text) or {}
+        raw = safe_load(text)
+        raw = {} if raw is None else raw  # an empty file is the defaults; [], 0 or false is not a config
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -16,3 +16,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type name when empty), for a one-line UserError."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+class Terminated(BaseException):
+    """SIGTERM under torchrun (the agent stopping the other ranks after one failed): unwinds like an interrupt, so
+    the run directory records the failure; the files stay as their last atomic write left them."""

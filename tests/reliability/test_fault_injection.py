@@ -1,5 +1,7 @@
-"""SIGKILL `visionbench train` (after a random delay, or inside a file write), resume, and require the result of the
-uninterrupted run bit for bit (benchmarks/fault_injection.py; its 20-kill figure is in benchmarks/RESULTS.md)."""
+"""SIGKILL `visionbench train`, `compare` or `search` (after a random delay, or inside a file write), resume, and
+require the result of the uninterrupted run bit for bit (benchmarks/fault_injection.py; its 20-kill figures are in
+benchmarks/RESULTS.md). `make test` runs two kills of `train`; compare's and search's single kills are covered by
+their own suites (tests/engine/test_compare.py, tests/search/test_search.py), their 20 kills here under -m slow."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 
 
 @pytest.mark.slow
-def test_twenty_kills(tmp_path):
-    counts = _harness().run_kills(20, seed=0, work=tmp_path)
+@pytest.mark.parametrize("command", ["train", "compare", "search"])
+def test_twenty_kills(tmp_path, command):
+    counts = _harness().run_kills(20, seed=0, work=tmp_path, command=command)
     assert counts["survived"] == counts["landed"] == 20, counts

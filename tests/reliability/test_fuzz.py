@@ -15,8 +15,7 @@ folders 12, NaN and infinite targets 12, checkpoints 50 (resume 20, eval/predict
 6) and command lines 30: 279 in all, plus one end-to-end run of the console script in a fresh interpreter.
 `test_at_least_200_bad_inputs_were_tried` checks the number actually run.
 
-The defects this fuzzing found in files outside this change are pinned at the end as strict xfails, each naming
-the file where the fix belongs.
+The defects this fuzzing found in engine/ and config.py have their own tests at the end.
 """
 
 from __future__ import annotations
@@ -136,11 +135,11 @@ class _Records(logging.Handler):
 
 
 def _expected_noise(item: warnings.WarningMessage | logging.LogRecord) -> bool:
-    """The two extra stderr lines a bad input may bring: CIFAR's md5 notice (a copy that differs from the official
-    files is read anyway, by design) and torch's protocol warning (a defect, pinned by an xfail below)."""
+    """The one extra stderr line a bad input may bring: CIFAR's md5 notice (a copy that differs from the official
+    files is read anyway, by design)."""
     if isinstance(item, logging.LogRecord):
         return item.name == cifar_module.__name__ and "md5" in item.getMessage()
-    return "_weights_only_unpickler" in item.filename and "pickle protocol" in str(item.message)
+    return False
 
 
 def expect_one_line_error(capsys, category: str, argv: list, markers: tuple[Path, ...] = (), needle: str = "") -> str:
@@ -1158,11 +1157,9 @@ def test_at_least_200_bad_inputs_were_tried():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Defects found by this fuzzing whose fix belongs in files outside this change (engine/, config.py): pinned as
-# strict xfails so that each one turns into a failure, and gets its xfail removed, once it is fixed.
+# Defects this fuzzing found in engine/ and config.py, fixed in the change after it; each keeps its test.
 
 
-@pytest.mark.xfail(strict=True, raises=(KeyError, AttributeError), reason="engine/checkpoint.py load_run_weights")
 def test_eval_of_a_checkpoint_without_model_weights_is_one_line(work, runs, capsys):
     run = work / "no-model-run"
     shutil.copytree(runs[0], run, dirs_exist_ok=True)
@@ -1172,7 +1169,6 @@ def test_eval_of_a_checkpoint_without_model_weights_is_one_line(work, runs, caps
     expect_one_line_error(capsys, "known", ["eval", run, "--weights", "last"], needle="last")
 
 
-@pytest.mark.xfail(strict=True, reason="engine/checkpoint.py load_checkpoint: torch warns on stderr first")
 @pytest.mark.parametrize("protocol", [3, 4, 5])
 def test_a_foreign_pickle_protocol_brings_no_warning_line(tmp_path, protocol):
     from visionbench.engine.checkpoint import load_checkpoint
@@ -1187,7 +1183,6 @@ def test_a_foreign_pickle_protocol_brings_no_warning_line(tmp_path, protocol):
     assert not caught, [str(w.message) for w in caught]  # the console script prints each on stderr
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="engine/rundir.py new_run_dir: mkdir errors are not UserErrors")
 def test_an_out_dir_that_cannot_be_created_is_one_line(work, capsys):
     blocker = work / "a-file"
     blocker.write_text("not a folder")
@@ -1195,26 +1190,22 @@ def test_an_out_dir_that_cannot_be_created_is_one_line(work, capsys):
     expect_one_line_error(capsys, "known", argv, needle="trainer.out_dir")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="config.py: seeds and num_threads have no upper bound")
 @pytest.mark.parametrize("key", ["trainer.seed", "data.split_seed", "trainer.num_threads"])
 def test_integers_beyond_int64_are_one_line(work, capsys, key):
     argv = ["train", SMOKE, *sets(f"{key}={2**70}", f"trainer.out_dir={work / 'int64'}")]
     expect_one_line_error(capsys, "known", argv, needle=key)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="engine/schedule.py: warmup steps of a huge float")
 def test_a_huge_warmup_is_one_line(work, capsys):
     argv = ["train", SMOKE, *sets("optim.warmup_epochs=1e308", f"trainer.out_dir={work / 'warmup'}")]
     expect_one_line_error(capsys, "known", argv, needle="warmup")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: float fields accept .inf (allow_inf_nan is not set)")
 def test_an_infinite_learning_rate_is_refused_by_the_config(tmp_path):
     with pytest.raises(UserError, match="optim.lr"):
         load_config(SMOKE, ["optim.lr=.inf"])
 
 
-@pytest.mark.xfail(strict=True, reason="config.py read_config_file: `safe_load(text) or {}` takes [], 0, false")
 @pytest.mark.parametrize("text", ["[]\n", "0\n", "false\n", "''\n"])
 def test_a_config_file_that_is_a_falsy_scalar_is_not_the_defaults(tmp_path, text):
     path = tmp_path / "falsy.yaml"

@@ -240,10 +240,10 @@ def test_two_workers_share_a_grid_and_a_killed_workers_trial_is_retried(tmp_path
     study_name = f"grid-{backend}-{os.getpid()}-{time.monotonic_ns()}"
     proc, log = _start(config, space, "--workers", "2", "--storage", storage, "--study-name", study_name)
     try:
-        victim = _running_trial_with_checkpoint(storage, study_name, time.monotonic() + 120)
+        victim = _running_trial_with_checkpoint(storage, study_name, time.monotonic() + 300)
         pid = int(victim.user_attrs["worker"].split(":")[1])
         os.kill(pid, signal.SIGKILL)
-        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -258,14 +258,14 @@ def test_a_killed_study_resumes_with_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs/base/grid/study.db'}"
     proc, log = _start(config, space)
     try:
-        victim = _running_trial_with_checkpoint(storage, "grid", time.monotonic() + 120)
+        victim = _running_trial_with_checkpoint(storage, "grid", time.monotonic() + 300)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole search: no worker is left
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     proc, log = _start(config, space, "--resume")
-    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
     assert f"resuming {victim.user_attrs['run_dir']}" in log.read_text()
     _check_every_cell_once(storage, "grid", victim)
 
@@ -320,3 +320,27 @@ def test_existing_study_needs_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(config), "--space", str(space)]) == 2
     assert "exists (4 trials); add --resume to continue it or to join it" in _error_line(capsys)
+
+
+def test_a_study_whose_creation_was_killed_is_created_again_with_resume(tmp_path):
+    config, space = _setup(tmp_path)
+    study_dir = tmp_path / "runs" / "base" / "grid"
+    study_dir.mkdir(parents=True)
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    half = optuna.create_study(storage=storage, study_name="grid", direction="maximize")  # as a kill leaves it:
+    half.enqueue_trial({"optim.lr": 0.02, "trainer.seed": 0})  # one cell enqueued, no record yet
+    assert main(["search", str(config), "--space", str(space), "--resume"]) == 0
+    complete = [t for t in _study(storage).trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({_cell(t) for t in complete}) == 4
+
+
+def test_a_foreign_study_with_trials_is_not_deleted(tmp_path, capsys):
+    config, space = _setup(tmp_path)
+    study_dir = tmp_path / "runs" / "base" / "grid"
+    study_dir.mkdir(parents=True)
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    foreign = optuna.create_study(storage=storage, study_name="grid", direction="maximize")
+    foreign.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    assert main(["search", str(config), "--space", str(space), "--resume"]) == 2
+    assert "was not created by visionbench search" in _error_line(capsys)
+    assert len(_study(storage).trials) == 1

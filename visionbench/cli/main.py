@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from visionbench.errors import UserError
+from visionbench.errors import Terminated, UserError
 
 app = typer.Typer(
     name="visionbench",
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*click_aborts, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         code = 130
+    except Terminated as e:  # SIGTERM under torchrun
+        print(f"error: {e}", file=sys.stderr)
+        code = 143
     if argv is None:
         sys.exit(code)
     return code

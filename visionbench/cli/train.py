@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -31,8 +32,11 @@ def train(
         if differ:
             raise UserError(f"--resume {resume_dir}: the run was started with other values for {', '.join(differ)}")
         cfg = stored
-        print(f"resuming {resume_dir}")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"resuming {resume_dir}")
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes and prints
+        return
     from visionbench.report.plots import plot_run
 
     plot_run(run_dir)

@@ -100,12 +100,16 @@ def build_loader(
     train: bool = False,
     seed: int = 0,
     channels_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ):
-    """The loader of one split: a DeviceLoader for in-memory datasets, a StreamLoader for streamed ones."""
+    """The loader of one split: a DeviceLoader for in-memory datasets, a StreamLoader for streamed ones; `shard`
+    (rank, world size) gives this DDP process its part of each batch (training) or of the split (evaluation)."""
     augment = cfg.augment if train else None
     in_memory = not data.streamed
     if in_memory and not needs_worker_transform(augment):
-        return DeviceLoader(data.split(split), data.info, batch_size, device, train, augment, seed, channels_last)
+        return DeviceLoader(
+            data.split(split), data.info, batch_size, device, train, augment, seed, channels_last, shard
+        )
     from visionbench.data.stream import StreamLoader
 
     return StreamLoader(
@@ -120,6 +124,7 @@ def build_loader(
         image_size=data.info.input_size[-1],
         grayscale=cfg.grayscale,
         num_workers=cfg.num_workers,
+        shard=shard,
     )
 
 

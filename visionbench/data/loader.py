@@ -15,6 +15,7 @@ import torch
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, TensorSplit
+from visionbench.errors import UserError
 
 
 class DeviceLoader:
@@ -29,6 +30,7 @@ class DeviceLoader:
         augment: augmentation settings (used only when `train`).
         seed: with the epoch number, fixes the order and the augmentation.
         channels_last: emit channels_last batches (CUDA convolutions prefer it).
+        shard: (rank, world size) under DDP: see `batch_slice`.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class DeviceLoader:
         augment: AugmentConfig | None = None,
         seed: int = 0,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.images = split.images.to(device, non_blocking=True)
         self.targets = split.targets.to(device, non_blocking=True)
@@ -51,10 +54,10 @@ class DeviceLoader:
         self.channels_last = channels_last
         if train and len(self.images) < batch_size:
             self.batch_size = len(self.images)  # a tiny subset still trains: one full batch per epoch
+        self.shard = check_shard(self.batch_size, shard, train)
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        return num_batches(len(self.images), self.batch_size, self.train, self.shard)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of `epoch`, beginning at batch index `start_batch`."""
@@ -62,7 +65,7 @@ class DeviceLoader:
         params = self._epoch_params(epoch, n) if self.train else None
         order = params.pop("order") if params else None
         for i in range(start_batch, len(self)):
-            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            sl = batch_slice(i, self.batch_size, n, self.train, self.shard)
             index = order[sl] if order is not None else sl
             images, targets = self.images[index], self.targets[index]
             if params:
@@ -83,6 +86,42 @@ class DeviceLoader:
 
     def _augment(self, images: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         return apply_augment(images, p, self.augment)
+
+
+def check_shard(batch_size: int, shard: tuple[int, int], train: bool) -> tuple[int, int]:
+    """A (rank, world) pair whose world divides the global training batch."""
+    rank, world = shard
+    if train and batch_size % world:
+        raise UserError(f"trainer.batch_size: {batch_size} is the global batch; it must divide among {world} processes")
+    return rank, world
+
+
+def shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """This rank's contiguous part of an evaluation split: ceil(n / world) images (the last rank fewer)."""
+    rank, world = shard
+    per = math.ceil(n / world)
+    return min(n, rank * per), min(n, (rank + 1) * per)
+
+
+def num_batches(n: int, batch_size: int, train: bool, shard: tuple[int, int] = (0, 1)) -> int:
+    """Batches of an epoch for this rank: every rank sees all n // batch_size global training batches."""
+    if train:
+        return n // batch_size
+    lo, hi = shard_range(n, shard)
+    return math.ceil((hi - lo) / batch_size)
+
+
+def batch_slice(i: int, batch_size: int, n: int, train: bool, shard: tuple[int, int] = (0, 1)) -> slice:
+    """Positions of batch `i` for this rank: in training, of the epoch's order (rank r of W takes the r-th
+    W-th of global batch i, so the W ranks together see exactly the one-process batch and its augmentation); in
+    evaluation, of the split (each rank its contiguous part, `shard_range`)."""
+    rank, world = shard
+    if train:
+        per = batch_size // world
+        start = i * batch_size + rank * per
+        return slice(start, start + per)
+    lo, hi = shard_range(n, shard)
+    return slice(lo + i * batch_size, min(hi, lo + (i + 1) * batch_size))
 
 
 AUGMENT_KEYS = ("flip", "vflip", "rot90", "angle", "dx", "dy", "cy", "cx")

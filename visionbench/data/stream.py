@@ -13,7 +13,6 @@ batches do not depend on the number of workers, and resuming mid-epoch means ski
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import re
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
-from visionbench.data.loader import apply_augment, epoch_plan, erase_batch
+from visionbench.data.loader import apply_augment, batch_slice, check_shard, epoch_plan, erase_batch, num_batches
 from visionbench.errors import UserError, first_line
 
 NO_SEED = -1  # worker-side transforms off (evaluation)
@@ -200,23 +199,22 @@ def _channels(image: torch.Tensor, channels: int, path: str) -> torch.Tensor:
 class _PlanSampler(Sampler):
     """Batches of (index, sample_seed) for the epoch and start batch set before each iteration."""
 
-    def __init__(self, n: int, batch_size: int, train: bool, seed: int) -> None:
-        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+    def __init__(self, n: int, batch_size: int, train: bool, seed: int, shard: tuple[int, int] = (0, 1)) -> None:
+        self.n, self.batch_size, self.train, self.seed, self.shard = n, batch_size, train, seed, shard
         self.order: torch.Tensor | None = None
         self.epoch, self.start_batch = 0, 0
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.train else math.ceil(self.n / self.batch_size)
+        return num_batches(self.n, self.batch_size, self.train, self.shard)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for i in range(self.start_batch, len(self)):
+            sl = batch_slice(i, self.batch_size, self.n, self.train, self.shard)
             if self.order is None:
-                index = range(i * self.batch_size, min(self.n, (i + 1) * self.batch_size))
-                yield [(j, NO_SEED) for j in index]
+                yield [(j, NO_SEED) for j in range(sl.start, sl.stop)]
             else:
-                index = self.order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
-                yield [(j, (base + j) % (2**62)) for j in index]
+                yield [(j, (base + j) % (2**62)) for j in self.order[sl].tolist()]
 
 
 class StreamLoader:
@@ -237,6 +235,7 @@ class StreamLoader:
         image_size: side of the square images after resizing.
         grayscale: decode as one channel.
         num_workers: DataLoader worker processes (0 decodes in this process).
+        shard: (rank, world size) under DDP: see `loader.batch_slice`.
     """
 
     def __init__(
@@ -252,6 +251,7 @@ class StreamLoader:
         image_size: int = 224,
         grayscale: bool = False,
         num_workers: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.split, self.device, self.train, self.seed = split, device, train, seed
         self.augment = augment if train else None
@@ -261,7 +261,8 @@ class StreamLoader:
         if grayscale and len(mean) > 1:  # ImageNet statistics of a grey image: the channel average
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         self.mean, self.std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-        self.sampler = _PlanSampler(len(split), self.batch_size, train, seed)
+        self.shard = check_shard(self.batch_size, shard, train)
+        self.sampler = _PlanSampler(len(split), self.batch_size, train, seed, self.shard)
         workers = default_workers() if num_workers is None else num_workers
         channels = info.input_size[0] if isinstance(split, TensorSplit) else (1 if grayscale else 3)
         finish = worker_transform(self.augment, channels, (image_size, image_size), mean, std)
@@ -299,7 +300,7 @@ class StreamLoader:
                 raise _worker_error(e) from None
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sl = batch_slice(i, self.batch_size, n, self.train, self.shard)
             if params:
                 images = apply_augment(images, {k: v[sl] for k, v in params.items()}, self.augment)
             x = images if self.normalized else transforms.normalize(images, self.mean, self.std)

@@ -9,6 +9,7 @@ weights_only=True)` reads it without unpickling anything foreign. Weights alone 
 from __future__ import annotations
 
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a state written by `save_checkpoint`; anything else is a one-line UserError, never foreign code."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
@@ -111,8 +114,11 @@ def load_run_weights(run_dir: Path, model: nn.Module, weights: str = "best") -> 
     if weights == "best":
         load_weights(run_dir / rundir.BEST, model)
         return
-    ckpt = load_checkpoint(run_dir / rundir.LAST)
-    state = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    path = run_dir / rundir.LAST
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UserError(f"{path}: holds no model weights (expected a mapping of names to tensors under 'model')")
     if ckpt.get("ema"):  # AveragedModel keys: module.<name> plus n_averaged
         state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
-    load_state(model, state, str(run_dir / rundir.LAST))
+    load_state(model, state, str(path))

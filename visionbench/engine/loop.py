@@ -18,7 +18,7 @@ from torch import nn
 
 from visionbench.config import TrainerConfig
 from visionbench.data.loader import DeviceLoader
-from visionbench.engine.runtime import autocast
+from visionbench.engine.runtime import autocast, distributed, gather_rows, mean_across_ranks
 from visionbench.engine.schedule import TimeBudget
 from visionbench.errors import UserError
 from visionbench.tasks.base import Task
@@ -79,7 +79,7 @@ class Trainer:
     cfg: TrainerConfig
     device: torch.device
     ema: torch.optim.swa_utils.AveragedModel | None = None
-    train_model: nn.Module | None = None  # torch.compile'd forward, when enabled
+    train_model: Callable[[torch.Tensor], torch.Tensor] | None = None  # the compiled forward (trainer.compile)
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # mixup/cutmix
     # objects with any of before_fit, before_epoch, after_batch, after_epoch, after_fit(state) (fastai's names)
     callbacks: list[Any] = dataclasses.field(default_factory=list)
@@ -168,7 +168,7 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
             state.budget_seconds += trainer.clock() - tick
             trainer.budget.used = state.budget_seconds
             state.should_stop = state.should_stop or trainer.budget.spent
-        if trainer.checkpoint is not None:
+        if trainer.checkpoint is not None and _epoch_checkpoint_due(cfg, state):
             trainer.checkpoint(state)
         trainer._emit("after_epoch", state)
     trainer._emit("after_fit", state)
@@ -218,9 +218,12 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
             state.should_stop = True  # fit evaluates this partial epoch as the last one
             break
         if trainer.checkpoint is not None and state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
+            # under DDP every rank gets here at the same step; the checkpoint keeps the ranks' mean loss so far
+            state.loss_sum = loss_sum = mean_across_ranks(loss_sum)
             _check_finite(loss_sum, state)
             trainer.checkpoint(state)
             last_ckpt = time.monotonic()
+    loss_sum = mean_across_ranks(loss_sum)
     _check_finite(loss_sum, state)
     return loss_sum.item() / max(1, state.batch)
 
@@ -244,13 +247,20 @@ def evaluate(
         all_logits.append(logits)
         all_targets.append(targets)
     model.train(was_training)
-    values = {k: round(float(v), 6) for k, v in metrics.compute().items()}
-    return values, torch.cat(all_logits), torch.cat(all_targets)
+    values = {k: round(float(v), 6) for k, v in metrics.compute().items()}  # torchmetrics syncs across ranks
+    return values, gather_rows(torch.cat(all_logits)), gather_rows(torch.cat(all_targets))
+
+
+def _epoch_checkpoint_due(cfg: TrainerConfig, state: TrainState) -> bool:
+    every = cfg.checkpoint_every_epochs
+    return state.epoch >= cfg.epochs or state.should_stop or (every is not None and state.epoch % every == 0)
 
 
 def _checkpoint_due(cfg: TrainerConfig, state: TrainState, last_ckpt: float) -> bool:
     if cfg.checkpoint_every_steps is not None and state.step % cfg.checkpoint_every_steps == 0:
         return True
+    if distributed():  # every rank must agree without a collective: steps only, not each rank's clock
+        return False
     minutes = cfg.checkpoint_every_minutes
     return minutes is not None and time.monotonic() - last_ckpt >= minutes * 60
 

@@ -52,10 +52,16 @@ def param_groups(
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, head: set[str] = frozenset(), keep: set[str] = frozenset()
 ) -> torch.optim.Optimizer:
-    """The optimizer `cfg.name` over `param_groups(model, cfg, head, keep)`."""
+    """The optimizer `cfg.name` over `param_groups(model, cfg, head, keep)`, inside timm's Lookahead when
+    `cfg.lookahead_k` is set (it shares the inner optimizer's groups and state, so schedules and checkpoints see
+    one optimizer; the model keeps the fast weights, as in timm)."""
     optimizer = OPTIMIZERS.get(cfg.name)(param_groups(model, cfg, head, keep), cfg)
     for group in optimizer.param_groups:  # LambdaLR scales `initial_lr`; fold the group's scale into it
         group["lr"] = cfg.lr * group["lr_scale"]
+    if cfg.lookahead_k is not None:
+        from timm.optim import Lookahead
+
+        optimizer = Lookahead(optimizer, alpha=cfg.lookahead_alpha, k=cfg.lookahead_k)
     return optimizer
 
 

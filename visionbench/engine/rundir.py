@@ -41,6 +41,8 @@ def new_run_dir(cfg: RunConfig, prefix: str = "") -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as e:  # a file in the way, no permission, a read-only disk
+            raise UserError(f"trainer.out_dir: cannot create {path.parent} ({e.strerror or e})") from None
     raise RuntimeError(f"could not create a run directory under {parent}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import resource
@@ -11,11 +12,16 @@ import sys
 import numpy as np
 import torch
 
-from visionbench.errors import UserError
+from visionbench.errors import Terminated, UserError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; an unavailable device is a UserError."""
+    """`auto` is CUDA when present, else CPU; an unavailable device is a UserError. Under torchrun, `auto` and
+    `cuda` mean this process's GPU (LOCAL_RANK)."""
+    if name in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -52,5 +58,120 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak GPU memory allocated on CUDA, else the process's peak resident set size."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def gpu_settings_for(device: torch.device, expect_cuda: bool, compile_: bool, source: str = "config") -> bool:
+    """For a config tuned for CUDA (`trainer.expect_cuda`) on a machine without it: one warning line, and the
+    compile setting to use there (off: its warm-up would dominate a CPU run). Returns whether to compile."""
+    if not expect_cuda or device.type == "cuda":
+        return compile_
+    log.warning(
+        "%s is tuned for CUDA (trainer.expect_cuda) but runs on %s here: fp32, no torch.compile; "
+        "its speed figures need a GPU",
+        source,
+        device.type.upper(),
+    )
+    return False
+
+
+class CompiledForward:
+    """`torch.compile(model, mode=mode)` called like the model, falling back to the eager model for good, with one
+    warning, when compiling or running the compiled forward fails (an op Dynamo cannot trace, no C++ compiler
+    for Inductor, ...). Errors of the input (`UserError`) and interrupts pass through.
+
+    Compilation happens at the first call, so that is where failures surface; a backward graph is compiled with
+    its forward (AOTAutograd), so the same call covers it.
+    """
+
+    def __init__(self, model: torch.nn.Module, mode: str = "default", name: str = "model"):
+        self.model, self.name = model, name
+        self.compiled = torch.compile(model, mode=None if mode == "default" else mode)
+        self.failed = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except (UserError, KeyboardInterrupt, torch.OutOfMemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never crash)
+            self.failed = True
+            message = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            log.warning("trainer.compile: torch.compile failed for %s (%s); training without it", self.name, message)
+            return self.model(x)
+
+
+class PeerFailed(UserError):
+    """A collective failed because another process of the run died. Exit status 1: not the input's fault."""
+
+    exit_code = 1
+
+
+def init_distributed(device_name: str) -> tuple[int, int]:
+    """Join the process group that torchrun describes (WORLD_SIZE > 1 in the environment): NCCL when this rank
+    trains on CUDA, else gloo. Returns (rank, world size); (0, 1) outside torchrun. Ranks other than 0 log
+    errors only, and SIGTERM becomes `Terminated`."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import signal
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+    def terminate(signum, frame):
+        raise Terminated("terminated by SIGTERM (another process of the run failed?)")
+
+    signal.signal(signal.SIGTERM, terminate)
+    rank = dist.get_rank()
+    if rank:
+        logging.getLogger().setLevel(logging.ERROR)
+    return rank, dist.get_world_size()
+
+
+def distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks (itself outside DDP)."""
+    if not distributed():
+        return value
+    import torch.distributed as dist
+
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order (each rank's contiguous part of a split); `local` itself
+    outside DDP. Uneven parts are padded for the collective and trimmed after it."""
+    if not distributed():
+        return local
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(local)], device=local.device))
+    most = int(max(s.item() for s in sizes))
+    padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])

@@ -10,12 +10,14 @@ import copy
 import csv
 import io
 import math
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visionbench.config import RunConfig
@@ -33,7 +35,16 @@ from visionbench.engine.checkpoint import (
 )
 from visionbench.engine.loop import RunStopped, Trainer, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
-from visionbench.engine.runtime import peak_memory_bytes, resolve_device, seed_everything
+from visionbench.engine.runtime import (
+    CompiledForward,
+    PeerFailed,
+    gpu_settings_for,
+    init_distributed,
+    peak_memory_bytes,
+    peak_rss_bytes,
+    resolve_device,
+    seed_everything,
+)
 from visionbench.engine.schedule import TimeBudget, build_scheduler
 from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
 from visionbench.errors import UserError, first_line
@@ -106,10 +117,12 @@ def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> t
     return head, frozen
 
 
-def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device):
-    """The loader of a split for evaluation: in order, no augmentation."""
+def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
+    """The loader of a split for evaluation: in order, no augmentation (this rank's part under DDP)."""
     tcfg = cfg.trainer
-    return build_loader(data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last)
+    return build_loader(
+        data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last, shard=shard
+    )
 
 
 def train(
@@ -124,7 +137,13 @@ def train(
     names); one that raises `RunStopped` ends the run with its `run_status` (a search's pruner)."""
     start = start_time if start_time is not None else time.monotonic()
     tcfg = cfg.trainer
+    rank, world = init_distributed(tcfg.device)  # (0, 1) unless started by torchrun
+    main_rank = rank == 0  # the one process that writes files and prints
+    if world > 1 and tcfg.time_budget_minutes is not None:
+        raise UserError("trainer.time_budget_minutes: not supported under torchrun yet (the ranks' clocks differ)")
     device = resolve_device(tcfg.device)
+    source = f"experiment {tcfg.experiment or cfg.model.name!r}"
+    use_compile = gpu_settings_for(device, tcfg.expect_cuda, tcfg.compile, source)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     seed_everything(tcfg.seed, tcfg.deterministic)
@@ -145,8 +164,11 @@ def train(
 
     # 2. Data onto the device, model, optimisation.
     channels_last = tcfg.channels_last
-    train_loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, channels_last)
-    eval_loaders = {s: eval_loader(data, s, cfg, device) for s in ("val", "test") if getattr(data, s) is not None}
+    shard = (rank, world)
+    train_loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, channels_last, shard)
+    eval_loaders = {
+        s: eval_loader(data, s, cfg, device, shard) for s in ("val", "test") if getattr(data, s) is not None
+    }
     seconds_data = time.monotonic() - t_data
     if ckpt is None and hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
         model.init_from_data(normalize(data.train.images[:5000], train_loader.mean.cpu(), train_loader.std.cpu()))
@@ -161,6 +183,11 @@ def train(
         budget = TimeBudget(tcfg.time_budget_minutes, tcfg.time_budget_counts_eval)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs, budget)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and tcfg.precision == "fp16")
+    forward = model
+    if world > 1:  # gradients averaged across ranks in backward; the module itself stays unwrapped for state
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     ema = None
     if tcfg.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema_decay), use_buffers=True)
@@ -175,9 +202,9 @@ def train(
         cfg=tcfg,
         device=device,
         ema=ema,
-        train_model=torch.compile(model) if tcfg.compile else None,
+        train_model=CompiledForward(forward, tcfg.compile_mode, cfg.model.name) if use_compile else forward,
         mix=mix,
-        callbacks=[make_progress(tcfg.progress, tcfg.epochs, len(train_loader))]
+        callbacks=([make_progress(tcfg.progress, tcfg.epochs, len(train_loader))] if main_rank else [])
         + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else [])
         + list(callbacks),
         start_time=start,
@@ -196,10 +223,16 @@ def train(
     # 3. The run directory.
     if resume_dir is not None:
         run_dir = resume_dir
+    elif not main_rank:
+        run_dir = None  # rank 0's, received below
     elif run_dir is not None:
         run_dir.mkdir(parents=True)  # compare's cells: a fixed name, checked to be free beforehand
     else:
         run_dir = rundir.new_run_dir(cfg)
+    if world > 1:
+        shared = [str(run_dir) if main_rank else None]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
     base = {
         "experiment": tcfg.experiment,
         "model": cfg.model.name,
@@ -219,6 +252,8 @@ def train(
     details: dict[str, Any] = {}  # per-class test results of the final model
 
     def summary(status: str, final: dict[str, Any], best: dict[str, Any], error: str | None = None) -> None:
+        if not main_rank:
+            return
         seconds = {"data": round(seconds_data, 3), **{k: round(v, 3) for k, v in state.seconds.items()}}
         seconds["total"] = round(state.elapsed_offset + time.monotonic() - start, 3)
         rundir.write_summary(
@@ -232,7 +267,9 @@ def train(
                 **({"test_details": details} if details else {}),
                 "seconds": seconds,
                 **({"time_budget": budget_record(tcfg, state)} if budget is not None else {}),
-                "peak_memory_bytes": peak_memory_bytes(device),
+                "peak_memory_bytes": peak_memory_bytes(device),  # GPU on CUDA, else RSS (kept for old readers)
+                "peak_rss_bytes": peak_rss_bytes(),
+                "peak_gpu_bytes": peak_memory_bytes(device) if device.type == "cuda" else None,
                 "error": error,
             },
         )
@@ -243,20 +280,25 @@ def train(
             better = st.best_value is None or (value > st.best_value if task.mode == "max" else value < st.best_value)
             if better:
                 st.best_value, st.best_epoch = value, row["epoch"]
-                save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
-        rundir.write_metrics(run_dir, st.rows)
+                if main_rank:
+                    save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
+        if main_rank:
+            rundir.write_metrics(run_dir, st.rows)
         summary("running", row, _best_row(st))
 
     def checkpoint(st: TrainState) -> None:
+        if not main_rank:
+            return
         payload = trainer.state_dict(st)
         payload["train_state"]["elapsed_offset"] = st.elapsed_offset + time.monotonic() - start
         save_checkpoint(run_dir / rundir.LAST, {**payload, "rng": rng_state()})
 
     trainer.on_epoch_end, trainer.checkpoint = on_epoch_end, checkpoint
-    if ckpt is None:
+    if ckpt is None and main_rank:
         rundir.write_config(run_dir, cfg)
-    rundir.write_env(run_dir, cfg, device)
-    if summary_writer is not None:
+    if main_rank:
+        rundir.write_env(run_dir, cfg, device)
+    if summary_writer is not None and main_rank:
         trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
     summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
 
@@ -269,15 +311,19 @@ def train(
             metrics, *trainer.outputs["test"] = evaluate(trainer.eval_model, test_loader, task, device, tcfg)
             if not any(k.startswith("test/") for k in state.rows[-1]):
                 state.rows[-1].update({f"test/{k}": v for k, v in metrics.items()})
-                rundir.write_metrics(run_dir, state.rows)
+                if main_rank:
+                    rundir.write_metrics(run_dir, state.rows)
         final = dict(state.rows[-1])
-        _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
+        if main_rank:
+            _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
         details.update(task.details(*trainer.outputs["test"]))
-        if best_key is None:  # no validation split: the best weights are the final ones
+        if best_key is None and main_rank:  # no validation split: the best weights are the final ones
             save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
         if best_key is None or state.best_epoch == state.epoch:
             best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
         else:
+            if world > 1:
+                dist.barrier()  # rank 0 has written the best weights that every rank reads now
             best_model = copy.deepcopy(trainer.eval_model)
             load_weights(run_dir / rundir.BEST, best_model)
             metrics, _, _ = evaluate(best_model, test_loader, task, device, tcfg)
@@ -285,13 +331,30 @@ def train(
         state.seconds["eval"] += time.monotonic() - t_eval
         summary("finished", final, best)
     except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
+        if world > 1:  # on the way out already: torchrun's SIGTERM must not interrupt the record or the one line
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         status = e.run_status if isinstance(e, RunStopped) else "failed"
         summary(status, state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
+        if world > 1 and _peer_lost(e):
+            raise PeerFailed(
+                f"{run_dir}: rank {rank} of {world} lost its peers ({first_line(e, 120)}); "
+                f"continue with --resume {run_dir}"
+            ) from None
         raise
     finally:
         if trainer.writer is not None:
             trainer.writer.close()
+        if world > 1:
+            dist.destroy_process_group()
     return run_dir
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """An error of a collective whose peer died (gloo: connection closed or reset; NCCL: a backend error)."""
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(w in text for w in ("gloo", "Gloo", "NCCL", "Connection", "connection"))
 
 
 def tensorboard_writer_class():

@@ -17,6 +17,7 @@ several machines. What makes many workers safe:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import multiprocessing
 import os
@@ -36,6 +37,8 @@ from visionbench.search.space import SCALING_PARAM, Param, Space, check_keys, gr
 
 ATTR = "visionbench"  # the study's user attribute holding what it was created with
 DEFAULT_TRIALS = 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,13 +282,30 @@ def open_study(spec: SearchSpec, storage, resume: bool):
         study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=spec.direction)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.study_name, storage=storage)
+        if study.user_attrs.get(ATTR) is None and _interrupted_creation(study):
+            log.warning(
+                "study %r: its creation was interrupted before it was complete; creating it again", spec.study_name
+            )
+            optuna.delete_study(study_name=spec.study_name, storage=storage)
+            return open_study(spec, storage, resume)
         _check_same_study(spec, study, resume)
         return study
-    study.set_user_attr(ATTR, _record(spec))
     for cell in spec.cells:
         study.enqueue_trial(cell, skip_if_exists=False)
     study.set_user_attr("visionbench_enqueued", len(spec.cells))
+    study.set_user_attr(ATTR, _record(spec))  # last: a study with the record was created whole (grid included)
     return study
+
+
+def _interrupted_creation(study) -> bool:
+    """A study that `open_study` began (a kill came between its creation and its record): no record yet, and no
+    trial other than the grid cells it was enqueueing. A foreign study has trials or attributes of its own; an empty
+    one without attributes holds nothing to lose."""
+    from optuna.trial import TrialState
+
+    return set(study.user_attrs) <= {"visionbench_enqueued"} and all(
+        t.state == TrialState.WAITING for t in study.trials
+    )
 
 
 def _check_same_study(spec: SearchSpec, study, resume: bool) -> None:
