@@ -129,7 +129,10 @@ def run_kills(kills: int, seed: int, work: Path, log=print, command: str = "trai
     while counts["landed"] < kills:
         attempt += 1
         out = work / f"kill-{attempt:03d}"
-        in_write = attempt % 2 == 0
+        # half the kills land inside a write, half after a delay (whichever kind still lacks landings goes next)
+        in_write = counts["in_write"] < kills // 2 and (
+            attempt % 2 == 0 or counts["landed"] - counts["in_write"] >= kills - kills // 2
+        )
         if in_write:
             n = rng.randint(1, MAX_WRITE)
             code, _ = _launch(command, args, out, resume=False, env={"VISIONBENCH_FAULT_KILL_WRITE": str(n)})

@@ -62,7 +62,16 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """The process's peak resident set size: VmHWM on Linux (its own memory map's high-water mark; getrusage's
+    ru_maxrss survives exec, so a process started from a large one would report its parent's size), else
+    ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
