@@ -957,15 +957,21 @@ def bad_checkpoint(draw, valid: bytes, other: bytes, marker: Path) -> bytes:
     return buffer.getvalue()
 
 
-@settings(FUZZ, max_examples=20)
-@given(data=st.data())
-def test_bad_checkpoint_on_resume_is_one_line_and_leaves_the_run(work, runs, capsys, data):
+def _run_with_bad_last(work: Path, runs, data) -> tuple[Path, Path]:
+    """A copy of the finished run whose `checkpoints/last` is a drawn bad checkpoint; returns (run, marker)."""
     own, other, _ = runs
     folder = scratch(work)
     run, marker = folder / "run", folder / "pwned"
     shutil.copytree(own, run)
     last = run / "checkpoints" / "last"
     last.write_bytes(data.draw(bad_checkpoint(last.read_bytes(), (other / "checkpoints/last").read_bytes(), marker)))
+    return run, marker
+
+
+@settings(FUZZ, max_examples=20)
+@given(data=st.data())
+def test_bad_checkpoint_on_resume_is_one_line_and_leaves_the_run(work, runs, capsys, data):
+    run, marker = _run_with_bad_last(work, runs, data)
     before = _digest(run)
     expect_one_line_error(capsys, "checkpoint", ["train", run / "config.yaml", "--resume", run], markers=(marker,))
     assert _digest(run) == before, "a refused resume must leave the run directory as it was"
@@ -974,12 +980,8 @@ def test_bad_checkpoint_on_resume_is_one_line_and_leaves_the_run(work, runs, cap
 @settings(FUZZ, max_examples=14)
 @given(data=st.data())
 def test_bad_last_checkpoint_for_eval_and_predict_is_one_line(work, runs, capsys, data):
-    own, other, image = runs
-    folder = scratch(work)
-    run, marker = folder / "run", folder / "pwned"
-    shutil.copytree(own, run)
-    last = run / "checkpoints" / "last"
-    last.write_bytes(data.draw(bad_checkpoint(last.read_bytes(), (other / "checkpoints/last").read_bytes(), marker)))
+    run, marker = _run_with_bad_last(work, runs, data)
+    image = runs[2]
     command = data.draw(st.sampled_from([["eval", run], ["predict", run, image]]), label="command")
     expect_one_line_error(capsys, "checkpoint", [*command, "--weights", "last"], markers=(marker,), needle="last")
 

@@ -26,9 +26,7 @@ def analyze(
     import torch
 
     from visionbench.analysis import suite as S
-    from visionbench.cli.predict import load_run
-    from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.cli.predict import load_run, split_images
 
     parts = [p.strip() for p in suite.split(",") if p.strip()]
     unknown = [p for p in parts if p not in S.SUITES]
@@ -37,18 +35,7 @@ def analyze(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split: expected train, val or test, got {split!r}")
     run = load_run(run_dir, weights)
-    cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
-    data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))
-    if getattr(data, split) is None:
-        raise UserError(f"--split {split}: this run has no {split} split (data.val_fraction is 0)")
-    xs, ys, seen = [], [], 0
-    for x, y in eval_loader(data, split, cfg, torch.device("cpu")):
-        xs.append(x.float())
-        ys.append(y)
-        seen += len(x)
-        if seen >= images:
-            break
-    x, y = torch.cat(xs)[:images].contiguous(), torch.cat(ys)[:images]
+    x, y = split_images(run, split, images)
     mean = torch.tensor(run.info.mean or (0.0,))
     std = torch.tensor(run.info.std or (1.0,))
     pixels = (x * std[:, None, None] + mean[:, None, None]).clamp(0, 1)

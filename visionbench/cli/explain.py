@@ -29,9 +29,7 @@ def explain(
 
     from visionbench.analysis.attribution import check_method
     from visionbench.analysis.explain import EXPLAIN, explain_groups, save_grids, select
-    from visionbench.cli.predict import load_run
-    from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.cli.predict import load_run, split_images
 
     if target not in ("predicted", "true"):
         raise UserError(f"--target: expected predicted or true, got {target!r}")
@@ -44,18 +42,7 @@ def explain(
         unknown = [c for c in wanted if c not in run.info.class_names]
         if unknown:
             raise UserError(f"--classes: no class {unknown[0]!r}; the classes are {', '.join(run.info.class_names)}")
-    cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
-    data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))
-    if getattr(data, split) is None:
-        raise UserError(f"--split {split}: this run has no {split} split (data.val_fraction is 0)")
-    images, targets, seen = [], [], 0
-    for x, y in eval_loader(data, split, cfg, torch.device("cpu")):
-        images.append(x.float())
-        targets.append(y)
-        seen += len(x)
-        if seen >= scan:
-            break
-    images, targets = torch.cat(images)[:scan], torch.cat(targets)[:scan]
+    images, targets = split_images(run, split, scan)
     with torch.inference_mode():
         preds = torch.cat([run.model(images[i : i + 256]) for i in range(0, len(images), 256)]).float()
         if run.kind == "regression":

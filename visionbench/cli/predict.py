@@ -46,6 +46,30 @@ class LoadedRun:
     kind: str  # task registry name: classification, multilabel or regression
 
 
+def split_images(run: LoadedRun, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` normalised images (float32, NCHW contiguous, on the CPU) and targets of a run's whole
+    `split` (data.test_subset ignored), read through the run's evaluation loader.
+
+    Raises:
+        UserError: the run has no such split (a validation split of a run with val_fraction 0).
+    """
+    from visionbench.data import build_datasets
+    from visionbench.engine.train import eval_loader
+
+    cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
+    data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))
+    if getattr(data, split) is None:
+        raise UserError(f"--split {split}: this run has no {split} split (data.val_fraction is 0)")
+    images, targets, seen = [], [], 0
+    for x, y in eval_loader(data, split, cfg, torch.device("cpu")):
+        images.append(x.float())
+        targets.append(y)
+        seen += len(x)
+        if seen >= limit:
+            break
+    return torch.cat(images)[:limit].contiguous(), torch.cat(targets)[:limit]
+
+
 def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     """Rebuild a run's model and task from its directory, as `visionbench eval` does, and load its weights.
 

@@ -7,12 +7,14 @@ import logging
 import os
 import random
 import resource
+import signal
 import sys
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from visionbench.errors import Terminated, UserError
+from visionbench.errors import Terminated, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,9 @@ class CompiledForward:
             raise
         except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never crash)
             self.failed = True
-            message = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            log.warning("trainer.compile: torch.compile failed for %s (%s); training without it", self.name, message)
+            log.warning(
+                "trainer.compile: torch.compile failed for %s (%s); training without it", self.name, first_line(e, 160)
+            )
             return self.model(x)
 
 
@@ -131,10 +134,6 @@ def init_distributed(device_name: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    import signal
-
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         cuda = device_name != "cpu" and torch.cuda.is_available()
         if cuda:
@@ -152,8 +151,6 @@ def init_distributed(device_name: str) -> tuple[int, int]:
 
 
 def distributed() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -161,8 +158,6 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over the ranks (itself outside DDP)."""
     if not distributed():
         return value
-    import torch.distributed as dist
-
     value = value.clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
@@ -173,8 +168,6 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     outside DDP. Uneven parts are padded for the collective and trimmed after it."""
     if not distributed():
         return local
-    import torch.distributed as dist
-
     world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([len(local)], device=local.device))
