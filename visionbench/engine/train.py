@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import io
 import math
 import signal
@@ -254,6 +255,7 @@ def train(
     def summary(status: str, final: dict[str, Any], best: dict[str, Any], error: str | None = None) -> None:
         if not main_rank:
             return
+        peak = peak_memory_bytes(device)  # GPU on CUDA, else RSS
         seconds = {"data": round(seconds_data, 3), **{k: round(v, 3) for k, v in state.seconds.items()}}
         seconds["total"] = round(state.elapsed_offset + time.monotonic() - start, 3)
         rundir.write_summary(
@@ -267,9 +269,9 @@ def train(
                 **({"test_details": details} if details else {}),
                 "seconds": seconds,
                 **({"time_budget": budget_record(tcfg, state)} if budget is not None else {}),
-                "peak_memory_bytes": peak_memory_bytes(device),  # GPU on CUDA, else RSS (kept for old readers)
+                "peak_memory_bytes": peak,  # kept for older readers
                 "peak_rss_bytes": peak_rss_bytes(),
-                "peak_gpu_bytes": peak_memory_bytes(device) if device.type == "cuda" else None,
+                "peak_gpu_bytes": peak if device.type == "cuda" else None,
                 "error": error,
             },
         )
@@ -330,6 +332,8 @@ def train(
             best = {**_best_row(state), **{f"test/{k}": v for k, v in metrics.items()}}
         state.seconds["eval"] += time.monotonic() - t_eval
         summary("finished", final, best)
+        if world > 1:
+            dist.barrier()  # every rank done before any tears the group down
     except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
         if world > 1:  # on the way out already: torchrun's SIGTERM must not interrupt the record or the one line
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -345,6 +349,10 @@ def train(
         if trainer.writer is not None:
             trainer.writer.close()
         if world > 1:
+            # the DDP wrapper goes before its process group: a reducer outliving the group can make gloo abort the
+            # process at exit ("terminate called without an active exception", 4 runs in 10 here without this)
+            trainer.train_model = forward = None
+            gc.collect()
             dist.destroy_process_group()
     return run_dir
 
