@@ -13,20 +13,19 @@ Examples per category (`max_examples`; `derandomize=True`, so CI draws the same 
 45, `--set` overrides 35, idx files 25, CIFAR batches 25, `.npy` files 25, VOC annotations and lists 20, image
 folders 12, NaN and infinite targets 12, checkpoints 50 (resume 20, eval/predict 14, best weights 10, pretrained
 6) and command lines 30: 279 in all, plus one end-to-end run of the console script in a fresh interpreter.
-`test_at_least_200_bad_inputs_were_tried` checks the number actually run.
+`test_at_least_200_bad_inputs_were_tried` checks the number actually run. The harness is `fuzzing.py`; the
+other `test_fuzz_*.py` files add their own categories, and the session prints the total.
 
 The defects this fuzzing found in engine/ and config.py have their own tests at the end.
 """
 
 from __future__ import annotations
 
-import collections
 import csv
 import gzip
 import hashlib
 import io
 import json
-import logging
 import math
 import os
 import pickle
@@ -35,7 +34,6 @@ import shutil
 import string
 import subprocess
 import sys
-import tempfile
 import typing
 import warnings
 from pathlib import Path
@@ -44,26 +42,36 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from fuzzing import (
+    FUZZ,
+    SMOKE,
+    TEXT,
+    TRIED,
+    WORDS,
+    Payload,
+    _pil_refuses,
+    _png,
+    expect_one_line_error,
+    payload_pickles,
+    payloads,
+    scratch,
+    sets,
+)
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from pydantic import BaseModel
 
 from visionbench.cli.main import main
 from visionbench.config import RunConfig, config_from_raw, load_config
 from visionbench.config import safe_load as config_yaml
 from visionbench.data import cifar as cifar_module
-from visionbench.data import mnist as mnist_module
 from visionbench.data import voc as voc_module
 from visionbench.engine.checkpoint import FORMAT
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES, TASKS
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke" / "synthetic.yaml"
 TINY = "{num_classes: 3, n_train: 48, n_test: 12, channels: 1, size: 16}"  # synthetic data of the checkpoint runs
 
-TRIED: collections.Counter[str] = collections.Counter()  # examples run to the end, by category
 MINIMUM = {  # per category: what the docstring promises, less what hypothesis may legitimately skip
     "config": 30,
     "override": 25,
@@ -76,145 +84,6 @@ MINIMUM = {  # per category: what the docstring promises, less what hypothesis m
     "checkpoint": 35,
     "cli": 20,
 }
-
-FUZZ = settings(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,  # capsys: read and reset in every example
-        HealthCheck.too_slow,
-        HealthCheck.filter_too_much,
-        HealthCheck.data_too_large,
-    ],
-)
-
-# Text that can be a YAML value, a file name or an argument: no surrogates, no NUL.
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12)
-WORDS = st.text(string.ascii_lowercase + "_", min_size=1, max_size=10)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The harness
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A folder for every example's files; the cwd (so a default `runs/` lands here), no $VISIONBENCH_DATA, and any
-    download attempt fails the test."""
-    folder = tmp_path_factory.mktemp("fuzz")
-
-    def no_network(url, *args, **kwargs):
-        raise AssertionError(f"fuzzing tried to download {url}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("VISIONBENCH_DATA", raising=False)
-        mp.chdir(folder)
-        for module in (cifar_module, mnist_module, voc_module):
-            mp.setattr(module, "download", no_network)
-        yield folder
-
-
-def scratch(work: Path) -> Path:
-    return Path(tempfile.mkdtemp(dir=work))
-
-
-def sets(*overrides: str) -> list[str]:
-    return [word for item in overrides for word in ("--set", item)]
-
-
-class _Records(logging.Handler):
-    """Log records of WARNING and above: the console script prints them on stderr, before the error line."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def _expected_noise(item: warnings.WarningMessage | logging.LogRecord) -> bool:
-    """The one extra stderr line a bad input may bring: CIFAR's md5 notice (a copy that differs from the official
-    files is read anyway, by design)."""
-    if isinstance(item, logging.LogRecord):
-        return item.name == cifar_module.__name__ and "md5" in item.getMessage()
-    return False
-
-
-def expect_one_line_error(capsys, category: str, argv: list, markers: tuple[Path, ...] = (), needle: str = "") -> str:
-    """Run `main(argv)` and require exit 2, one `error:` line on stderr, no traceback, no warning that the console
-    script would print on stderr too, and no payload marker."""
-    records, root = _Records(), logging.getLogger()
-    root.addHandler(records)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            code = main([str(a) for a in argv])
-    finally:
-        root.removeHandler(records)
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    noise = [str(w.message) for w in caught if not _expected_noise(w)]
-    noise += [r.getMessage() for r in records.records if not _expected_noise(r)]
-    shown = f"argv={argv}\nexit={code}\nstdout={out[-1500:]!r}\nstderr={err[-3000:]!r}\nwarnings={noise}"
-    assert "Traceback" not in out + err, shown
-    assert code == 2, shown
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][7:].strip(), shown
-    assert needle in lines[0], f"expected {needle!r} in the message\n{shown}"
-    assert not noise, f"warnings the console script would print as more stderr lines\n{shown}"
-    for marker in markers:
-        assert not marker.exists(), f"the payload ran: {marker} exists\n{shown}"
-    TRIED[category] += 1
-    return lines[0]
-
-
-class Payload:
-    """Pickles as the call `func(*args)`: what a hostile checkpoint or data file carries."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return (self.func, self.args)
-
-
-def payloads(marker: Path) -> list[Payload]:
-    """Calls that would each create `marker`: os.system, exec, eval, subprocess and a pathlib method."""
-    code = f"open({str(marker)!r}, 'w').write('pwned')"
-    return [
-        Payload(os.system, f"touch {marker}"),
-        Payload(exec, code),
-        Payload(eval, code),
-        Payload(subprocess.call, ["touch", str(marker)]),
-        Payload(Path.write_text, marker, "pwned"),
-    ]
-
-
-@st.composite
-def payload_pickles(draw, marker: Path) -> bytes:
-    """A pickle (any protocol) whose loading would run a payload, at top level or inside a dict."""
-    payload = draw(st.sampled_from(payloads(marker)))
-    obj = draw(st.sampled_from(["top", "dict", "list"]))
-    wrapped = {"top": payload, "dict": {b"data": payload, b"labels": [0]}, "list": [np.zeros(2), payload]}[obj]
-    return pickle.dumps(wrapped, protocol=draw(st.integers(0, 5)))
-
-
-def _pil_refuses(path: Path) -> bool:
-    """Pillow itself cannot decode the file: the oracle of the image examples (independent of our decoder)."""
-    try:
-        with Image.open(path) as img:
-            img.convert("RGB")
-    except Exception:  # noqa: BLE001  (any failure of Pillow's means the file is bad)
-        return True
-    return False
-
-
-def _png(path: Path, seed: int = 0, size: tuple[int, int] = (8, 8), fmt: str = "PNG") -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, format=fmt)
-    return path
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config files and --set overrides
