@@ -9,18 +9,103 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
+from visionbench.utils.bounded import CONFIG_BYTES, read_text
+
+# Limits of every YAML document we read (config files, `--set` values, search spaces, a run's config.yaml). A config
+# has a few hundred nodes and nests 6 deep; the limits only stop what no config needs: an alias bomb (a 700-byte
+# "billion laughs" that expands to 10^9 nodes as soon as anything walks it, PyYAML shares the aliased objects but
+# pydantic, repr and json do not), a recursive anchor (`&a [*a]`) and nesting that would exhaust Python's stack.
+MAX_YAML_NODES = 100_000  # nodes with every alias counted as a copy of what it names
+MAX_YAML_DEPTH = 50  # nesting levels, through aliases too
+
+
+class YAMLLimitError(yaml.MarkedYAMLError):
+    """A YAML document refused for its size once aliases are expanded, a recursive anchor, or its depth."""
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's SafeLoader (no tags, no objects) with YAML 1.2 floats: `1e-3` is a number, not a string."""
+    """PyYAML's SafeLoader (no tags, no objects) with YAML 1.2 floats (`1e-3` is a number, not a string), bounded
+    by MAX_YAML_NODES and MAX_YAML_DEPTH, and with a value that cannot be built (`2001-13-45` read as a date, an int
+    of 5,000 digits) reported as a YAML error at its line rather than escaping as a ValueError."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        # The composer recurses once per level (two frames): refuse before Python's stack runs out.
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YAMLLimitError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:
+            value = f" {_short(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
+            problem = f"cannot read the value{value} as {node.tag.rsplit(':', 1)[-1]} ({first_line(e, 80)})"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes and levels of a composed document as if every alias were a copy, without expanding it:
+    sizes are summed over the node graph (aliases make it a DAG, a recursive anchor a cycle) bottom-up."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, levels)
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            on_path.discard(key)
+            size = 1 + sum(done[id(c)][0] for c in children)
+            depth = 1 + max((done[id(c)][1] for c in children), default=0)
+            if size > MAX_YAML_NODES:
+                raise _refused(f"aliases expand to more than {MAX_YAML_NODES:,} nodes (an alias bomb?)", node)
+            if depth > MAX_YAML_DEPTH:
+                raise _refused(f"aliases nest deeper than {MAX_YAML_DEPTH} levels", node)
+            done[key] = (size, depth)
+        elif key not in done:
+            if key in on_path:
+                raise _refused("an alias refers to its own anchor (a recursive value)", node)
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+
+
+def _refused(problem: str, node: yaml.Node) -> YAMLLimitError:
+    return YAMLLimitError(None, None, problem, node.start_mark)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 _Loader.add_implicit_resolver(
@@ -30,9 +115,49 @@ _Loader.add_implicit_resolver(
 )
 
 
-def safe_load(text: str):
-    """`yaml.safe_load` with YAML 1.2 floats."""
+def safe_load(text: str | bytes):
+    """`yaml.safe_load` with YAML 1.2 floats and the limits above.
+
+    Raises:
+        yaml.YAMLError: not YAML, or refused by a limit (YAMLLimitError).
+    """
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """Where and what, on one line (PyYAML's own messages span several): ` at line L, column C: problem` or
+    `: problem`, to follow `not valid YAML`."""
+    if isinstance(e, yaml.reader.ReaderError):
+        if isinstance(e.character, bytes):
+            return f" at position {e.position}: cannot decode byte #x{ord(e.character):02x}"
+        return f" at position {e.position}: unacceptable character #x{e.character:04x} ({e.reason})"
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{where}: {getattr(e, 'problem', None) or first_line(e)}"
+
+
+def load_yaml(text: str, source: str | os.PathLike) -> Any:
+    """Parse YAML text; a problem is one UserError naming `source`.
+
+    Raises:
+        UserError: not YAML (`not valid YAML at line L, column C: ...`) or refused by a limit.
+    """
+    try:
+        return safe_load(text)
+    except YAMLLimitError as e:
+        raise UserError(f"{source}: refused YAML{yaml_problem(e)}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not valid YAML{yaml_problem(e)}") from None
+
+
+def read_yaml_file(path: str | os.PathLike, what: str) -> Any:
+    """A YAML file of at most CONFIG_BYTES, decoded by the YAML 1.2 rules (utils/bounded.py) and parsed with the
+    limits above.
+
+    Raises:
+        UserError: naming the file: missing, not a regular file, too large, not text, not YAML, or refused.
+    """
+    return load_yaml(read_text(path, what, CONFIG_BYTES), path)
 
 
 class Section(BaseModel):
@@ -201,17 +326,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), experiment: 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The YAML mapping of a config file, not yet validated (a `compare` config also holds its `matrix`)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
-    try:
-        raw = safe_load(text)
-        raw = {} if raw is None else raw  # an empty file is the defaults; [], 0 or false is not a config
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    raw = read_yaml_file(path, "config")
+    raw = {} if raw is None else raw  # an empty file is the defaults; [], 0 or false is not a config
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
@@ -224,10 +340,10 @@ def config_from_raw(
     raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item, source)
-    if experiment and not (raw.get("trainer") or {}).get("experiment"):
-        raw.setdefault("trainer", {})
-        if isinstance(raw["trainer"], dict):
-            raw["trainer"]["experiment"] = experiment
+    if experiment:
+        trainer = raw.setdefault("trainer", {})
+        if isinstance(trainer, dict) and not trainer.get("experiment"):  # any other shape: validate names it
+            trainer["experiment"] = experiment
     return validate(raw, source)
 
 
@@ -260,9 +376,11 @@ def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {item!r}: expected dotted.key=value, e.g. optim.lr=0.01")
+        raise UserError(f"--set {_short(item)}: expected dotted.key=value, e.g. optim.lr=0.01")
     try:
         value = safe_load(text) if text.strip() else None
+    except YAMLLimitError as e:
+        raise UserError(f"--set {_key_text(key)}: refused YAML value{yaml_problem(e)}") from None
     except yaml.YAMLError:
         value = text  # not YAML: keep the string, the schema decides whether a string is acceptable
     node = raw
@@ -270,13 +388,13 @@ def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            raise UserError(f"--set {_key_text(key)}: {_key_text('.'.join(parts[: i + 1]))} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
+    loc = [_key_text(str(p)) for p in err["loc"]]
     key = ".".join(loc) or "<top level>"
     if err["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
@@ -284,11 +402,36 @@ def _describe(err: dict[str, Any]) -> str:
         hint = f"closest valid keys: {', '.join('.'.join([*loc[:-1], c]) for c in close)}" if close else ""
         hint = hint or f"valid keys here: {', '.join(valid)}"
         return f"unknown key {key}; {hint}"
-    got = err.get("input")
-    shown = repr(got) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
+    shown = _short(err.get("input"))
+    if err["type"] == "model_type":  # a value where a section belongs: `trainer: 5`, `--set data.augment=5`
+        valid = _fields_at(loc)
+        return f"{key}: expected a section (a mapping of {', '.join(valid[:4])}, ...), got {shown}"
     msg = err["msg"]
     msg = msg[0].lower() + msg[1:] if msg else msg
     return f"{key}: {msg.replace('input should be', 'expected')}, got {shown}"
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # repr of an int beyond 4,300 digits raises, and long ones say nothing
+            return f"<an int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _ShortRepr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: reprlib visits only what it shows, so a value whose aliases share a huge
+    structure costs no more to describe than a small one."""
+    return " ".join(_REPR.repr(value).split())
+
+
+def _key_text(key: str) -> str:
+    """A key as written when it is short and printable, else its bounded repr (a newline would split the line)."""
+    return key if key.isprintable() and len(key) <= 80 else _short(key)
 
 
 def _fields_at(loc: list[str]) -> list[str]:

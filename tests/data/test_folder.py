@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,22 +165,22 @@ def test_csv_classification_names_classes_from_the_train_labels(tmp_path: Path) 
 
 
 def test_csv_declared_classes_keep_their_order_and_may_be_unused(tmp_path: Path) -> None:
-    write_png(tmp_path / "a.png")
-    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,dog", "a.png,cat"])
-    raw = csv_manifest(train=str(train), test=str(train), classes=["dog", "bird", "cat"])
+    for i, name in enumerate("abc"):
+        write_png(tmp_path / f"{name}.png", seed=i)
+    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,dog", "b.png,cat"])
+    test = write_csv(tmp_path / "test.csv", "path,label", ["c.png,cat"])
+    raw = csv_manifest(train=str(train), test=str(test), classes=["dog", "bird", "cat"])
     assert raw.info.class_names == ("dog", "bird", "cat") and raw.info.num_outputs == 3
     assert raw.train.targets.tolist() == [0, 2]
 
 
 def test_csv_multilabel_is_multi_hot_and_an_empty_cell_is_no_label(tmp_path: Path) -> None:
-    for i in range(4):
+    for i in range(8):
         write_png(tmp_path / f"{i}.png", seed=i)
-    train = write_csv(
-        tmp_path / "train.csv",
-        "path,labels",
-        ["0.png,cat;dog", "1.png,", "2.png, dog ; dog ;", '3.png,"bird;cat"'],
-    )
-    raw = csv_manifest(train=str(train), test=str(train))
+    labels = ["cat;dog", "", " dog ; dog ;", '"bird;cat"']
+    train = write_csv(tmp_path / "train.csv", "path,labels", [f"{i}.png,{x}" for i, x in enumerate(labels)])
+    test = write_csv(tmp_path / "test.csv", "path,labels", [f"{i + 4}.png,{x}" for i, x in enumerate(labels)])
+    raw = csv_manifest(train=str(train), test=str(test))
     assert (raw.info.task, raw.info.class_names) == ("multilabel", ("bird", "cat", "dog"))
     expected = torch.tensor([[0, 1, 1], [0, 0, 0], [0, 0, 1], [1, 1, 0]], dtype=torch.float32)
     assert raw.train.targets.dtype == torch.float32
@@ -191,7 +192,8 @@ def test_csv_regression_targets_are_float_columns(tmp_path: Path) -> None:
     for i in range(3):
         write_png(tmp_path / f"{i}.png", seed=i)
     train = write_csv(tmp_path / "train.csv", "path,target", ["0.png,1.5", "1.png,-2e-3", "2.png, 7 "])
-    test = write_csv(tmp_path / "test.csv", "path,target", ["2.png,0"])
+    write_png(tmp_path / "3.png", seed=3)
+    test = write_csv(tmp_path / "test.csv", "path,target", ["3.png,0"])
     raw = csv_manifest(train=str(train), test=str(test))
     assert (raw.info.task, raw.info.class_names, raw.info.num_outputs) == ("regression", ("target",), 1)
     assert raw.train.targets.dtype == torch.float32 and raw.train.targets.shape == (3, 1)
@@ -211,24 +213,29 @@ def test_csv_relative_paths_resolve_against_the_csv_folder_not_the_cwd(tmp_path:
     data = tmp_path / "data"
     a = write_png(data / "images" / "a.png", seed=1)
     b = write_png(data / "manifests" / "b.png", seed=2)
+    d = write_png(data / "manifests" / "d.png", seed=5)
     c = write_png(tmp_path / "elsewhere" / "c.png", seed=3)  # named by an absolute path
-    lines = ["../images/a.png,1", "b.png,2", "./b.png,3", f"{c},4"]
+    lines = ["../images/a.png,1", "b.png,2", "./d.png,3", f"{c},4"]
     write_csv(data / "manifests" / "train.csv", "path,target", lines)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    write_png(cwd / "b.png", seed=4)  # a decoy: the cwd is never searched
+    for name in ("b.png", "d.png"):
+        write_png(cwd / name, seed=4)  # decoys: the cwd is never searched
     monkeypatch.chdir(cwd)
-    expected = [str(a), str(b), str(b), str(c)]
+    expected = [str(a), str(b), str(d), str(c)]
+    assert read_manifest(data / "manifests" / "train.csv").files == expected
     # the CSV itself is named relative to data.root, or absolutely
     for kwargs in ({"root": str(data), "train": "manifests/train.csv"}, {"train": str(data / "manifests/train.csv")}):
-        raw = csv_manifest(test=kwargs["train"], **kwargs)
-        assert raw.test.paths == expected, kwargs
-        assert raw.test.targets.flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
+        raw = csv_manifest(test_fraction=0.25, **kwargs)
+        paths = raw.train.paths + raw.test.paths
+        assert sorted(paths) == sorted(expected), kwargs
+        targets = raw.train.targets.flatten().tolist() + raw.test.targets.flatten().tolist()
+        assert [expected.index(p) + 1.0 for p in paths] == targets, "each target stays with its image"
     # without data.root a relative CSV path is taken from the cwd
-    write_csv(cwd / "here.csv", "path,target", ["b.png,5"])
-    assert read_manifest("here.csv").files == [str(cwd / "b.png")]
-    raw = csv_manifest(train="here.csv", test="here.csv")
-    assert raw.train.paths == [str(cwd / "b.png")]
+    write_csv(cwd / "here.csv", "path,target", ["b.png,5", "d.png,6"])
+    assert read_manifest("here.csv").files == [str(cwd / "b.png"), str(cwd / "d.png")]
+    raw = csv_manifest(train="here.csv")
+    assert sorted(raw.train.paths + raw.test.paths) == [str(cwd / "b.png"), str(cwd / "d.png")]
 
 
 def test_csv_without_test_manifest_carves_a_seeded_fraction(tmp_path: Path) -> None:
@@ -310,9 +317,10 @@ def test_missing_manifest_or_train_argument_is_a_user_error(tmp_path: Path) -> N
 
 
 def test_unknown_label_in_the_test_manifest_names_its_row(tmp_path: Path) -> None:
-    write_png(tmp_path / "a.png")
-    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "a.png,dog"])
-    test = write_csv(tmp_path / "test.csv", "path,label", ["a.png,dog", "a.png,cow"])
+    for i, name in enumerate("abcd"):
+        write_png(tmp_path / f"{name}.png", seed=i)
+    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "b.png,dog"])
+    test = write_csv(tmp_path / "test.csv", "path,label", ["c.png,dog", "d.png,cow"])
     with pytest.raises(UserError) as info:
         csv_manifest(train=str(train), test=str(test))
     assert _one_line(info) == (
@@ -321,7 +329,7 @@ def test_unknown_label_in_the_test_manifest_names_its_row(tmp_path: Path) -> Non
     with pytest.raises(UserError) as info:  # with declared classes, the message lists them
         csv_manifest(train=str(train), test=str(test), classes=["cat", "dog"])
     assert _one_line(info) == f"{test}, row 3: label 'cow' is not among the given classes (cat, dog)"
-    multi = write_csv(tmp_path / "multi.csv", "path,labels", ["a.png,cat", "a.png,dog;emu"])
+    multi = write_csv(tmp_path / "multi.csv", "path,labels", ["a.png,cat", "b.png,dog;emu"])
     with pytest.raises(UserError) as info:  # the train manifest is checked against declared classes too
         csv_manifest(train=str(multi), classes=["cat", "dog"])
     assert _one_line(info) == f"{multi}, row 3: label 'emu' is not among the given classes (cat, dog)"
@@ -339,15 +347,17 @@ def test_unknown_label_in_the_test_manifest_names_its_row(tmp_path: Path) -> Non
 )
 def test_bad_declared_classes(tmp_path: Path, classes, expected: str) -> None:
     write_png(tmp_path / "a.png")
-    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "a.png,dog"])
+    write_png(tmp_path / "b.png", seed=1)
+    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "b.png,dog"])
     with pytest.raises(UserError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         csv_manifest(train=str(train), classes=classes)
 
 
 def test_manifests_of_different_tasks_or_unlabelled_multilabel_are_refused(tmp_path: Path) -> None:
-    write_png(tmp_path / "a.png")
-    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "a.png,dog"])
-    test = write_csv(tmp_path / "test.csv", "path,target", ["a.png,1"])
+    for i, name in enumerate("abc"):
+        write_png(tmp_path / f"{name}.png", seed=i)
+    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "b.png,dog"])
+    test = write_csv(tmp_path / "test.csv", "path,target", ["c.png,1"])
     with pytest.raises(UserError) as info:
         csv_manifest(train=str(train), test=str(test))
     message = _one_line(info)
@@ -355,7 +365,7 @@ def test_manifests_of_different_tasks_or_unlabelled_multilabel_are_refused(tmp_p
     with pytest.raises(UserError) as info:  # a regression has no classes: refused, not silently ignored
         csv_manifest(train=str(test), test=str(test), classes=["a"])
     assert _one_line(info) == f"{test}: classes=['a'] given but this manifest is a regression (path,target)"
-    unlabelled = write_csv(tmp_path / "none.csv", "path,labels", ["a.png,", "a.png,;"])
+    unlabelled = write_csv(tmp_path / "none.csv", "path,labels", ["a.png,", "b.png,;"])
     with pytest.raises(UserError, match=f"{unlabelled}: no row has a label"):
         csv_manifest(train=str(unlabelled))
 
@@ -448,7 +458,138 @@ def test_cli_csv_with_a_missing_image_is_exit_2_one_line_and_no_run_dir(tmp_path
 
 def test_csv_test_fraction_with_a_test_manifest_is_refused(tmp_path: Path) -> None:
     write_png(tmp_path / "a.png")
-    train = write_csv(tmp_path / "train.csv", "path,target", ["a.png,1", "a.png,2"])
+    write_png(tmp_path / "b.png", seed=1)
+    train = write_csv(tmp_path / "train.csv", "path,target", ["a.png,1", "b.png,2"])
     with pytest.raises(UserError, match=r"test_fraction=0\.3 given with a test manifest .*train\.csv.*one of them"):
         csv_manifest(train=str(train), test=str(train), test_fraction=0.3)
     assert len(csv_manifest(train=str(train)).test) == 1, "without a test manifest the default fraction is 0.2"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What is read is checked when it is read: duplicates, splits, file kinds, names, encodings
+
+
+@pytest.mark.parametrize("alias", ["same", "dot", "symlink", "hardlink", "absolute"])
+def test_a_csv_row_naming_an_image_again_is_refused_naming_both_rows(tmp_path: Path, alias: str) -> None:
+    a = write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png", seed=1)
+    again = {"same": "a.png", "dot": "./sub/../a.png", "symlink": "link.png", "hardlink": "hard.png", "absolute": a}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.png").symlink_to(a)
+    (tmp_path / "hard.png").hardlink_to(a)
+    path = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "b.png,dog", f"{again[alias]},dog"])
+    with pytest.raises(UserError) as info:
+        csv_manifest(train=str(path))
+    message = _one_line(info)
+    assert message.startswith(f"{path}, row 4: image ") and "is the same file as row 2's" in message, message
+
+
+def test_no_image_is_in_both_the_train_and_the_test_manifest(tmp_path: Path) -> None:
+    for i, name in enumerate("abc"):
+        write_png(tmp_path / f"{name}.png", seed=i)
+    (tmp_path / "alias.png").symlink_to(tmp_path / "b.png")
+    train = write_csv(tmp_path / "train.csv", "path,label", ["a.png,cat", "b.png,dog"])
+    test = write_csv(tmp_path / "test.csv", "path,label", ["c.png,cat", "alias.png,dog"])
+    with pytest.raises(UserError) as info:
+        csv_manifest(train=str(train), test=str(test))
+    assert _one_line(info) == (
+        f"{test}, row 3: image {tmp_path / 'alias.png'} is also row 3 of {train}; "
+        "expected no image in both the train and the test manifest"
+    )
+
+
+def test_a_carved_test_split_never_shares_an_image_with_train(tmp_path: Path) -> None:
+    names = [f"{i}.png" for i in range(10)]
+    for i, name in enumerate(names):
+        write_png(tmp_path / name, seed=i)
+    path = write_csv(tmp_path / "train.csv", "path,label", [f"{n},{'ab'[i % 2]}" for i, n in enumerate(names)])
+    for seed in range(5):
+        raw = csv_manifest(train=str(path), test_fraction=0.3, seed=seed)
+        assert set(raw.train.paths).isdisjoint(raw.test.paths) and len(raw.train) + len(raw.test) == 10
+
+
+def test_an_image_folder_reaching_one_file_twice_is_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path / "train", {"a": 2, "b": 2})
+    (tmp_path / "train" / "b" / "copy.png").symlink_to(tmp_path / "train" / "a" / "000.png")
+    with pytest.raises(UserError) as info:
+        image_folder(root=str(tmp_path))
+    message = _one_line(info)
+    assert message.startswith(f"{tmp_path / 'train' / 'b' / 'copy.png'}: the same image file as ")
+    (tmp_path / "train" / "b" / "copy.png").unlink()
+    make_tree(tmp_path / "test", {"a": 1})
+    (tmp_path / "test" / "a" / "001.png").hardlink_to(tmp_path / "train" / "b" / "000.png")
+    with pytest.raises(UserError, match="the same image file as .*train/b/000.png; expected each image once"):
+        image_folder(root=str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+def test_an_image_that_is_not_a_regular_file_is_refused_when_read(tmp_path: Path, kind: str) -> None:
+    make_tree(tmp_path / "train", {"a": 2, "b": 2})
+    odd = tmp_path / "train" / "a" / "odd.png"
+    {"fifo": lambda: os.mkfifo(odd), "dev_zero": lambda: odd.symlink_to("/dev/zero"), "directory": odd.mkdir}[kind]()
+    what = {"fifo": "a FIFO", "dev_zero": "a character device", "directory": "a directory"}[kind]
+    if kind != "directory":  # a folder in a class folder is searched for images, whatever its name
+        with pytest.raises(UserError) as info:
+            image_folder(root=str(tmp_path))
+        assert _one_line(info) == f"{odd}: image file is {what}, expected a regular file"
+    path = write_csv(tmp_path / "m.csv", "path,label", [f"{tmp_path / 'train' / 'b' / '000.png'},b", f"{odd},a"])
+    with pytest.raises(UserError) as info:
+        csv_manifest(train=str(path))
+    assert _one_line(info) == f"{path}, row 3: {odd}: image file is {what}, expected a regular file"
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    make_tree(tmp_path / "train", {"a": 2})
+    bad = os.path.join(os.fsencode(tmp_path / "train"), b"caf\xe9")
+    os.mkdir(bad)
+    write_png(Path(os.fsdecode(bad)) / "0.png")
+    with pytest.raises(UserError) as info:
+        image_folder(root=str(tmp_path))
+    assert _one_line(info) == (
+        f"{tmp_path / 'train'}: the class folder b'caf\\xe9' is not valid UTF-8; expected a UTF-8 folder name "
+        "without control characters (rename the folder)"
+    )
+
+
+def test_class_names_with_control_characters_are_refused_and_markup_is_data(tmp_path: Path) -> None:
+    make_tree(tmp_path / "train", {"a\tb": 2, "c": 2})
+    with pytest.raises(UserError, match=r"the class folder b'a\\tb' holds the control character '\\t'"):
+        image_folder(root=str(tmp_path))
+    markup = {"$\\foo{$": 3, "[red]": 3, "<b>x": 3}
+    make_tree(tmp_path / "ok" / "train", markup)
+    assert image_folder(root=str(tmp_path / "ok")).info.class_names == tuple(sorted(markup))
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", seed=i)
+    path = write_csv(tmp_path / "m.csv", "path,label", ['0.png,"x\ny"', "1.png,[/x]", "2.png,$\\foo{$"])
+    with pytest.raises(UserError) as info:
+        csv_manifest(train=str(path))
+    assert _one_line(info) == f"{path}, row 2: label 'x\\ny' holds the control character '\\n'; " + (
+        "expected a class name without control characters"
+    )
+    path.write_text('path,label\n1.png,[/x]\n2.png,$\\foo{$\n0.png,"[red]"\n')
+    assert csv_manifest(train=str(path)).info.class_names == ("$\\foo{$", "[/x]", "[red]")
+
+
+@pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_csv_manifests_in_utf16_or_utf32_read_as_utf8_does(tmp_path: Path, codec: str) -> None:
+    write_png(tmp_path / "é.png")
+    write_png(tmp_path / "b.png", seed=1)
+    text = "path,label\r\né.png,chat noir\r\nb.png,café\r\n"
+    (tmp_path / "m.csv").write_bytes(text.encode(codec))
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.values == ["chat noir", "café"] and manifest.files == [
+        str(tmp_path / "é.png"),
+        str(tmp_path / "b.png"),
+    ]
+
+
+def test_a_csv_manifest_that_is_not_text_is_refused_at_its_byte(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png")
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"path,label\na.png,caf\xe9\n")  # latin-1
+    with pytest.raises(UserError) as info:
+        read_manifest(path)
+    assert _one_line(info) == (
+        f"{path}: CSV manifest is not valid UTF-8 (invalid continuation byte at byte offset 20); "
+        "expected UTF-8 text (or UTF-16/UTF-32)"
+    )

@@ -157,17 +157,39 @@ def test_train_and_test_sets_are_chosen_by_name(tmp_path: Path) -> None:
     assert [Path(p).stem for p in raw.test.paths] == SPLITS["val"]
 
 
-def test_voc2012_tests_on_val_and_refuses_the_withheld_test_set(tmp_path: Path) -> None:
+def test_voc2012_trains_on_train_tests_on_val_and_refuses_the_withheld_test_set(tmp_path: Path) -> None:
     splits = {k: v for k, v in SPLITS.items() if k != "test"}
     make_voc(tmp_path, folder="VOC2012", splits=splits)
     raw = voc2012(root=str(tmp_path), download=False)
     assert [Path(p).stem for p in raw.test.paths] == SPLITS["val"]
-    assert [Path(p).stem for p in raw.train.paths] == SPLITS["trainval"]
+    assert [Path(p).stem for p in raw.train.paths] == SPLITS["train"], "trainval holds val, the test set"
     assert raw.info.name == "voc2012"
     with pytest.raises(UserError, match="test_set='test': the VOC2012 test annotations are not public; use 'val'"):
         voc2012(root=str(tmp_path), download=False, test_set="test")
     with pytest.raises(UserError, match="not found"):  # a 2012 tree is not a 2007 one
         voc2007(root=str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize(
+    ("year", "train_set", "test_set"), [(voc2012, "trainval", "val"), (voc2007, "trainval", "val")]
+)
+def test_no_image_is_in_both_the_train_and_the_test_list(tmp_path: Path, year, train_set: str, test_set: str) -> None:
+    make_voc(tmp_path, folder="VOC2012" if year is voc2012 else "VOC2007")
+    with pytest.raises(UserError) as info:
+        year(root=str(tmp_path), download=False, train_set=train_set, test_set=test_set)
+    message = str(info.value)
+    assert f"1 images of test_set='{test_set}' are also in train_set='{train_set}' (e.g. 000004)" in message, message
+
+
+def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("000005\n000006\n000005\n")
+    with pytest.raises(UserError) as info:
+        voc2007(root=str(tmp_path), download=False)
+    assert str(info.value) == (
+        f"{voc / 'ImageSets' / 'Main' / 'test.txt'}, line 3: image '000005' is listed again (first on line 1); "
+        "expected each image once"
+    )
 
 
 def test_ignored_fields_and_blank_lines_in_lists(tmp_path: Path) -> None:

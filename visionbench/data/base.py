@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import unicodedata
 import urllib.request
 import zlib
 from pathlib import Path
@@ -104,6 +105,17 @@ class RawDataset:
     train: TensorSplit | FileSplit
     test: TensorSplit | FileSplit
     info: DatasetInfo
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name, or None. A folder name that is not UTF-8 reaches Python as surrogate
+    escapes, which no JSON, CSV or plot can write; a control character (a newline) would split every line it is in."""
+    bad = next((c for c in name if unicodedata.category(c) in ("Cs", "Cc", "Zl", "Zp")), None)
+    if bad is None:
+        return None
+    if unicodedata.category(bad) == "Cs":
+        return "is not valid UTF-8"
+    return f"holds the control character {bad!r}"
 
 
 def select_classes(raw: RawDataset, classes: list[int | str] | None) -> RawDataset:

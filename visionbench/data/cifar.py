@@ -36,6 +36,7 @@ from visionbench.data.base import (
     RawDataset,
     TensorSplit,
     cache_dir,
+    class_name_problem,
     download,
     extract_tar,
     md5sum,
@@ -43,8 +44,9 @@ from visionbench.data.base import (
 )
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
+from visionbench.utils.bounded import ARRAY_FILE_BYTES, read_bytes
 from visionbench.utils.io import write_bytes
-from visionbench.utils.safe_pickle import ArrayUnpickler, RefusedGlobal, safe_globals
+from visionbench.utils.safe_pickle import ArrayUnpickler, PickleBomb, RefusedGlobal, safe_globals
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +124,15 @@ def read_cifar_batch(path: str | os.PathLike, expected_md5: str | None = None) -
             machinery.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data = read_bytes(path, "CIFAR file", ARRAY_FILE_BYTES)  # a regular file, of at most 4 GiB
     if expected_md5 is not None and (actual := hashlib.md5(data).hexdigest()) != expected_md5:
         log.warning("%s: md5 %s differs from the official %s; reading it anyway", path, actual, expected_md5)
     try:
         obj = ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
     except RefusedGlobal as exc:
         raise UserError(f"{path}: refused to unpickle {exc.qualname}: only plain numpy arrays are allowed") from None
+    except PickleBomb as exc:
+        raise UserError(f"{path}: refused: {exc}; expected the official python version") from None
     except Exception as exc:  # a foreign pickle can fail inside any allowed constructor: all mean "bad file"
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise UserError(
@@ -181,7 +182,11 @@ def _class_names(meta: dict[Any, Any], key: str, path: Path, count: int) -> tupl
     raw = _field(meta, key, path)
     if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw) or len(raw) != count:
         raise UserError(f"{path}: {key!r} should be a list of {count} class names")
-    return tuple(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in raw)
+    names = tuple(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in raw)
+    for name in names:
+        if problem := class_name_problem(name):
+            raise UserError(f"{path}: class name {name!r} in {key!r} {problem}; expected printable class names")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,10 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, class_name_problem
 from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
-from visionbench.utils.safe_pickle import ArrayUnpickler, RefusedGlobal
+from visionbench.utils.bounded import (
+    ARRAY_FILE_BYTES,
+    MAX_IMAGE_ELEMENTS,
+    check_count,
+    check_memory,
+    check_regular,
+    elements,
+    open_regular,
+)
+from visionbench.utils.safe_pickle import ArrayUnpickler, PickleBomb, RefusedGlobal
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +63,18 @@ def read_simulated(folder: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     from visionbench.data import lensing_sim
 
     meta = lensing_sim.read_meta(folder)
+    for name in ("images.npy", "targets.npy"):
+        check_regular(folder / name, "array file")
     try:
         images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
         # memory-mapped too: a header claiming more data than the file holds fails here, not in an allocation
         targets = np.load(folder / "targets.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{folder}: cannot read the simulated arrays ({first_line(e)})") from None
+    # A sparse file holds any claimed size on disk; minmax then allocates it in float32: count before allocating.
+    if images.ndim == 4:
+        check_count(elements(images.shape[1:]), MAX_IMAGE_ELEMENTS, folder / "images.npy", "one image")
+        check_memory(elements(images.shape) * 4, folder / "images.npy", "the images in float32")
     if images.ndim != 4 or targets.ndim != 1 or len(images) != len(targets) or len(images) != meta.get("n"):
         raise UserError(
             f"{folder}: images.npy {images.shape} and targets.npy {targets.shape} "
@@ -90,14 +105,16 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
     """One DeepLense release `.npy`: (image (H, W), label or None). Object arrays are read without running code."""
     header_readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, ".npy file", ARRAY_FILE_BYTES) as f:
             version = np.lib.format.read_magic(f)
             if version not in header_readers:
                 raise ValueError(f"unsupported .npy format version {version}")
             shape, fortran, dtype = header_readers[version](f)
             if dtype != np.dtype(object):
-                count, left = math.prod(shape), os.fstat(f.fileno()).st_size - f.tell()
-                if count * dtype.itemsize > left:  # checked before np.fromfile allocates what the header claims
+                count, left = elements(shape), os.fstat(f.fileno()).st_size - f.tell()
+                # both checked before np.fromfile allocates what the header claims (a sparse file can hold it)
+                check_count(count, MAX_IMAGE_ELEMENTS, path, "the image")
+                if count * dtype.itemsize > left:
                     raise ValueError(f"{left} bytes hold fewer than the {count} values of a {shape} array")
                 image = np.fromfile(f, dtype=dtype, count=count)
                 return _plain_image(image.reshape(shape, order="F" if fortran else "C"), path), None
@@ -112,9 +129,13 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
         raise UserError(
             f"{path}: refused to unpickle {e.qualname}: only numpy arrays and numbers are allowed"
         ) from None
+    except PickleBomb as e:
+        raise UserError(f"{path}: refused: {e}; expected a DeepLense [image, label] file") from None
     except Exception as e:  # noqa: BLE001  (any failure inside the allowed constructors means a bad file)
         raise UserError(f"{path}: not a DeepLense [image, label] file ({first_line(e)})") from None
-    items = list(np.asarray(obj, dtype=object).reshape(-1))
+    if not isinstance(obj, np.ndarray) or obj.dtype != np.dtype(object):  # np.asarray would expand any list
+        raise UserError(f"{path}: expected an object array [image, label], got {type(obj).__name__}")
+    items = list(obj.reshape(-1))
     if len(items) != 2:
         raise UserError(f"{path}: expected [image, label], got an object array of {len(items)} items")
     image, label = items
@@ -128,6 +149,8 @@ def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def _plain_image(array: np.ndarray, path: Path) -> np.ndarray:
+    if isinstance(array, np.ndarray):
+        check_count(array.size, MAX_IMAGE_ELEMENTS, path, "the image")
     try:
         if np.asarray(array).dtype.kind not in "biufO":  # complex, text, dates: float32 would garble or fail
             raise TypeError
@@ -145,6 +168,9 @@ def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str, tuple[s
     """A DeepLense release folder: (images, targets, task, class names)."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
     if subdirs:
+        for d in subdirs:
+            if problem := class_name_problem(d.name):
+                raise UserError(f"{folder}: the class folder {os.fsencode(d.name)!r} {problem}; rename the folder")
         groups = [(i, sorted(d.glob("*.npy"))) for i, d in enumerate(subdirs)]
         task, names = "classification", tuple(d.name for d in subdirs)
     else:

@@ -12,6 +12,13 @@ Without a test folder or test manifest, a seeded `test_fraction` of the training
 Only paths and targets are read here; images are decoded, resized and normalised (with ImageNet statistics) by the
 streaming loader. Every check that fails raises a `UserError` naming the file and, for a CSV, the 1-based row
 (the header is row 1).
+
+What is read is checked here, once, so that nothing surfaces at the end of a training run: every image is a regular
+file (not a FIFO that would hang a worker, nor /dev/zero) of at most IMAGE_FILE_BYTES; no image is listed twice or
+lies in two splits (the same file, whatever path reaches it: compared by device and inode, so `./a.png`, a symlink
+and a hard link are one image), since a duplicate in a carved split puts training images into the test set; class
+names are valid UTF-8 without control characters (markup-like names such as `[red]` or `$\\foo{$` are data, shown
+escaped). CSV manifests are text as utils/bounded.py decodes it: UTF-8 (with or without a BOM), UTF-16 or UTF-32.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, FileSplit, RawDataset
+from visionbench.data.base import DatasetInfo, FileSplit, RawDataset, class_name_problem
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
+from visionbench.utils.bounded import CSV_BYTES, IMAGE_FILE_BYTES, UnreadableFile, check_regular, open_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".npy")
 # The streaming loader resizes every image; (3, 224, 224) is a placeholder and the statistics are ImageNet's.
@@ -85,9 +93,17 @@ def carve_test(split: FileSplit, fraction: float, seed: int, source: str | os.Pa
 
 def _class_dirs(folder: Path) -> list[str]:
     try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     except OSError as exc:
         raise UserError(f"{folder}: cannot list: {exc.strerror or exc}") from None
+    for name in names:
+        problem = class_name_problem(name)
+        if problem:
+            raise UserError(
+                f"{folder}: the class folder {os.fsencode(name)!r} {problem}; expected a UTF-8 folder name without "
+                "control characters (rename the folder)"
+            )
+    return names
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -103,7 +119,20 @@ def _image_files(folder: Path) -> list[str]:
     return found
 
 
-def _scan_classes(folder: Path, class_names: list[str], present: list[str], require_images: bool) -> FileSplit:
+FileId = tuple[int, int]  # (st_dev, st_ino): one file, whatever path, symlink or hard link reaches it
+
+
+def _image_id(path: str) -> FileId:
+    """Check an image file (regular, at most IMAGE_FILE_BYTES) and return its identity."""
+    st = check_regular(path, "image file", IMAGE_FILE_BYTES)
+    return st.st_dev, st.st_ino
+
+
+def _scan_classes(
+    folder: Path, class_names: list[str], present: list[str], require_images: bool, seen: dict[FileId, str]
+) -> FileSplit:
+    """The images of the `present` class folders; `seen` (file id -> path, shared by the splits) refuses an image
+    reached twice."""
     paths: list[str] = []
     labels: list[int] = []
     for name in present:
@@ -112,6 +141,14 @@ def _scan_classes(folder: Path, class_names: list[str], present: list[str], requ
             raise UserError(
                 f"{folder / name}: no image files; expected {', '.join(IMAGE_EXTENSIONS)} (or remove the folder)"
             )
+        for path in files:
+            file_id = _image_id(path)
+            if file_id in seen:
+                raise UserError(
+                    f"{path}: the same image file as {seen[file_id]}; expected each image once, in one class and "
+                    "one split (remove the copy or link)"
+                )
+            seen[file_id] = path
         paths += files
         labels += [class_names.index(name)] * len(files)
     return FileSplit(paths=paths, targets=torch.tensor(labels, dtype=torch.int64))
@@ -136,7 +173,8 @@ def image_folder(
     class_names = _class_dirs(train_path)
     if not class_names:
         raise UserError(f"{train_path}: no class folders; expected {train_path}/<class>/<image files>")
-    train = _scan_classes(train_path, class_names, class_names, require_images=True)
+    seen: dict[FileId, str] = {}
+    train = _scan_classes(train_path, class_names, class_names, require_images=True, seen=seen)
     test_path = base / test_dir if test_dir else None
     if test_path is not None and test_path.is_dir():
         if test_fraction is not None:
@@ -151,7 +189,7 @@ def image_folder(
                 f"{test_path / unknown[0]}: class {unknown[0]!r} has no folder in {train_path}; "
                 "expected the test classes to be among the train classes"
             )
-        test = _scan_classes(test_path, class_names, test_classes, require_images=False)
+        test = _scan_classes(test_path, class_names, test_classes, require_images=False, seen=seen)
         if not len(test):
             raise UserError(f"{test_path}: no image files in any class folder; expected {test_path}/<class>/<image>")
     else:
@@ -174,6 +212,7 @@ class Manifest:
     rows: list[int]
     files: list[str]
     values: list[Any]  # str (classification), list[str] (multilabel) or float (regression)
+    ids: list[FileId] = dataclasses.field(default_factory=list)  # per row: the image file's identity
 
 
 def _parse_value(task: str, text: str, where: str) -> Any:
@@ -181,9 +220,10 @@ def _parse_value(task: str, text: str, where: str) -> Any:
     if task == "classification":
         if not text:
             raise UserError(f"{where}: empty label; expected a class name")
-        return text
+        return _checked_label(text, where)
     if task == "multilabel":
-        return list(dict.fromkeys(name.strip() for name in text.split(";") if name.strip()))
+        names = list(dict.fromkeys(name.strip() for name in text.split(";") if name.strip()))
+        return [_checked_label(name, where) for name in names]
     try:
         value = float(text)
     except ValueError:
@@ -193,26 +233,35 @@ def _parse_value(task: str, text: str, where: str) -> Any:
     return value
 
 
+def _checked_label(name: str, where: str) -> str:
+    problem = class_name_problem(name)
+    if problem:
+        raise UserError(f"{where}: label {name!r} {problem}; expected a class name without control characters")
+    return name
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Parse and check one CSV manifest; every image it names must exist.
+    """Parse and check one CSV manifest; every image it names must exist, once.
 
     Args:
-        path: the CSV file (UTF-8, an Excel byte-order mark is fine).
+        path: the CSV file (UTF-8, an Excel byte-order mark is fine; UTF-16 or UTF-32 too).
 
     Returns:
         The manifest, image paths made absolute against the CSV's own folder.
 
     Raises:
-        UserError: the file is missing or unreadable, the header is unknown, a row has the wrong number of fields,
-            an image is missing, a target is not a finite number, or there are no data rows.
+        UserError: the file is missing, unreadable or not a regular file, the header is unknown, a row has the
+            wrong number of fields, an image is missing or not a regular file, the same image is on two rows, a
+            target is not a finite number, a label holds a control character, or there are no data rows.
     """
     path = Path(os.path.abspath(Path(path).expanduser()))
     folder = path.parent
     header: tuple[str, ...] | None = None
     manifest = Manifest(path=path, task="", header="", rows=[], files=[], values=[])
+    first_row: dict[FileId, int] = {}
     number = 0
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path, "CSV manifest", CSV_BYTES) as f:
             for number, row in enumerate(csv.reader(f), 1):
                 if not any(field.strip() for field in row):
                     continue  # blank line
@@ -229,15 +278,29 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 if not image:
                     raise UserError(f"{where}: empty path; expected an image file")
                 resolved = os.path.normpath(os.path.join(folder, image))  # an absolute `image` stays as it is
-                if not os.path.isfile(resolved):
+                if not os.path.exists(resolved):
                     raise UserError(f"{where}: image file {image!r} not found (looked for {resolved})")
+                try:
+                    file_id = _image_id(resolved)
+                except UnreadableFile as exc:
+                    raise UserError(f"{where}: {exc}") from None
+                value = _parse_value(manifest.task, row[1], where)
+                if file_id in first_row:
+                    raise UserError(
+                        f"{where}: image {image!r} is the same file as row {first_row[file_id]}'s; expected each "
+                        "image once (a duplicate row would put one image in both train and test)"
+                    )
+                first_row[file_id] = number
                 manifest.rows.append(number)
                 manifest.files.append(resolved)
-                manifest.values.append(_parse_value(manifest.task, row[1], where))
-    except FileNotFoundError:
-        raise UserError(f"{path}: CSV manifest not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read CSV manifest: {getattr(exc, 'strerror', None) or exc}") from None
+                manifest.values.append(value)
+                manifest.ids.append(file_id)
+    except UnreadableFile as exc:
+        if exc.missing:
+            raise UserError(f"{path}: CSV manifest not found") from None
+        raise
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read CSV manifest: {exc.strerror or exc}") from None
     except csv.Error as exc:
         raise UserError(f"{path}, row {number + 1}: malformed CSV ({exc})") from None
     if header is None:
@@ -270,6 +333,11 @@ def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -
     if not valid:
         raise UserError(f"csv_manifest: classes={classes!r}, expected a non-empty list of class names")
     names = tuple(c.strip() for c in classes)
+    for name in names:
+        if problem := class_name_problem(name):
+            raise UserError(
+                f"csv_manifest: classes: {name!r} {problem}; expected class names without control characters"
+            )
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise UserError(f"csv_manifest: classes lists {duplicate!r} twice; expected unique class names")
@@ -333,6 +401,13 @@ def csv_manifest(
                 f"{test_manifest.path}: header {test_manifest.header!r} ({test_manifest.task}) differs from "
                 f"{train_manifest.path}'s {train_manifest.header!r} ({train_manifest.task}); expected the same task"
             )
+        shared = {file_id: row for file_id, row in zip(train_manifest.ids, train_manifest.rows, strict=True)}
+        for file_id, row, image in zip(test_manifest.ids, test_manifest.rows, test_manifest.files, strict=True):
+            if file_id in shared:
+                raise UserError(
+                    f"{test_manifest.path}, row {row}: image {image} is also row {shared[file_id]} of "
+                    f"{train_manifest.path}; expected no image in both the train and the test manifest"
+                )
         test_split = FileSplit(test_manifest.files, _targets(test_manifest, class_names, known))
     info = _info("csv_manifest", train_manifest.task, class_names)
     return RawDataset(train=train_split, test=test_split, info=info)

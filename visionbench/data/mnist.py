@@ -13,12 +13,15 @@ URLs and md5s are the ones torchvision publishes (`torchvision/datasets/mnist.py
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -34,6 +37,7 @@ from visionbench.data.base import (
 )
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
+from visionbench.utils.bounded import ARRAY_FILE_BYTES, open_regular, size_text
 from visionbench.utils.io import write_bytes
 
 log = logging.getLogger(__name__)
@@ -86,46 +90,63 @@ SOURCES = {
 DOWNLOAD_TIMEOUT_SECONDS = 10.0
 
 _IDX_UINT8 = 0x08
+# The largest idx payload read: EMNIST ByClass, the largest MNIST-like set, is 814k x 28 x 28 = 638 MB.
+IDX_BYTES = 1 << 30
 
 
-def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
+def read_idx(path: str | os.PathLike, ndim: int, item_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read a uint8 idx file (gzip-compressed when the name ends in `.gz`).
+
+    The header is checked before the payload is read, and the payload is read only up to what the header claims
+    (at most IDX_BYTES): a gzip bomb or a header claiming terabytes costs nothing.
 
     Args:
         path: the file.
         ndim: the number of dimensions the caller expects (3 for images, 1 for labels).
+        item_shape: the dimensions after the first the caller expects ((28, 28) for images), checked in the header.
 
     Returns:
         A writable uint8 array of the shape the header gives.
 
     Raises:
-        UserError: unreadable or corrupt gzip, wrong magic, dtype or rank, or a payload whose size does not match
-            the header.
+        UserError: not a regular file, unreadable or corrupt gzip, wrong magic, dtype, rank or item shape, a claim
+            beyond IDX_BYTES, or a payload whose size does not match the header.
     """
     path = Path(path)
-    data = _read_bytes(path)
     expected_magic = (_IDX_UINT8 << 8) | ndim
-    if len(data) < 4:
-        raise UserError(f"{path}: truncated: {len(data)} bytes, expected an idx header of {4 + 4 * ndim} bytes")
-    magic = int.from_bytes(data[:4], "big")
-    if data[0] != 0 or data[1] != 0:
-        raise UserError(f"{path}: not an idx file: magic 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    if data[2] != _IDX_UINT8:
-        raise UserError(f"{path}: idx dtype code 0x{data[2]:02x}, expected 0x{_IDX_UINT8:02x} (uint8)")
-    if data[3] != ndim:
-        raise UserError(f"{path}: idx magic 0x{magic:08x} has {data[3]} dims, expected 0x{expected_magic:08x}")
     header_bytes = 4 + 4 * ndim
-    if len(data) < header_bytes:
-        raise UserError(f"{path}: truncated: {len(data)} bytes, expected an idx header of {header_bytes} bytes")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    payload_bytes = math.prod(dims)  # Python ints: several uint32 dims can overflow int64
-    follow = len(data) - header_bytes
-    if follow != payload_bytes:
+    with _open_idx(path) as f:
+        data = _read_upto(f, path, header_bytes)
+        if len(data) < 4:
+            raise UserError(f"{path}: truncated: {len(data)} bytes, expected an idx header of {header_bytes} bytes")
+        magic = int.from_bytes(data[:4], "big")
+        if data[0] != 0 or data[1] != 0:
+            raise UserError(f"{path}: not an idx file: magic 0x{magic:08x}, expected 0x{expected_magic:08x}")
+        if data[2] != _IDX_UINT8:
+            raise UserError(f"{path}: idx dtype code 0x{data[2]:02x}, expected 0x{_IDX_UINT8:02x} (uint8)")
+        if data[3] != ndim:
+            raise UserError(f"{path}: idx magic 0x{magic:08x} has {data[3]} dims, expected 0x{expected_magic:08x}")
+        if len(data) < header_bytes:
+            raise UserError(f"{path}: truncated: {len(data)} bytes, expected an idx header of {header_bytes} bytes")
+        dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+        if item_shape is not None and dims[1:] != tuple(item_shape):
+            got, want = "x".join(map(str, dims[1:])), "x".join(map(str, item_shape))
+            raise UserError(f"{path}: images are {got}, expected {want}")
+        payload_bytes = math.prod(dims)  # Python ints: several uint32 dims can overflow int64
         shape = "x".join(map(str, dims))
+        if payload_bytes > IDX_BYTES:
+            raise UserError(
+                f"{path}: header says {shape} ({payload_bytes} bytes), more than the {size_text(IDX_BYTES)} "
+                "an idx file may hold"
+            )
+        payload = _read_upto(f, path, payload_bytes + 1)  # one byte more tells an oversized file
+    follow = len(payload)
+    if follow != payload_bytes:
         what = "truncated" if follow < payload_bytes else "oversized"
-        raise UserError(f"{path}: {what}: header says {shape} ({payload_bytes} bytes) but {follow} bytes follow")
-    # `data` is a bytearray, so the array is writable and torch.from_numpy shares it without a copy or a warning.
-    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).reshape(dims)
+        shown = follow if follow <= payload_bytes else "more"
+        raise UserError(f"{path}: {what}: header says {shape} ({payload_bytes} bytes) but {shown} bytes follow")
+    # `payload` is a bytearray, so the array is writable and torch.from_numpy shares it without a copy or a warning.
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray | torch.Tensor) -> Path:
@@ -150,17 +171,28 @@ def write_idx(path: str | os.PathLike, array: np.ndarray | torch.Tensor) -> Path
     return path
 
 
-def _read_bytes(path: Path) -> bytearray:
+@contextlib.contextmanager
+def _open_idx(path: Path) -> Iterator[IO[bytes]]:
+    """The decompressed byte stream of an idx file, plain or `.gz`: a regular file of at most ARRAY_FILE_BYTES."""
+    with open_regular(path, "idx file", ARRAY_FILE_BYTES) as f:
+        if not path.name.endswith(".gz"):
+            yield f
+            return
+        with gzip.GzipFile(fileobj=f, mode="rb") as unpacked:
+            yield unpacked
+
+
+def _read_upto(f: IO[bytes], path: Path, n: int) -> bytearray:
+    """Up to `n` bytes, in chunks, so that nothing the size of a header's claim is allocated before the data is."""
+    out = bytearray()
     try:
-        raw = path.read_bytes()
+        while len(out) < n and (chunk := f.read(min(1 << 24, n - len(out)))):
+            out += chunk
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a cut stream is an EOFError
+        raise UserError(f"{path}: corrupt gzip ({exc}); expected a gzip-compressed idx file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not path.name.endswith(".gz"):
-        return bytearray(raw)
-    try:
-        return bytearray(gzip.decompress(raw))
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut stream is an EOFError
-        raise UserError(f"{path}: corrupt gzip ({exc}); expected a gzip-compressed idx file") from None
+    return out
 
 
 def _find_files(name: str, root: str | os.PathLike | None) -> tuple[dict[str, Path] | None, list[Path]]:
@@ -211,10 +243,8 @@ def _locate(name: str, root: str | os.PathLike | None, allow_download: bool) -> 
 
 
 def _read_split(images_path: Path, labels_path: Path) -> TensorSplit:
-    images = read_idx(images_path, ndim=3)
+    images = read_idx(images_path, ndim=3, item_shape=IMAGE_SIZE)
     labels = read_idx(labels_path, ndim=1)
-    if images.shape[1:] != IMAGE_SIZE:
-        raise UserError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
         raise UserError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; expected equal counts"

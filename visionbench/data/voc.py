@@ -41,6 +41,7 @@ from visionbench.data.base import (
 )
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
+from visionbench.utils.bounded import IMAGE_FILE_BYTES, LIST_BYTES, XML_BYTES, check_regular, read_bytes, read_text
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class VocYear:
     folder: str  # the folder under VOCdevkit/
     base_url: str
     archives: tuple[VocArchive, ...]
+    default_train_set: str  # disjoint from the default test set: no image is ever in two splits
     default_test_set: str
     withheld_sets: tuple[str, ...] = ()  # lists whose annotations are not public
 
@@ -112,6 +114,7 @@ VOC2007 = VocYear(
         VocArchive("VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64", ("train", "val", "trainval")),
         VocArchive("VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f", ("test",)),
     ),
+    default_train_set="trainval",
     default_test_set="test",
 )
 VOC2012 = VocYear(
@@ -121,6 +124,7 @@ VOC2012 = VocYear(
     archives=(
         VocArchive("VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd", ("train", "val", "trainval")),
     ),
+    default_train_set="train",  # val is part of trainval, and val is the test set
     default_test_set="val",
     withheld_sets=("test",),
 )
@@ -155,10 +159,7 @@ def parse_annotation(path: str | os.PathLike) -> tuple[set[int], set[int]]:
             unknown class or a bad `<difficult>` value.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read annotation: {exc.strerror or exc}") from None
+    data = read_bytes(path, "annotation", XML_BYTES)  # a regular file of at most 1 MiB: not /dev/zero
     parser = ET.XMLParser(target=_NoDtdTreeBuilder())
     try:
         parser.feed(data)
@@ -285,12 +286,11 @@ def _locate(spec: VocYear, root: str | os.PathLike | None, image_set: str, allow
 
 
 def _read_ids(list_path: Path, image_names: set[str]) -> list[str]:
-    """The image ids of a list file, each checked to have its JPEG; only the first field of a line counts."""
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{list_path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    """The image ids of a list file, each checked to have its JPEG and to be listed once; only the first field of a
+    line counts."""
+    text = read_text(list_path, "image list", LIST_BYTES)
     ids = []
+    lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
@@ -302,6 +302,12 @@ def _read_ids(list_path: Path, image_names: set[str]) -> list[str]:
             raise UserError(
                 f"{list_path}, line {number}: image {image_id!r} is listed but JPEGImages/{image_id}.jpg does not exist"
             )
+        if image_id in lines:
+            raise UserError(
+                f"{list_path}, line {number}: image {image_id!r} is listed again (first on line {lines[image_id]}); "
+                "expected each image once"
+            )
+        lines[image_id] = number
         ids.append(image_id)
     if not ids:
         raise UserError(f"{list_path}: lists no images; expected one image id per line")
@@ -328,6 +334,8 @@ def _read_split(folder: Path, image_set: str, include_difficult: bool, rows: dic
             rows[key] = row
         targets[i] = rows[key]
     paths = [os.path.join(jpeg_dir, f"{image_id}.jpg") for image_id in ids]
+    for path in paths:  # the streaming loader opens them later, in workers: a FIFO there would hang training
+        check_regular(path, "image", IMAGE_FILE_BYTES)
     return FileSplit(paths=paths, targets=torch.from_numpy(targets))
 
 
@@ -344,7 +352,7 @@ def load_voc(
     spec: VocYear,
     root: str | os.PathLike | None = None,
     download: bool = True,
-    train_set: str = "trainval",
+    train_set: str | None = None,
     test_set: str | None = None,
     include_difficult: bool = False,
 ) -> RawDataset:
@@ -354,7 +362,8 @@ def load_voc(
         spec: VOC2007 or VOC2012.
         root: a folder searched first (data.root): VOCdevkit's parent, VOCdevkit, or VOCyyyy itself.
         download: fetch the official tarballs into the cache when a split's files are found nowhere.
-        train_set: the `ImageSets/Main` list used for training.
+        train_set: the `ImageSets/Main` list used for training; None means the edition's default ("trainval" for
+            2007, "train" for 2012, whose trainval holds its val).
         test_set: the list used for testing; None means the edition's default ("test" for 2007, "val" for 2012).
         include_difficult: count a class seen only in `difficult` objects as present (1) instead of ignored (-1).
 
@@ -362,8 +371,10 @@ def load_voc(
         Train and test FileSplits with float32 (N, 20) targets in {1, 0, -1}.
 
     Raises:
-        UserError: files missing and not downloadable, or a list, image or annotation is bad.
+        UserError: files missing and not downloadable, a list, image or annotation is bad, or an image is in both
+            lists (a test score on training images would be silently wrong).
     """
+    train_set = spec.default_train_set if train_set is None else train_set
     test_set = spec.default_test_set if test_set is None else test_set
     _check_image_set(spec, train_set, "train_set")
     _check_image_set(spec, test_set, "test_set")
@@ -373,6 +384,13 @@ def load_voc(
         folder = _locate(spec, root, image_set, download)
         log.info("reading %s %s from %s", spec.name, image_set, folder)
         splits[arg] = _read_split(folder, image_set, include_difficult, rows)
+    shared = set(splits["train"].paths).intersection(splits["test"].paths)
+    if shared:
+        example = Path(min(shared)).stem
+        raise UserError(
+            f"{spec.name}: {len(shared)} images of test_set={test_set!r} are also in train_set={train_set!r} "
+            f"(e.g. {example}); expected lists with no image in common"
+        )
     info = DatasetInfo(
         name=spec.name,
         task="multilabel",
@@ -393,7 +411,7 @@ def load_voc(
 def voc2007(
     root: str | None = None,
     download: bool = True,
-    train_set: str = "trainval",
+    train_set: str | None = None,
     test_set: str | None = None,
     include_difficult: bool = False,
 ) -> RawDataset:
@@ -405,9 +423,10 @@ def voc2007(
 def voc2012(
     root: str | None = None,
     download: bool = True,
-    train_set: str = "trainval",
+    train_set: str | None = None,
     test_set: str | None = None,
     include_difficult: bool = False,
 ) -> RawDataset:
-    """Pascal VOC 2012 multi-label: 5,717 train / 5,823 val images, 20 classes; tests on val by default."""
+    """Pascal VOC 2012 multi-label: 5,717 train / 5,823 val images, 20 classes; trains on train and tests on val by
+    default."""
     return load_voc(VOC2012, root, download, train_set, test_set, include_difficult)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 import re
 import subprocess
@@ -23,7 +22,7 @@ import torch
 import visionbench
 from visionbench.config import RunConfig, dump_config
 from visionbench.errors import UserError
-from visionbench.utils.io import write_json, write_text
+from visionbench.utils.io import read_json, write_json, write_text
 
 LAST = "checkpoints/last"
 BEST = "checkpoints/best.safetensors"
@@ -56,10 +55,13 @@ def find_resumable(cfg: RunConfig) -> Path:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json as a dict; {} when it is missing or unreadable (a run that died early), read with read_json's
+    bounds, so a FIFO, a huge or a deeply nested file cannot hang or crash the caller."""
     try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+        summary = read_json(run_dir / "summary.json", what="summary.json")
+    except UserError:
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:

@@ -34,6 +34,7 @@ from visionbench.report.tables import (
     status_text,
     to_markdown,
 )
+from visionbench.utils.bounded import CONFIG_BYTES, UnreadableFile, read_text
 from visionbench.utils.io import write_text
 
 
@@ -276,11 +277,11 @@ def _run_section(index: int, rec: dict[str, Any], figures: tuple[list[Path], lis
     parts += [f'<p class="problem">{_esc(p)}</p>' for p in problems]
     if paths:
         parts.append('<div class="figures">' + "".join(_figure_html(p, run_dir) for p in paths) + "</div>")
-    try:
-        config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    try:  # shown as text whatever it holds (an alias bomb is harmless unparsed), but only a bounded regular file
+        config = read_text(run_dir / "config.yaml", "config.yaml", CONFIG_BYTES)
         parts.append(f"<details><summary>config.yaml</summary><pre>{_esc(config)}</pre></details>")
-    except (OSError, UnicodeDecodeError) as e:
-        parts.append(f'<p class="problem">config.yaml: {_esc(first_line(e))}</p>')
+    except UnreadableFile as e:
+        parts.append(f'<p class="problem">{_esc(e.reason)}</p>')
     return "\n".join(parts) + "</section>"
 
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
-from visionbench.config import safe_load
+from visionbench.config import YAMLLimitError, safe_load, yaml_problem
 from visionbench.errors import UserError, first_line
+from visionbench.utils.bounded import CONFIG_BYTES, UnreadableFile, read_text
+from visionbench.utils.io import read_json
 
 RUN_MARKERS = ("summary.json", "config.yaml")  # config.yaml alone: a run that died before its first summary
 UNREADABLE = "unreadable"
@@ -99,12 +101,15 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
-    """config.yaml as a dict, and the reason when it cannot be read ({} then)."""
+    """config.yaml as a dict, and the reason when it cannot be read ({} then); read with the config reader's
+    bounds (regular file, size, alias expansion, depth)."""
     try:
-        config = safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, "no config.yaml"
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        config = safe_load(read_text(run_dir / "config.yaml", "config.yaml", CONFIG_BYTES))
+    except UnreadableFile as e:
+        return {}, "no config.yaml" if e.missing else e.reason
+    except YAMLLimitError as e:
+        return {}, f"config.yaml refused{yaml_problem(e)}"
+    except yaml.YAMLError as e:
         return {}, f"config.yaml is not YAML ({first_line(e, 80)})"
     if not isinstance(config, dict):
         return {}, "config.yaml is not a mapping"
@@ -114,23 +119,25 @@ def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
 def load_record(run_dir: Path) -> dict[str, Any]:
     """The run's summary.json with `run_dir` and `config` (config.yaml as a dict) added.
 
-    A missing or corrupt summary.json gives status `unreadable` with the reason in `error` instead of raising, so
-    that one broken directory cannot hide the other runs; `config_error` says why a config.yaml is unusable.
+    A missing or corrupt summary.json, or a config.yaml that exists but cannot be read (not YAML, an alias bomb,
+    nested too deep), gives status `unreadable` with the reason in `error` instead of raising, so that one broken
+    directory cannot hide the other runs; a run with a readable summary and no config.yaml (an older layout) keeps
+    its status, `config_error` saying why its config is empty. Every file is read with bounds (utils/bounded.py).
     """
     config, config_error = _read_config(run_dir)
     base: dict[str, Any] = {"run_dir": str(run_dir)}
     extra: dict[str, Any] = {"config": config, **({"config_error": config_error} if config_error else {})}
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {**base, "status": UNREADABLE, "error": "no summary.json", **extra}
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return {**base, "status": UNREADABLE, "error": f"summary.json is not JSON ({first_line(e, 80)})", **extra}
+        summary = read_json(run_dir / "summary.json", what="summary.json")
+    except UnreadableFile as e:
+        return {**base, "status": UNREADABLE, "error": "no summary.json" if e.missing else e.reason, **extra}
     if not isinstance(summary, dict):
         return {**base, "status": UNREADABLE, "error": "summary.json is not a JSON object", **extra}
     for key in ("final", "best", "seconds", "test_details"):  # what the tables and figures index into
         if summary.get(key) is not None and not isinstance(summary[key], dict):
             return {**base, "status": UNREADABLE, "error": f"summary.json: `{key}` is not an object", **extra}
+    if config_error and config_error != "no config.yaml":  # a wrong config would put the run in the wrong cell
+        return {**base, **summary, "status": UNREADABLE, "error": config_error, **extra}
     return {**base, **summary, "status": str(summary.get("status", "unknown")), **extra}
 
 

@@ -32,10 +32,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from visionbench.config import _describe, config_from_raw, safe_load
+from visionbench.config import _describe, _key_text, _short, config_from_raw, read_yaml_file, safe_load
 from visionbench.errors import UserError
 
 SAMPLERS = ("grid", "random", "tpe")
+# Every grid cell is validated as a config before anything runs, then trained: 10,000 cells of one-minute runs are
+# a week of compute. More is a typo (`int: [0, 1e9]` without a step), refused before the values are built.
+MAX_GRID_CELLS = 10_000
 
 
 class _Section(BaseModel):
@@ -68,7 +71,9 @@ class Param(_Section):
                 raise ValueError("choice: expected a non-empty list of values")
             texts = [_text(v) for v in self.choice]
             if len(set(texts)) != len(texts):
-                raise ValueError(f"choice: values repeat in {self.choice}")
+                seen: set[Any] = set()
+                repeated = next(v for v, t in zip(self.choice, texts, strict=True) if t in seen or seen.add(t))
+                raise ValueError(f"choice: the value {_short(repeated)} is given more than once")
             return self
         low, high = self.bounds
         if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
@@ -104,6 +109,23 @@ class Param(_Section):
         if self.kind == "float":
             return FloatDistribution(self.float_[0], self.float_[1], step=self.step)
         return FloatDistribution(self.log_float[0], self.log_float[1], log=True)
+
+    def grid_size(self, key: str) -> int:
+        """How many values `grid` gives, counted without building them."""
+        if self.kind == "choice":
+            return len(self.choice)
+        if self.kind == "int":
+            low, high = self.int_
+            return (high - low) // int(self.step or 1) + 1
+        if self.kind == "float" and self.step is not None and self.grid_points is None:
+            low, high = self.float_
+            steps = (high - low) / self.step
+            if not math.isfinite(steps):
+                raise UserError(f"params.{key}: step {self.step} divides [{low}, {high}] into uncountably many values")
+            return int(math.floor(steps + 1e-9)) + 1
+        if self.grid_points is None:
+            raise UserError(f"params.{key}: a {self.kind} needs grid_points (or use choice) under the grid sampler")
+        return self.grid_points
 
     def grid(self, key: str) -> list[Any]:
         """The values a grid search visits (optuna's stored form: choices as YAML text)."""
@@ -218,12 +240,7 @@ def _round_trips(text: str) -> bool:
 
 def read_space(path: Path) -> Space:
     """Parse and validate a space file; a problem is one line naming the file and the key."""
-    try:
-        raw = safe_load(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the search space ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    raw = read_yaml_file(path, "search space")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with `params:` (dotted config keys), got {type(raw).__name__}")
     try:
@@ -231,7 +248,7 @@ def read_space(path: Path) -> Space:
     except ValidationError as e:
         err = e.errors()[0]
         if err["type"] == "value_error":
-            where = ".".join(str(p) for p in err["loc"])
+            where = ".".join(_key_text(str(p)) for p in err["loc"])
             msg = str(err.get("ctx", {}).get("error", err["msg"]))
             return _raise(f"{path}: {where + ': ' if where else ''}{msg}")
         return _raise(f"{path}: {_describe(err)}")
@@ -253,7 +270,26 @@ def check_keys(space: Space, raw: dict[str, Any], overrides: list[str], source: 
 
 
 def grid_cells(space: Space, phis: list[float]) -> list[dict[str, Any]]:
-    """Every combination of the grid: dicts of optuna parameter name -> stored value, in file order."""
+    """Every combination of the grid: dicts of optuna parameter name -> stored value, in file order.
+
+    Raises:
+        UserError: a parameter the grid cannot enumerate, or more than MAX_GRID_CELLS cells, counted before any
+            value is built (`int: [0, 1e9]` would otherwise build a billion-element list).
+    """
+    sizes = {key: param.grid_size(key) for key, param in space.params.items()}
+    for key, n in sizes.items():
+        if n > MAX_GRID_CELLS:
+            raise UserError(
+                f"params.{key}: {n:,} grid values, more than the {MAX_GRID_CELLS:,} cells a grid may have; "
+                "give a coarser step or grid_points, or use the random or tpe sampler"
+            )
+    total = math.prod(sizes.values()) * max(1, len(phis))
+    if total > MAX_GRID_CELLS:
+        counts = " x ".join(f"{n} ({key})" for key, n in sizes.items())
+        raise UserError(
+            f"params: the grid has {total:,} cells ({counts}), more than the {MAX_GRID_CELLS:,} a grid may have; "
+            "use fewer values, or the random or tpe sampler"
+        )
     axes = {key: param.grid(key) for key, param in space.params.items()}
     if space.scaling is not None:
         axes = {SCALING_PARAM: list(phis), **axes}

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from visionbench.errors import UserError, first_line
+from visionbench.errors import first_line
+from visionbench.utils.bounded import JSON_BYTES, UnreadableFile, read_bytes
 
 
 def _current_umask() -> int:
@@ -84,9 +85,43 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """A JSON file written by `write_json`; a file that is not JSON is a UserError naming it."""
+# JSON we read nests 4 levels (summary.json's test_details); the limit stops structures that would exhaust Python's
+# stack in any recursive walker after the parse (json's C scanner itself raises RecursionError near 1,000 levels).
+MAX_JSON_DEPTH = 50
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than `limit` levels (iterative: the value may be ~1,000 deep)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(data: bytes, path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse UTF-8 JSON nested at most MAX_JSON_DEPTH levels; any problem is an UnreadableFile naming `path`."""
+    too_deep = UnreadableFile(path, f"{what} nests more than {MAX_JSON_DEPTH} levels deep")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read JSON ({first_line(e)})") from None
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an int of more than 4,300 digits
+        raise UnreadableFile(path, f"{what} is not JSON ({first_line(e)})") from None
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise too_deep
+    return value
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = JSON_BYTES, what: str = "file") -> Any:
+    """A JSON file: a regular file of at most `max_bytes`, UTF-8, nested at most MAX_JSON_DEPTH levels.
+
+    Raises:
+        UnreadableFile: (a UserError) naming the file: missing, not a regular file, too large, too deep, not JSON.
+    """
+    return parse_json(read_bytes(path, what, max_bytes), path, what)
