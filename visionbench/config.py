@@ -36,7 +36,8 @@ class YAMLLimitError(yaml.MarkedYAMLError):
 class _Loader(yaml.SafeLoader):
     """PyYAML's SafeLoader (no tags, no objects) with YAML 1.2 floats (`1e-3` is a number, not a string), bounded
     by MAX_YAML_NODES and MAX_YAML_DEPTH, and with a value that cannot be built (`2001-13-45` read as a date, an int
-    of 5,000 digits) reported as a YAML error at its line rather than escaping as a ValueError."""
+    of 5,000 digits, `!!bool maybe`) reported as a YAML error at its line rather than escaping as a ValueError or
+    KeyError."""
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -63,10 +64,24 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, AttributeError, OverflowError) as e:
+        except Exception as e:  # noqa: BLE001  (any failure building a foreign value means a bad value)
             value = f" {_short(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
             problem = f"cannot read the value{value} as {node.tag.rsplit(':', 1)[-1]} ({first_line(e, 80)})"
             raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """An int within 64 bits: a config int beyond that (`0x` and 4,400 hex digits is one) is nothing any setting or
+    library can use, and repr or YAML dumping of it fails past 4,300 digits."""
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    if not -(2**63) <= value < 2**63:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the integer {_short(value)} is beyond the 64-bit range", node.start_mark
+        )
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _check_expansion(root: yaml.Node) -> None:

@@ -200,7 +200,7 @@ def _find_folder(layout: CifarLayout, root: str | os.PathLike | None) -> tuple[P
         candidates += [base / layout.folder, base]  # base itself: data.root may point straight at the batches
     candidates = list(dict.fromkeys(candidates))
     for folder in candidates:
-        if all((folder / f).is_file() for f in layout.files):
+        if all((folder / f).exists() for f in layout.files):
             return folder, candidates
     return None, candidates
 

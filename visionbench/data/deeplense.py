@@ -229,7 +229,7 @@ def deeplense(
             lensing_sim.simulate(preset, n, folder, seed, variant, substructure, workers=workers)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder (expected simulate-lensing output or a DeepLense release)")
-    if (folder / "meta.json").is_file() or (folder / "images.npy").is_file():
+    if (folder / "meta.json").exists() or (folder / "images.npy").exists():
         images, targets, meta = read_simulated(folder)
         task = "classification" if meta.get("variant") == "classes" else "regression"
         names = tuple(meta.get("class_names") or ()) if task == "classification" else (TARGET_NAME,)

@@ -202,9 +202,10 @@ def _find_files(name: str, root: str | os.PathLike | None) -> tuple[dict[str, Pa
     for folder in dirs:
         found = {}
         for stem in stems:
-            # Uncompressed first: it is what a user who unpacked the files meant, and it skips the gzip decode.
+            # Uncompressed first: it is what a user who unpacked the files meant, and it skips the gzip decode. Not
+            # only regular files: a FIFO or a link to a device there is refused by read_idx, not silently skipped.
             candidates = [folder / stem, folder / f"{stem}.gz"]
-            hit = next((p for p in candidates if p.is_file()), None)
+            hit = next((p for p in candidates if p.exists() and not p.is_dir()), None)
             if hit is None:
                 break
             found[stem] = hit

@@ -214,7 +214,7 @@ def _find(spec: VocYear, root: str | os.PathLike | None, image_set: str) -> tupl
     first_voc = None
     for folder in candidates:
         if _has_layout(folder):
-            if _main_list(folder, image_set).is_file():
+            if _main_list(folder, image_set).exists():
                 return folder, folder, candidates
             first_voc = first_voc or folder
     return None, first_voc, candidates

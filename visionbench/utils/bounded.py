@@ -74,7 +74,7 @@ def _check_stat(path: str | os.PathLike, st: os.stat_result, what: str, max_byte
         raise UnreadableFile(path, f"{what} is {_kind(st.st_mode)}, expected a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise UnreadableFile(
-            path, f"{what} is {size_text(st.st_size)}, more than the {size_text(max_bytes)} a {what} may have"
+            path, f"{what} is {st.st_size:,} bytes, more than the {size_text(max_bytes)} a {what} may have"
         )
 
 
@@ -241,7 +241,7 @@ def check_memory(nbytes: int, path: str | os.PathLike, what: str) -> None:
     total = memory_bytes()
     if total is not None and nbytes > total // 2:
         raise UnreadableFile(
-            path, f"{what} would take {size_text(nbytes)}, more than half of this machine's {size_text(total)} memory"
+            path, f"{what} would take {size_text(nbytes)}, more than half of this machine's memory ({size_text(total)})"
         )
 
 
