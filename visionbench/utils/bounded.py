@@ -210,13 +210,16 @@ def _locate_decode_error(path: str | os.PathLike, what: str, codec: str, skip: i
     offset = skip
     with open(path, "rb") as f:  # already checked to be a regular file
         f.seek(skip)
-        while chunk := f.read(1 << 20):
+        while True:
+            chunk = f.read(1 << 20)
             pending = len(decoder.getstate()[0])
             try:
-                decoder.decode(chunk)
+                decoder.decode(chunk, final=not chunk)  # the final call reports a character cut at the end
             except UnicodeDecodeError as e:
                 e.start += offset - pending
                 return decode_error(what, codec, e)
+            if not chunk:
+                break
             offset += len(chunk)
     return f"{what} is not valid {codec.upper()}; {EXPECTED_TEXT}"
 
