@@ -180,6 +180,8 @@ def test_a_folder_stands_for_the_image_files_directly_in_it_sorted(run, tmp_path
     _refused(capsys, ["predict", run, folder / "sub" / "missing"], "no such image file")
     (tmp_path / "empty").mkdir()
     _refused(capsys, ["predict", run, tmp_path / "empty"], f"{tmp_path / 'empty'}: a folder with no image files")
+    (folder / "d.png").write_text("not a png")  # refused: the note about subfolders does not join the error line
+    _refused(capsys, ["predict", run, folder], f"{folder / 'd.png'}: cannot decode the image")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,6 +230,9 @@ def test_outputs_that_overflow_are_an_error_never_a_nan_in_the_output(run, tmp_p
         assert "overflows" in err, err
     _refused(capsys, ["eval", copy], "the model's outputs are not finite (NaN or infinite) on")
     assert not list(copy.glob("eval-*.json")), "nothing written"
+    _refused(capsys, ["explain", copy, "--method", "saliency", "--n", "2"], "test image 0: the model's output is not")
+    _refused(capsys, ["analyze", copy, "--suite", "consistency", "--images", "10"], "the model's output is not finite")
+    assert not (copy / "explain").exists() and not (copy / "analysis").exists(), "nothing written"
 
 
 @pytest.mark.parametrize(
@@ -261,3 +266,13 @@ def test_eval_says_where_it_wrote_and_writes_strict_json(run, capsys):
     assert out.splitlines()[-1] == f"wrote {path}", out
     result = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
     assert result["split"] == "test" and 0 <= result["test/acc1"] <= 1, result
+
+
+def test_analyze_plots_class_names_with_dollar_signs_as_text(tmp_path):
+    """matplotlib reads "$...$" as math text; a class named like `$\\foo{$` made the embeddings plot raise."""
+    from visionbench.cli.analyze import _plot_embeddings
+
+    points = torch.randn(6, 2)
+    path = tmp_path / "embeddings.png"
+    _plot_embeddings(path, {"pca": points, "tsne": points}, torch.tensor([0, 1, 0, 1, 0, 1]), ("$\\foo{$", "[red]"))
+    assert path.is_file() and path.stat().st_size > 0

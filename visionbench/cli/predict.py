@@ -311,7 +311,7 @@ def predict(
     """
     if top_k < 1:
         raise UserError(f"--top-k: expected a positive integer, got {top_k}")
-    files = _image_files(images)
+    files, notes = _image_files(images)
     run = load_run(run_dir, weights)
     output = OUTPUTS.get(run.kind)
     if output is None:
@@ -331,17 +331,20 @@ def predict(
         print("\n".join(lines))
     else:
         _print_table(records, output)
+    for note in notes:  # after the answer: bad input must stay one line on stderr
+        print(f"note: {note}", file=sys.stderr)
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    """The files to predict: each file as given, each folder's image files (not its subfolders'), sorted by name.
+def _image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files to predict: each file as given, each folder's image files (not its subfolders'), sorted by name;
+    and a note for each folder whose subfolders were not searched.
 
     Raises:
         UserError: a path that does not exist, or a folder without image files.
     """
     from visionbench.data.folder import IMAGE_EXTENSIONS
 
-    files = []
+    files, notes = [], []
     for path in paths:
         if not path.is_dir():
             if not path.exists():
@@ -358,12 +361,9 @@ def _image_files(paths: list[Path]) -> list[Path]:
             raise UserError(f"{path}: a folder with no image files directly in it ({', '.join(IMAGE_EXTENSIONS)})")
         subfolders = sum(p.is_dir() for p in entries)
         if subfolders:
-            print(
-                f"note: {path}: the {len(found)} images directly in it; {subfolders} subfolder(s) not searched",
-                file=sys.stderr,
-            )
+            notes.append(f"{path}: the {len(found)} images directly in it; {subfolders} subfolder(s) not searched")
         files += found
-    return files
+    return files, notes
 
 
 def _print_table(records: list[dict[str, Any]], output: _Output) -> None:

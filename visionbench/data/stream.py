@@ -126,8 +126,11 @@ def _unit_scale(array: np.ndarray, path: str) -> torch.Tensor:
         return torch.from_numpy(np.asarray(array, dtype=np.uint8) * np.uint8(255))
     if array.dtype == np.uint8:
         return torch.from_numpy(np.array(array))
-    if kind == "u":  # 16-bit and wider: full range of the dtype, as an 8-bit image's is 0-255
-        return torch.from_numpy((np.asarray(array, dtype=np.float64) / np.iinfo(array.dtype).max).astype(np.float32))
+    if kind == "u":  # 16-bit and wider: the full range of the dtype, as an 8-bit image's is 0-255
+        # 16-bit values are exact in float32, so v * 257 / 65535 rounds exactly as normalize's v / 255 of the 8-bit
+        # image does; wider ones go through float64
+        wide = np.float32 if array.dtype.itemsize <= 2 else np.float64
+        return torch.from_numpy((np.asarray(array, dtype=wide) / wide(np.iinfo(array.dtype).max)).astype(np.float32))
     if kind == "i":
         raise UserError(
             f"{path}: signed integer pixels ({array.dtype}) have no defined range; save images as uint8 (0-255), "
