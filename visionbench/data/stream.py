@@ -71,7 +71,7 @@ def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
         raise UserError(f"{path}: cannot read the image ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):
         raise UserError(f"{path}: not a regular file; expected an image file")
-    if path.endswith(".npy"):
+    if path.lower().endswith(".npy"):  # as image folders list them, whatever the case
         x = _unit_scale(_read_npy(path), path)
         if grayscale and x.shape[0] == 3:
             x = _grey(x)
