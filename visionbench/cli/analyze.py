@@ -26,7 +26,7 @@ def analyze(
     import torch
 
     from visionbench.analysis import suite as S
-    from visionbench.cli.predict import load_run, split_images
+    from visionbench.cli.predict import check_finite_outputs, load_run, split_images
 
     parts = [p.strip() for p in suite.split(",") if p.strip()]
     unknown = [p for p in parts if p not in S.SUITES]
@@ -36,6 +36,9 @@ def analyze(
         raise UserError(f"--split: expected train, val or test, got {split!r}")
     run = load_run(run_dir, weights)
     x, y = split_images(run, split, images)
+    with torch.inference_mode():  # a model that overflows on the clean images makes every table NaN: say so instead
+        outputs = torch.cat([run.model(x[i : i + 256]) for i in range(0, len(x), 256)])
+    check_finite_outputs(outputs, [f"{run_dir}: {split} image {i}" for i in range(len(x))])
     mean = torch.tensor(run.info.mean or (0.0,))
     std = torch.tensor(run.info.std or (1.0,))
     pixels = (x * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
@@ -106,7 +109,7 @@ def _plot_embeddings(path: Path, emb: dict, targets, class_names) -> None:
     for ax, (name, points) in zip(axes[0], emb.items(), strict=True):
         for c, label in enumerate(class_names):
             sel = targets == c
-            ax.scatter(points[sel, 0], points[sel, 1], s=4, label=label)
+            ax.scatter(points[sel, 0], points[sel, 1], s=4, label=label.replace("$", r"\$"))  # text, not math
         ax.set_title(f"{name.upper() if name == 'pca' else 't-SNE'} of the penultimate features")
     axes[0, 1].legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
     _save(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +18,9 @@ def evaluate(
     weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
 ) -> None:
     """Evaluate a run's weights on a whole split (also when the run itself tested on `data.test_subset`); prints
-    the metrics and saves them as eval-<split>-<tta>-<weights>.json."""
+    the metrics and saves them as eval-<split>-<tta>-<weights>.json in the run directory."""
+    import torch
+
     from visionbench.cli.predict import load_run
     from visionbench.config import load_config
     from visionbench.data import build_datasets
@@ -32,15 +36,28 @@ def evaluate(
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))  # the whole split, always
     model, task = run.model.to(device), run.task.to(device)
-    metrics, _, _ = run_eval(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
+    with warnings.catch_warnings(record=True) as caught:  # torchmetrics warns of NaN before we can say why
+        warnings.simplefilter("always")
+        metrics, logits, _ = run_eval(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
+    bad = int((~torch.isfinite(logits.reshape(len(logits), -1))).any(1).sum())
+    if bad:  # weights and data are checked finite when read: the model overflows, and no metric would mean anything
+        raise UserError(
+            f"{run_dir}: the model's outputs are not finite (NaN or infinite) on {bad} of {len(logits)} {split} "
+            "images; its weights are finite, so the model overflows on them"
+        )
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     images = len(getattr(data, split)) if getattr(data, split, None) is not None else 0
     result = {
         "split": split,
         "images": images,
         "tta": tta,
         "weights": weights,
-        **{f"{split}/{k}": v for k, v in metrics.items()},
+        # a metric undefined on this split (from finite outputs) is null in the JSON, not NaN (invalid JSON)
+        **{f"{split}/{k}": v if math.isfinite(v) else None for k, v in metrics.items()},
     }
-    write_json(run_dir / f"eval-{split}-{tta}-{weights}.json", result)
+    path = run_dir / f"eval-{split}-{tta}-{weights}.json"
+    write_json(path, result)
     for key, value in result.items():
-        print(f"{key}\t{value}")
+        print(f"{key}\t{'undefined' if value is None else value}")
+    print(f"wrote {path}")

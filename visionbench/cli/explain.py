@@ -29,7 +29,7 @@ def explain(
 
     from visionbench.analysis.attribution import check_method
     from visionbench.analysis.explain import EXPLAIN, explain_groups, save_grids, select
-    from visionbench.cli.predict import load_run, split_images
+    from visionbench.cli.predict import check_finite_outputs, load_run, split_images
 
     if target not in ("predicted", "true"):
         raise UserError(f"--target: expected predicted or true, got {target!r}")
@@ -47,6 +47,7 @@ def explain(
         preds = torch.cat([run.model(images[i : i + 256]) for i in range(0, len(images), 256)]).float()
         if run.kind == "regression":
             preds = run.task.activate(preds)  # in target units, as the captions show them
+    check_finite_outputs(preds, [f"{run_dir}: {split} image {i}" for i in range(len(preds))])
     groups = select(run.kind, preds, targets, run.info.class_names, n, wanted, target)
     maps = explain_groups(run.model, images, groups, method, batch_size)
     mean = torch.tensor(run.info.mean or (0.0,))[:, None, None]

@@ -24,10 +24,12 @@ def lr_find(
         None, "--out", help="Output folder [<trainer.out_dir>/<experiment>/lr_find-<time>-<model>-<dataset>]."
     ),
     seed: int | None = typer.Option(None, "--seed", help="trainer.seed (the same as --set trainer.seed=N)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier lr-find result in --out."),
 ) -> None:
     """Learning-rate range test (Smith, 2015): an exponential lr sweep on the config's model, data and optimizer.
 
-    Prints the suggested optim.lr values and writes lr_find.csv, lr_find.png, lr_find.json and config.yaml.
+    Prints the suggested optim.lr values and writes lr_find.csv, lr_find.png, lr_find.json and config.yaml into
+    a new folder (--out: a new or empty one, or an earlier lr-find result with --overwrite).
     """
     from visionbench.engine.lr_find import MAIN
     from visionbench.engine.lr_find import lr_find as run_lr_find
@@ -35,7 +37,7 @@ def lr_find(
     overrides = [*(set_ or []), *([f"trainer.seed={seed}"] if seed is not None else [])]
     cfg = load_config(config, overrides, experiment=config.stem)
     given = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
-    result = run_lr_find(cfg, out=out, **{k: v for k, v in given.items() if v is not None})
+    result = run_lr_find(cfg, out=out, overwrite=overwrite, **{k: v for k, v in given.items() if v is not None})
     curve = result.curve
     if curve.stop != "end":
         reason = "the smoothed loss diverged" if curve.stop == "diverged" else "the loss was not finite"

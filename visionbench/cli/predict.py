@@ -7,6 +7,12 @@ for DeepLense runs, then standardised with the mean and std the run trained with
 regression standardisation (`task_stats`) come from the run's summary.json, so no training data is needed; runs
 written before `data_info` was saved rebuild the dataset instead, as `visionbench eval` does.
 
+A folder among IMAGES stands for the image files directly in it (the extensions image folders are read with,
+sorted by name; subfolders are not searched, and a note on stderr says so). Every file is decoded and predicted
+before anything is printed, so bad input prints nothing but the error line. A prediction that is not finite is an
+error naming the image, never a NaN in the output: weights and inputs are checked finite when read, so it means the
+model overflows on that image.
+
 `load_run` (config, dataset facts, task, model with its weights) is shared with `visionbench export` and `eval`.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +30,7 @@ import torch
 import typer
 from torch import nn
 
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 
 if TYPE_CHECKING:  # the CLI imports the heavy modules inside the commands
     from visionbench.config import RunConfig
@@ -103,12 +110,12 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
         info = data.info
     task = build_task(cfg.task, info)
     if summary.get("task_stats"):  # the standardisation the run trained with, not one recomputed from today's files
-        task.load_stats(summary["task_stats"])
+        _load_task_stats(task, summary["task_stats"], summary_path)
     elif task.stats():
         data = data if data is not None else build_datasets(cfg.data)
         task.fit_targets(data.train.targets)
     model = create_run_model(cfg, info)  # as training built it, without build_model's FLOP count
-    load_run_weights(run_dir, model, weights)
+    load_run_weights(run_dir, model, weights)  # digest checked when the file has one; weights finite
     return LoadedRun(cfg=cfg, info=info, task=task.eval(), model=model.eval(), kind=cfg.task.name or info.task)
 
 
@@ -120,9 +127,47 @@ def _saved_info(summary: dict[str, Any], source: Path) -> DatasetInfo | None:
     if saved is None:
         return None
     try:
-        return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     except (TypeError, AttributeError) as e:
         raise UserError(f"{source}: data_info is not what `visionbench train` writes ({e})") from None
+    _check_info(info, source)
+    return info
+
+
+def _check_info(info: DatasetInfo, source: Path) -> None:
+    """What preprocessing and the outputs need from data_info, with the meaning it must have: a positive input
+    size, finite means and positive finite standard deviations (one per channel, or the RGB ones of a grey run),
+    one name per output."""
+    size = info.input_size
+    if not (len(size) == 3 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):
+        raise UserError(f"{source}: data_info.input_size {list(size)} is not (C, H, W) of positive integers")
+    for key in ("mean", "std"):
+        values = getattr(info, key)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise UserError(f"{source}: data_info.{key} {list(values)} holds values that are not finite numbers")
+    if len(info.mean) != len(info.std) or len(info.mean) not in (1, 3, size[0]):
+        raise UserError(f"{source}: data_info.mean and std have {len(info.mean)} and {len(info.std)} values")
+    if any(v <= 0 for v in info.std):
+        raise UserError(f"{source}: data_info.std {list(info.std)} must be positive (images are divided by it)")
+    if not (isinstance(info.num_outputs, int) and len(info.class_names) == info.num_outputs > 0):
+        raise UserError(f"{source}: data_info has {len(info.class_names)} class names for {info.num_outputs} outputs")
+    if not all(isinstance(name, str) for name in info.class_names):
+        raise UserError(f"{source}: data_info.class_names holds values that are not strings")
+
+
+def _load_task_stats(task: Task, stats: Any, source: Path) -> None:
+    """The run's regression standardisation (`task_stats`): finite means, positive finite standard deviations."""
+    if not isinstance(stats, dict) or not all(isinstance(v, list) for v in stats.values()):
+        raise UserError(f"{source}: task_stats is not what `visionbench train` writes (lists by name)")
+    for key, values in stats.items():
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise UserError(f"{source}: task_stats.{key} holds values that are not finite numbers")
+        if key.endswith("_std") and any(v <= 0 for v in values):
+            raise UserError(f"{source}: task_stats.{key} {values} must be positive (outputs are scaled by it)")
+    try:
+        task.load_stats(stats)
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: task_stats does not fit this run's task ({first_line(e)})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +210,13 @@ class Preprocess:
     def _decode(self, path: Path) -> torch.Tensor:
         from visionbench.data.stream import decode_image
 
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"{path}: no such image file")
         if self.minmax and path.suffix == ".npy":  # a DeepLense release file ([image, label] or an image)
             from visionbench.data.deeplense import load_release_file
 
+            if not path.is_file():  # a FIFO or a device would block or never end
+                raise UserError(f"{path}: not a regular file; expected an image file")
             image, _ = load_release_file(path)  # its errors name the file
             return torch.from_numpy(image)[None]
         return decode_image(str(path), grayscale=self.input_size[0] == 1)
@@ -180,6 +227,19 @@ def predict_outputs(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
     """The task's activated outputs (probabilities, or values in target units) of a (B, C, H, W) batch."""
     outputs = [run.task.activate(run.model(images[i : i + BATCH_SIZE])) for i in range(0, len(images), BATCH_SIZE)]
     return torch.cat(outputs)
+
+
+def check_finite_outputs(outputs: torch.Tensor, names: list[str]) -> None:
+    """A UserError naming the first input whose output (B, ...) is NaN or infinite: weights and inputs are checked
+    finite when read, so the model overflows on it, and no number printed for it would mean anything."""
+    bad = (~torch.isfinite(outputs.reshape(len(outputs), -1))).any(1).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(
+            f"{names[first]}: the model's output is not finite (NaN or infinite){more}; its weights and this input "
+            "are finite, so the model overflows on it"
+        )
 
 
 def _classification(run: LoadedRun, probs: torch.Tensor, top_k: int) -> dict[str, Any]:
@@ -235,46 +295,88 @@ OUTPUTS = {
 
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `visionbench train`."),
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, anything Pillow reads) or .npy arrays."),
+    images: list[Path] = typer.Argument(
+        ...,
+        help="Image files (PNG, JPEG, anything Pillow reads) or .npy arrays; a folder stands for the image files "
+        "directly in it.",
+    ),
     weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
     top_k: int = typer.Option(5, "--top-k", help="Classification: the K most probable classes (all: K >= classes)."),
     json_lines: bool = typer.Option(False, "--json", help="One JSON object per image instead of a table."),
 ) -> None:
     """Predict with a run's weights: top-k classes, every label's probability, or regression values in target units.
 
-    Images of any size are resized to the run's input size and normalised as in training.
+    Images of any size are resized to the run's input size and normalised as in training: 8-bit images divided by
+    255, 16-bit ones by 65535, float arrays taken in [0, 1].
     """
     if top_k < 1:
         raise UserError(f"--top-k: expected a positive integer, got {top_k}")
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise UserError(f"{missing[0]}: no such image file")
+    files, notes = _image_files(images)
     run = load_run(run_dir, weights)
     output = OUTPUTS.get(run.kind)
     if output is None:
         raise UserError(f"{run_dir}: predict knows the tasks {', '.join(OUTPUTS)}, not {run.kind!r}")
     preprocess = Preprocess.from_info(run.info)
-    batch = torch.stack([preprocess(p) for p in images])  # every file decoded before anything is printed
-    records = [
-        {"image": str(path), "task": run.kind, **output.fields(run, out, top_k)}
-        for path, out in zip(images, predict_outputs(run, batch), strict=True)
-    ]
+    records = []
+    for start in range(0, len(files), BATCH_SIZE):  # a folder of any size, a batch in memory at a time
+        chunk = files[start : start + BATCH_SIZE]
+        outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))
+        check_finite_outputs(outputs, [str(p) for p in chunk])
+        records += [
+            {"image": str(path), "task": run.kind, **output.fields(run, out, top_k)}
+            for path, out in zip(chunk, outputs, strict=True)
+        ]
     if json_lines:
-        for record in records:
-            print(json.dumps(record))
+        lines = [json.dumps(record, allow_nan=False) for record in records]  # strict JSON, never NaN or Infinity
+        print("\n".join(lines))
     else:
         _print_table(records, output)
+    for note in notes:  # after the answer: bad input must stay one line on stderr
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files to predict: each file as given, each folder's image files (not its subfolders'), sorted by name;
+    and a note for each folder whose subfolders were not searched.
+
+    Raises:
+        UserError: a path that does not exist, or a folder without image files.
+    """
+    from visionbench.data.folder import IMAGE_EXTENSIONS
+
+    files, notes = [], []
+    for path in paths:
+        if not path.is_dir():
+            if not path.exists():
+                raise UserError(f"{path}: no such image file")
+            files.append(path)  # decode_image refuses what is not a regular file
+            continue
+        try:
+            entries = sorted(path.iterdir())
+        except OSError as e:
+            raise UserError(f"{path}: cannot list the folder ({e.strerror or e})") from None
+        found = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise UserError(f"{path}: a folder with no image files directly in it ({', '.join(IMAGE_EXTENSIONS)})")
+        subfolders = sum(p.is_dir() for p in entries)
+        if subfolders:
+            notes.append(f"{path}: the {len(found)} images directly in it; {subfolders} subfolder(s) not searched")
+        files += found
+    return files, notes
 
 
 def _print_table(records: list[dict[str, Any]], output: _Output) -> None:
     """One row per prediction; the image named on its first row."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("image", *output.columns)
-    for record in records:
+    for record in records:  # file and class names are data, not rich markup: "[red]" is printed as it is
         for k, prediction in enumerate(record["predictions"]):
-            table.add_row(record["image"] if k == 0 else "", *output.cells(k, prediction))
+            cells = [record["image"] if k == 0 else "", *output.cells(k, prediction)]
+            table.add_row(*(Text(cell) for cell in cells))
     if "threshold" in records[0]:
         table.caption = f"positive: probability > {records[0]['threshold']:g}"
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120).print(table)

@@ -13,14 +13,17 @@ batches do not depend on the number of workers, and resuming mid-epoch means ski
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
+import stat
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
@@ -29,37 +32,187 @@ from visionbench.data.loader import apply_augment, batch_slice, check_shard, epo
 from visionbench.errors import UserError, first_line
 
 NO_SEED = -1  # worker-side transforms off (evaluation)
+log = logging.getLogger(__name__)
+
+
+# Pillow's limit (89,478,485 pixels, a 0.25 GiB 24-bit image), also for `.npy` arrays: beyond it Pillow only warns
+# of a decompression bomb, and refuses at twice it. We refuse from the limit itself: the models here take a few
+# hundred pixels a side, and a worker decoding such a file per sample exhausts memory before any resize.
+DEFAULT_MAX_PIXELS = 89_478_485
+# Pillow's grey conversion ("L", ITU-R 601-2 luma), applied to float arrays the same way
+LUMA = (0.299, 0.587, 0.114)
+_logged: set[tuple[str, str]] = set()
+
+
+def max_pixels() -> int:
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
 
 
 def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
-    """A file as a (C, H, W) tensor: uint8 for the formats Pillow reads (JPEG, PNG, BMP, GIF, WebP, TIFF ...),
-    float32 for `.npy` arrays of shape (H, W) or (C, H, W) (read without pickle).
+    """A file as a (C, H, W) tensor on the scale of 8-bit images: uint8 grey levels for 8-bit sources (the formats
+    Pillow reads as 8-bit, and uint8 or bool `.npy` arrays), float32 in [0, 1] for deeper ones (16-bit PNG/TIFF/PGM,
+    Pillow's float mode, `.npy` arrays of wider unsigned integers divided by their dtype's maximum, float arrays
+    already in [0, 1]). `transforms.normalize` divides uint8 by 255 and takes floats as they are, so a file gives
+    the same values whatever its bit depth. Signed integers (no defined range), floats outside [0, 1] and images
+    over `max_pixels()` are refused naming the file. `.npy` arrays have shape (H, W) or (C, H, W) and are read
+    without pickle; PIL images have 3 channels, or 1 when `grayscale` (arrays: Pillow's luma weights).
 
     Pillow rather than torchvision.io, whose decoders are deprecated from torchvision 0.29 on (in favour of
     torchcodec, one more dependency); Pillow ships with torchvision anyway.
+
+    Raises:
+        UserError: not a regular file, undecodable, too large, or values without a known range.
     """
-    if path.endswith(".npy"):
-        try:
-            # memory-mapped first: a header that claims more data than the file holds fails here, not in an allocation
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None
-        if array.dtype.kind not in "biuf":
-            raise UserError(f"{path}: an array of {array.dtype}; expected real numbers (bool, integer or float)")
-        x = torch.from_numpy(np.array(array, dtype=np.float32))
-        x = x[None] if x.ndim == 2 else x
-        if x.ndim != 3:
-            raise UserError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {tuple(array.shape)}")
-        if not torch.isfinite(x).all():
-            raise UserError(f"{path}: holds NaN or infinite values; expected finite pixel values")
-        return x.mean(0, keepdim=True) if grayscale and x.shape[0] > 1 else x
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file; expected an image file")
+    if path.lower().endswith(".npy"):  # as image folders list them, whatever the case
+        x = _unit_scale(_read_npy(path), path)
+        if grayscale and x.shape[0] == 3:
+            x = _grey(x)
+        return x
+    return _decode_pil(path, grayscale)
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The array of a `.npy` file, memory-mapped, after its header is checked: a numeric dtype, (H, W) or (C, H, W)
+    with 1 or 3 channels, at most `max_pixels()` pixels and as many bytes in the file as the header claims (a
+    sparse file may claim gigabytes in a few kilobytes)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # 3.0 exists only for structured dtypes with non-latin-1 field names
+                raise ValueError(f"npy format version {version[0]}.{version[1]} holds no plain array")
+            offset, size = f.tell(), os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise UserError(f"{path}: an array of {dtype}; expected real numbers (bool, integer or float)")
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] not in (1, 3)):
+        raise UserError(f"{path}: expected an array of shape (H, W) or (C, H, W) with 1 or 3 channels, got {shape}")
+    pixels = int(np.prod(shape[-2:], dtype=object))
+    if pixels == 0:
+        raise UserError(f"{path}: an empty array of shape {shape}; expected an image")
+    if pixels > max_pixels():
+        raise UserError(
+            f"{path}: an array of shape {shape}, {pixels} pixels, more than Pillow's decompression-bomb limit of "
+            f"{max_pixels()}; refused"
+        )
+    needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size < needed:
+        raise UserError(f"{path}: truncated ({size} bytes; its header claims {needed}, an array of shape {shape})")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None
+    if array.shape != shape or array.dtype != dtype:  # replaced since the header was read
+        raise UserError(f"{path}: changed while it was read")
+    return array if array.ndim == 3 else array[None]
+
+
+def _unit_scale(array: np.ndarray, path: str) -> torch.Tensor:
+    """(C, H, W) pixel values as uint8 (8-bit and bool) or float32 in [0, 1]; see `decode_image`."""
+    kind = array.dtype.kind
+    if kind == "b":
+        return torch.from_numpy(np.asarray(array, dtype=np.uint8) * np.uint8(255))
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.array(array))
+    if kind == "u":  # 16-bit and wider: the full range of the dtype, as an 8-bit image's is 0-255
+        # 16-bit values are exact in float32, so v * 257 / 65535 rounds exactly as normalize's v / 255 of the 8-bit
+        # image does; wider ones go through float64
+        wide = np.float32 if array.dtype.itemsize <= 2 else np.float64
+        return torch.from_numpy((np.asarray(array, dtype=wide) / wide(np.iinfo(array.dtype).max)).astype(np.float32))
+    if kind == "i":
+        raise UserError(
+            f"{path}: signed integer pixels ({array.dtype}) have no defined range; save images as uint8 (0-255), "
+            "uint16 (0-65535) or float in [0, 1]"
+        )
+    x = np.array(array, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise UserError(f"{path}: holds NaN or infinite values; expected finite pixel values")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise UserError(
+            f"{path}: float pixel values from {low:.4g} to {high:.4g}; expected floats in [0, 1] "
+            "(or uint8 0-255, uint16 0-65535)"
+        )
+    return torch.from_numpy(x)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) array as one channel with Pillow's luma weights (for uint8, Pillow's own integer conversion)."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L" if grayscale else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot decode the image ({first_line(e)})") from None
+    if x.dtype == torch.uint8:
+        grey = Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy())).convert("L")
+        return torch.from_numpy(np.array(grey))[None]
+    return sum(w * c for w, c in zip(LUMA, x, strict=True))[None].float()
+
+
+def _decode_pil(path: str, grayscale: bool) -> torch.Tensor:
+    """An image file through Pillow (see `decode_image`). Pillow's warnings become part of our answer: a
+    decompression bomb is refused, and any other warning is logged once, naming the file."""
+    from PIL import Image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels():
+                    raise UserError(
+                        f"{path}: {width}x{height} pixels, more than Pillow's decompression-bomb limit of "
+                        f"{max_pixels()}; refused (resize the image first)"
+                    )
+                x = _pil_pixels(img, path, grayscale)
+        except UserError:
+            raise
+        except Image.DecompressionBombError:
+            raise UserError(
+                f"{path}: more pixels than Pillow's decompression-bomb limit of {max_pixels()}; refused "
+                "(resize the image first)"
+            ) from None
+        except Exception as e:  # noqa: BLE001  (Pillow's parsers raise many types on a bad file: all mean the same)
+            raise UserError(f"{path}: cannot decode the image ({first_line(e) or type(e).__name__})") from None
+    for w in caught:
+        key = (path, first_line(w.message))
+        if key not in _logged:  # once per file and process, not every epoch
+            _logged.add(key)
+            log.warning("%s: %s", *key)
+    return x
+
+
+# Pillow modes of more than 8 bits per pixel whose values have a known full scale
+_DEEP_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16}
+
+
+def _pil_pixels(img, path: str, grayscale: bool) -> torch.Tensor:
+    channels = 1 if grayscale else 3
+    if img.mode in _DEEP_MODES or img.mode in ("I", "F"):
+        array = np.asarray(img)
+        if img.mode == "I":  # 32-bit signed: only PNG and PGM/PPM put 16-bit data here, scaled to 0-65535
+            if img.format not in ("PNG", "PPM") or array.min() < 0 or array.max() > 65535:
+                raise UserError(
+                    f"{path}: 32-bit integer pixels ({img.format} mode I) have no defined range; save it as "
+                    "8- or 16-bit"
+                )
+            array = array.astype(np.uint16)
+        else:
+            array = array.astype(array.dtype.newbyteorder("="))
+        x = _unit_scale(array[None], path)
+        return x.expand(channels, -1, -1) if channels == 3 else x
+    if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")  # the palette's colours; the alpha channel is dropped below, as for RGBA
+    array = np.asarray(img.convert("L" if grayscale else "RGB"))
     x = torch.from_numpy(array.copy())
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
 
@@ -278,6 +431,7 @@ class StreamLoader:
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            collate_fn=_collate,
         )
 
     def __len__(self) -> int:
@@ -312,6 +466,14 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+
+def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """default_collate, except that a batch mixing 8-bit (uint8) and deeper (float, [0, 1]) images is made all
+    float in [0, 1], as `transforms.normalize` would scale each: stacking would promote uint8 without dividing."""
+    if len({image.dtype for image, _ in batch}) > 1:
+        batch = [(image.float().div_(255) if image.dtype == torch.uint8 else image, y) for image, y in batch]
+    return default_collate(batch)
 
 
 def default_workers() -> int:

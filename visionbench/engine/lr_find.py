@@ -237,19 +237,22 @@ def lr_find(
     steps: int = STEPS,
     beta: float = BETA,
     out: Path | None = None,
+    overwrite: bool = False,
 ) -> LRFindResult:
     """Sweep `cfg`'s freshly built model and optimizer, then write `lr_find.csv`, `lr_find.png`, `lr_find.json`
     and `config.yaml` into `out` (default: `<trainer.out_dir>/<experiment>/lr_find-<time>-<model>-<dataset>/`).
 
-    The folder is created only after the sweep has run, so bad input leaves nothing behind.
+    The folder is created only after the sweep has run, so bad input leaves nothing behind. `out` must be new or
+    empty, or an earlier lr-find result replaced with `overwrite`; see `check_out`.
 
     Raises:
-        UserError: a bad range (see `check_range`), `out` not a folder, or anything `train` would refuse.
+        UserError: a bad range (see `check_range`), an `out` lr-find may not write, or anything `train` would
+            refuse.
         TrainingDiverged: the very first loss is not finite.
     """
     check_range(start_lr, end_lr, steps, beta)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+    if out is not None:
+        check_out(Path(out), overwrite)
     tcfg = cfg.trainer
     device = resolve_device(tcfg.device)
     if tcfg.num_threads:
@@ -282,8 +285,48 @@ def lr_find(
 
     out = Path(out) if out is not None else rundir.new_run_dir(cfg, prefix="lr_find-")
     settings = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
-    files = write_result(out, cfg, curve, suggestions, settings)
+    try:
+        files = write_result(out, cfg, curve, suggestions, settings)
+    except OSError as e:  # each file is written whole (atomically) or not at all
+        where = e.filename or out
+        raise UserError(f"{where}: cannot write the lr-find result ({e.strerror or e})") from None
     return LRFindResult(curve, suggestions, files)
+
+
+RESULT_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json", "config.yaml")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an `--out` that lr-find would write over without being asked: a file, a folder inside a training
+    run (or another lr-find folder), a non-empty folder that is not an lr-find result, or an lr-find result
+    without `overwrite`. A new or empty folder is fine.
+
+    Raises:
+        UserError: naming `--out` and what to do instead.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    inside = rundir.enclosing_run_dir(out)
+    if inside is not None:
+        raise UserError(f"--out {out}: inside the run directory {inside}; give a folder of its own")
+    if not out.is_dir():
+        return
+    try:
+        entries = {p.name for p in out.iterdir()}
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot list the folder ({e.strerror or e})") from None
+    if not entries:
+        return
+    if "lr_find.json" in entries and entries <= set(RESULT_FILES):
+        if not overwrite:
+            raise UserError(f"--out {out}: holds an earlier lr-find result; pass --overwrite to replace it")
+        return
+    if rundir.is_run_dir(out):
+        raise UserError(f"--out {out}: a training run's directory; lr-find writes into a new or empty folder")
+    raise UserError(
+        f"--out {out}: a folder that is not empty and not an lr-find result (holds e.g. {sorted(entries)[0]!r}); "
+        "give a new or empty folder"
+    )
 
 
 def write_result(

@@ -45,6 +45,23 @@ def new_run_dir(cfg: RunConfig, prefix: str = "") -> Path:
     raise RuntimeError(f"could not create a run directory under {parent}")
 
 
+# Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
+# folder that happens to hold a config.yaml
+RUN_MARKERS = ("summary.json", "env.json", "checkpoints", "lr_find.json")
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder written by `train` or `lr-find`: other commands must not write into it."""
+    return (folder / "config.yaml").is_file() and any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The run directory that `path` (which need not exist) lies in, if any; the last component is not resolved,
+    so a link there is not followed."""
+    target = path.parent.resolve() / path.name
+    return next((folder for folder in target.parents if is_run_dir(folder)), None)
+
+
 def find_resumable(cfg: RunConfig) -> Path:
     """The newest run of `cfg`'s experiment that has a checkpoint and did not finish."""
     parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")

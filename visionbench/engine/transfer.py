@@ -63,8 +63,6 @@ def _newest_finished_run(experiment: Path) -> Path:
 
 def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of `source` and how to name it in messages."""
-    import safetensors.torch
-
     if source == "timm":
         timm_name = model_name.removeprefix("timm:") if model_name.startswith("timm:") else TIMM_SOURCES.get(model_name)
         if timm_name is None:
@@ -92,12 +90,9 @@ def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor],
         path = weights
     if path.suffix != ".safetensors":
         raise UserError(f"model.pretrained: {path}: expected a .safetensors file, a run directory or 'timm'")
-    try:
-        return safetensors.torch.load_file(str(path), device="cpu"), str(path)
-    except FileNotFoundError:
-        raise UserError(f"model.pretrained: {path}: file not found") from None
-    except Exception as e:  # safetensors raises its own error types on bad headers
-        raise UserError(f"model.pretrained: {path}: not a readable safetensors file ({first_line(e)})") from None
+    from visionbench.engine.checkpoint import read_weights  # its digest checked when it has one; finite
+
+    return read_weights(path, f"model.pretrained: {path}"), str(path)
 
 
 def load_pretrained(model: nn.Module, source: str, model_name: str, head: set[str] | None = None) -> list[str]:
