@@ -486,3 +486,14 @@ def test_a_study_folder_explain_and_analysis_folders_are_not_runs(tmp_path: Path
         assert main(["report", str(folder)]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err == [f"error: {folder}: a folder inside the run {run}, not a run: report the run itself"], err
+
+
+def test_a_folder_of_lr_find_outputs_only_is_one_line_that_counts_them(tmp_path: Path, capsys) -> None:
+    exp = tmp_path / "exp"
+    for i in range(2):
+        _lr_find_output(exp / f"lr_find-2026010{i}-small_cnn-mnist")
+    assert main(["report", str(exp)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    nothing = f"no run directories (with summary.json or config.yaml) under {exp} (2 lr-find outputs ignored)"
+    assert err == [f"error: {nothing}"], err
+    assert not (exp / "report.md").exists()
