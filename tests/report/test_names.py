@@ -497,3 +497,28 @@ def test_a_folder_of_lr_find_outputs_only_is_one_line_that_counts_them(tmp_path:
     nothing = f"no run directories (with summary.json or config.yaml) under {exp} (2 lr-find outputs ignored)"
     assert err == [f"error: {nothing}"], err
     assert not (exp / "report.md").exists()
+
+
+def test_training_on_classes_named_like_markup_ends_with_its_figures_and_a_safe_report(tmp_path: Path, capsys):
+    """The issue's example end to end: a class named `$\\foo{$` crashed the confusion matrix after a finished run."""
+    classes = ["$\\foo{$", "[/x]", "<img src=x onerror=alert(1)>"]
+    lines = []
+    for i in range(24):
+        _png(tmp_path / "data" / f"{i}.png")
+        lines.append([f"{i}.png", classes[i % 3]])
+    with open(tmp_path / "data" / "train.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["path", "label"], *lines])
+    data = {"name": "csv_manifest", "image_size": 16, "num_workers": 0, "val_fraction": 0.2}
+    data["kwargs"] = {"train": str(tmp_path / "data" / "train.csv"), "test_fraction": 0.25}
+    trainer = {"epochs": 1, "batch_size": 8, "device": "cpu", "out_dir": str(tmp_path / "runs"), "progress": "lines"}
+    config = tmp_path / "[red] $x$.yaml"  # the experiment's name
+    config.write_text(json.dumps({"data": data, "model": {"name": "small_cnn"}, "trainer": trainer}))
+    assert main(["train", str(config)]) == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "runs" / "[red] $x$").iterdir()
+    confusion = json.loads((run / "confusion_matrix_test.json").read_text(encoding="utf-8"))
+    assert confusion["class_names"] == sorted(classes)
+    assert (run / "plots" / "confusion_matrix.png").is_file() and (run / "plots" / "confusion_matrix.svg").is_file()
+    capsys.readouterr()
+    assert main(["report", str(run.parent)]) == 0
+    page = _Page(COMMONMARK.render((run.parent / "report.md").read_text(encoding="utf-8")))
+    assert "img" not in {tag for tag, _ in page.starts}, page.starts
