@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,3 +145,19 @@ def test_read_matrix_refuses_two_cells_with_one_name(tmp_path: Path) -> None:
 def test_shipped_compare_configs_have_valid_cells(config: Path) -> None:
     cells, keys = read_matrix(config)
     assert len(cells) > 1 and keys
+
+
+def test_a_seed_matrix_key_pools_the_seeds_of_each_model_as_mean_and_std(tmp_path: Path, capsys) -> None:
+    """models x seeds: one row per model, the seeds of a model in one cell (the README's fashion_mnist_seeds)."""
+    path = _config(tmp_path, "  model.name: [small_cnn, fastnet_s]\n  trainer.seed: [0, 1]")
+    tiny = ["--set", "data.kwargs.n_train=64", "--set", "data.kwargs.n_test=16"]
+    assert main(["compare", str(path), *tiny]) == 0
+    capsys.readouterr()
+    md = (tmp_path / "runs" / "study" / "report.md").read_text(encoding="utf-8")
+    pivot = md.split("## test/acc1 (%): model.name × data.name\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert pivot[0] == "| model.name | synthetic | params | epochs | time/run |", pivot
+    rows = pivot[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| fastnet_s", "| small_cnn"], rows
+    for row in rows:
+        assert re.fullmatch(r"\| \w+ \| \d+\.\d\d ± \d+\.\d\d % \(n=2\) \|.*", row), row
+    assert "trainer.seed" not in md.split("## Runs", 1)[0], "a seed is no axis of the pivot"

@@ -13,6 +13,7 @@ import pytest
 
 from visionbench.cli.main import main
 from visionbench.report import write_report
+from visionbench.report.tables import md_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -117,7 +118,8 @@ def test_a_corrupt_summary_among_good_runs_is_an_unreadable_row(tmp_path: Path, 
     summary.write_bytes(content) if isinstance(content, bytes) else summary.write_text(content)
     assert main(["report", str(exp)]) == 0, capsys.readouterr().err
     last = (exp / "report.md").read_text().rstrip().splitlines()[-1]
-    assert last.startswith("| 20260101-b-small_cnn-mnist | small_cnn | mnist | – |") and f"unreadable: {reason}" in last
+    assert last.startswith("| 20260101-b-small_cnn-mnist | small_cnn | mnist | – |")
+    assert md_text(f"unreadable: {reason}") in last, "the reason as markdown text (its backticks escaped)"
 
 
 @pytest.mark.parametrize(

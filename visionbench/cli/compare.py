@@ -20,11 +20,14 @@ def compare(
     print(f"{len(cells)} cells ({' x '.join(keys)}) in {experiment}")
     from visionbench.report import write_report
     from visionbench.report.plots import plot_run
+    from visionbench.report.tables import POOLED_KEYS
 
     outcomes = run_cells(cells, jobs or default_jobs(), after=plot_run)
     failed = [o for o in outcomes if o.status == "failed"]
 
-    rows, cols = keys[0], keys[1] if len(keys) > 1 else None
+    # a seed (any of the report's pooled keys) is no axis: the runs that differ only in it share a cell, mean ± std
+    measured = [k for k in keys if k not in POOLED_KEYS]
+    rows, cols = (measured[0] if measured else None), (",".join(measured[1:]) or None)
     md, html = write_report([experiment], experiment, rows=rows, cols=cols)
     print(f"report: {md}\nreport: {html}")
     if failed:

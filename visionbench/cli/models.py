@@ -26,6 +26,7 @@ def models(
     """List registered models with their parameter count and forward FLOPs per image."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from visionbench.models import create_model, inspect_model
     from visionbench.registry import MODELS
@@ -40,9 +41,10 @@ def models(
             model = create_model(name, num_outputs, in_chans=size[0], img_size=size[1:])
             params, flops = inspect_model(model, size, name)
         except (UserError, ValueError) as e:
-            table.add_row(name, "-", "-", f"cannot take {input_size}: {str(e).split(': ')[-1][:60]}")
+            # Text, not str: a name or message with `[red]` or `[/x]` in it is shown as written, not as rich markup
+            table.add_row(Text(name), "-", "-", Text(f"cannot take {input_size}: {str(e).split(': ')[-1][:60]}"))
             continue
         if max_params is not None and params > max_params:
             continue
-        table.add_row(name, f"{params:,}", f"{flops / 1e9:.4f}", "")
+        table.add_row(Text(name), f"{params:,}", f"{flops / 1e9:.4f}", "")
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120).print(table)

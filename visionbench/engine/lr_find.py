@@ -55,6 +55,7 @@ from visionbench.errors import UserError
 from visionbench.tasks import build_task
 from visionbench.tasks.base import Task
 from visionbench.utils.io import write_bytes, write_json, write_text
+from visionbench.utils.names import literal_text, missing_glyphs_quiet
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,11 @@ def _plot(curve: Curve, suggestions: dict[str, float], title: str) -> bytes:
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=f"lr range test: {title}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    literal_text(fig)  # the model and dataset names in the title are data, not math text
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with missing_glyphs_quiet():
+            fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return buf.getvalue()

@@ -15,6 +15,7 @@ import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from visionbench.errors import UserError, first_line
 from visionbench.report import plots
@@ -29,6 +30,8 @@ from visionbench.report.tables import (
     is_readable,
     latest_per_cell,
     load_record,
+    md_paragraph,
+    md_text,
     pivot_tables,
     run_table,
     status_text,
@@ -36,6 +39,7 @@ from visionbench.report.tables import (
 )
 from visionbench.utils.bounded import CONFIG_BYTES, UnreadableFile, read_text
 from visionbench.utils.io import write_text
+from visionbench.utils.names import storable
 
 
 @dataclasses.dataclass
@@ -149,15 +153,20 @@ def render_markdown(
     out_dir: Path | None = None,
     title: str = "visionbench report",
 ) -> str:
-    parts = [f"# {title}", _status_line(records)]
+    """report.md: every name, value, message and path in it through `md_text` (a cell, a heading) or
+    `md_paragraph`, so that a renderer shows it as written and never as HTML or markup."""
+    parts = [f"# {md_text(title)}", md_paragraph(_status_line(records))]
     for section in sections:
-        parts += [f"## {section.title}", *section.paragraphs]
-        parts += [to_markdown(t) if not t.title else f"**{t.title}**\n\n{to_markdown(t)}" for t in section.tables]
+        parts += [f"## {md_text(section.title)}", *map(md_paragraph, section.paragraphs)]
+        parts += [
+            to_markdown(t) if not t.title else f"**{md_text(t.title)}**\n\n{to_markdown(t)}" for t in section.tables
+        ]
         for png in section.figures:
             href = os.path.relpath(png, out_dir) if out_dir is not None else str(png)
-            parts.append(f"![{png.stem}]({Path(href).as_posix()})")
+            # percent-encoded: a space, `)` or `<` in a folder name would end the link or open a tag
+            parts.append(f"![{md_text(png.stem)}]({quote(storable(Path(href).as_posix()))})")
     for table in pivots:
-        parts += [f"## {table.title}", to_markdown(table)]
+        parts += [f"## {md_text(table.title)}", to_markdown(table)]
     parts += ["## Runs", to_markdown(runs)]
     return "\n\n".join(parts) + "\n"
 
@@ -225,7 +234,8 @@ _JS = """
 
 
 def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """Text and attribute values: every name, value, message and path on the page goes through here."""
+    return html.escape(storable(str(text)), quote=True)
 
 
 def _html_table(table: Table, table_id: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from visionbench.errors import UserError
 from visionbench.utils.io import read_json, write_bytes, write_text
+from visionbench.utils.names import literal_text, missing_glyphs_quiet
 
 PLOTS = "plots"
 ANNOTATE_MAX_CLASSES = 20  # counts printed in confusion-matrix cells up to this many classes
@@ -54,14 +55,17 @@ def _figure(ncols: int):
 
 
 def _save(fig, path: Path) -> Path:
-    """`path` (.png) and the same figure as .svg beside it; returns the PNG path."""
+    """`path` (.png) and the same figure as .svg beside it, every name in it drawn as written; returns the PNG
+    path."""
     plt = _pyplot()
     try:
+        literal_text(fig)
         png, svg = io.BytesIO(), io.BytesIO()
-        fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
-        # no date and a fixed salt for the element ids (random by default): the same run files give the same bytes
-        with plt.rc_context({"svg.hashsalt": "visionbench"}):
-            fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+        with missing_glyphs_quiet():
+            fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+            # no date and a fixed salt for the element ids (random by default): the same run files, the same bytes
+            with plt.rc_context({"svg.hashsalt": "visionbench"}):
+                fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
     finally:
         plt.close(fig)
     write_bytes(path, png.getvalue())

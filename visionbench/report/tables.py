@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
+import re
 import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,9 @@ from visionbench.config import YAMLLimitError, safe_load, yaml_problem
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import CONFIG_BYTES, UnreadableFile, read_text
 from visionbench.utils.io import read_json
+from visionbench.utils.names import storable
+
+log = logging.getLogger(__name__)
 
 RUN_MARKERS = ("summary.json", "config.yaml")  # config.yaml alone: a run that died before its first summary
 UNREADABLE = "unreadable"
@@ -73,30 +78,74 @@ class Table:
 # --- records ------------------------------------------------------------------------------------------------------
 
 
+# Folders that hold a run's marker without being a run: what `visionbench lr-find` writes (its config.yaml beside
+# lr_find.json, lr_find.csv and lr_find.png), told by those files rather than by its `lr_find-` name, which --out
+# can change; and any folder inside a run (explain/, analysis/, plots/, checkpoints/ or the user's own): runs do not
+# nest. A search's study folder (report.md, study.db, plots/) holds no marker itself; its trials are runs.
+LR_FIND_MARKERS = ("lr_find.json", "lr_find.csv")
+RUN_SUBFOLDERS = ("explain", "analysis", "plots", "checkpoints")
+
+
+def _has_marker(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def _is_lr_find(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in LR_FIND_MARKERS)
+
+
+def _in_run(path: Path) -> bool:
+    return _has_marker(path.resolve().parent)  # resolved: the parent of `.` is `.` itself
+
+
 def _is_run(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+    return path.is_dir() and _has_marker(path) and not _is_lr_find(path) and not _in_run(path)
+
+
+def _not_a_run(path: Path) -> str | None:
+    """What a folder given as a path is instead of a run: an lr-find output, or a folder inside a run."""
+    if not path.is_dir():
+        return None
+    if _is_lr_find(path):
+        return "the output of `visionbench lr-find` (lr_find.json, lr_find.csv, lr_find.png), not a training run"
+    if (_has_marker(path) or path.name in RUN_SUBFOLDERS) and _in_run(path):
+        return f"a folder inside the run {path.resolve().parent}, not a run: report the run itself"
+    return None
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories among `paths`: each is a run (has summary.json or config.yaml), an experiment folder of
-    runs, or an output folder of experiments (`runs/`).
+    runs, or an output folder of experiments (`runs/`). lr-find outputs are not runs, wherever they are found.
 
     Raises:
-        UserError: a path does not exist or is a file, or no run directory is found at all.
+        UserError: a path does not exist or is a file, a path is an lr-find output or a folder inside a run and no
+            other path holds a run, or no run directory is found at all.
     """
     runs: dict[Path, None] = {}  # ordered and without duplicates
+    skipped: list[str] = []  # paths given that are not runs
+    lr_finds = 0  # lr-find outputs found inside the folders given
     for path in paths:
         if _is_run(path):
             runs[path] = None
+        elif (what := _not_a_run(path)) is not None:
+            skipped.append(f"{path}: {what}")
         elif path.is_dir():
             found = {p.parent for m in RUN_MARKERS for pattern in (f"*/{m}", f"*/*/{m}") for p in path.glob(pattern)}
             runs.update(dict.fromkeys(sorted(p for p in found if _is_run(p))))
+            lr_finds += sum(1 for p in found if p.is_dir() and _is_lr_find(p))
         elif path.exists():
             raise UserError(f"{path}: not a run directory or a folder of runs")
         else:
             raise UserError(f"{path}: no such run directory or folder")
+    if not runs and skipped:
+        raise UserError(skipped[0])
     if not runs:
-        raise UserError(f"no run directories (with summary.json or config.yaml) under {', '.join(map(str, paths))}")
+        ignored = f" ({lr_finds} lr-find output{'s' if lr_finds > 1 else ''} ignored)" if lr_finds else ""
+        raise UserError(
+            f"no run directories (with summary.json or config.yaml) under {', '.join(map(str, paths))}{ignored}"
+        )
+    for line in skipped:
+        log.warning("skipped %s", line)
     return list(runs)
 
 
@@ -492,18 +541,55 @@ def run_table(records: list[dict[str, Any]], keys: list[str] = ()) -> Table:
     )
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# What CommonMark and GitHub's extensions would read as markup in a line of text: `\\` escapes, code spans,
+# emphasis, links and images, raw HTML and entities, table cell separators, strikethrough, GitHub's math (`$x$`) and
+# a heading's closing `#`s; a run of `_` counts only outside a word (`small_cnn` stays as it is, `_x_` would be
+# emphasis). Line breaks would end the table row or the paragraph.
+_MD_SPECIAL = re.compile(r"_+|[\\`*\[\]<>&|~$#]|\r\n|[\r\n]")
+_MD_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}  # in every renderer, even those without `\<`
+_MD_BLOCK_START = re.compile(r"([-+=])|(\d{1,9})[.)]")  # a list item, a setext underline
+
+
+def _md_char(match: re.Match) -> str:
+    char, text = match.group(), match.string
+    if char[0] == "_":
+        start, end = match.start(), match.end()
+        inside = start > 0 and end < len(text) and text[start - 1].isalnum() and text[end].isalnum()
+        return char if inside else "\\_" * len(char)
+    if char in _MD_ENTITIES:
+        return _MD_ENTITIES[char]
+    if char in ("\r\n", "\r", "\n"):
+        return " "
+    return "\\" + char
+
+
+def md_text(text: Any) -> str:
+    """`text` as markdown that renders as exactly this text (line breaks as spaces) in a table cell, a heading or a
+    paragraph: every character that CommonMark or GitHub would read as markup is escaped, `<`, `>` and `&` as
+    entities. A name is data, never markup: `<img onerror=...>` in an experiment name must not become an element."""
+    return _MD_SPECIAL.sub(_md_char, storable(str(text)))
+
+
+def md_paragraph(text: Any) -> str:
+    """`md_text` that also cannot start a list, a heading underline or an indented code block."""
+    escaped = md_text(text).lstrip(" \t")  # four spaces would start a code block
+    start = _MD_BLOCK_START.match(escaped)
+    if start and start.group(1):
+        return "\\" + escaped
+    if start:
+        return f"{start.group(2)}\\{escaped[start.end(2) :]}"
+    return escaped
 
 
 def to_markdown(table: Table) -> str:
-    """The table as GitHub markdown (numeric columns right-aligned), then its notes as paragraphs."""
+    """The table as GitHub markdown (numeric columns right-aligned), then its notes as paragraphs; every cell
+    through `md_text`."""
     lines = [
-        "| " + " | ".join(_md_escape(h) for h in table.header) + " |",
+        "| " + " | ".join(md_text(h) for h in table.header) + " |",
         "|" + "|".join("---:" if numeric else "---" for numeric in table.numeric) + "|",
-        *("| " + " | ".join(_md_escape(c.text) for c in row) + " |" for row in table.rows),
+        *("| " + " | ".join(md_text(c.text) for c in row) + " |" for row in table.rows),
     ]
-    return "\n".join(lines) + "".join(f"\n\n{note}" for note in table.notes)
+    return "\n".join(lines) + "".join(f"\n\n{md_paragraph(note)}" for note in table.notes)
 
 
 def markdown_table(records: list[dict[str, Any]], keys: list[str] = ()) -> str:
