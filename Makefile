@@ -32,7 +32,7 @@ postgres:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "note: PostgreSQL not found; the search tests on PostgreSQL need it (apt-get install postgresql)"; fi
 
-# Two models on 20,000 Fashion-MNIST images (about 2 minutes on 2 CPU cores; README), Grad-CAM grids of one, the
+# Two models on Fashion-MNIST (under 2 minutes on 2 idle CPU cores; README), Grad-CAM grids of one, the
 # table. Run again, it skips what is done. tests/cli/test_demo.py runs these lines on synthetic data.
 demo: $(STAMP) data
 	$(BIN)/visionbench compare configs/demo/compare.yaml

@@ -12,10 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _at_checkout_root():
-    """Tests name configs relative to the checkout (`configs/smoke/synthetic.yaml`)."""
+def _session_env(tmp_path_factory):
+    """The checkout's root as the cwd (tests name configs relative to it: `configs/smoke/synthetic.yaml`), and a
+    cache of the session's own for module-scoped fixtures, set up before any test's `_isolated_cache`."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
         yield
 
 

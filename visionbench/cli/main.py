@@ -56,7 +56,9 @@ def _tidy_help(command: typer.core.TyperCommand | TyperGroup) -> None:
     for param in command.get_params(ctx):  # the --help option too, created here once and kept by the command
         if param.help:
             param.help = escape(param.help)
-        if hasattr(param, "type_descriptor"):  # typer >= 0.29; older typers show click's metavars themselves
+        # typer >= 0.29 (older ones show click's metavars). typer creates the parameters itself; a subclass that
+        # adds only the label method changes the help without touching the commands' modules.
+        if hasattr(param, "type_descriptor"):
             if type(param) is TyperOption:
                 param.__class__ = _Option
             elif type(param) is TyperArgument:
