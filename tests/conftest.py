@@ -1,7 +1,9 @@
-"""Shared fixtures: tests never touch the user's cache or the network."""
+"""Shared fixtures: tests never touch the user's cache, the network or the checkout, and run from the checkout's
+root (as a user there would), wherever pytest was started and whatever the checkout's folder is called."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,9 +11,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_env(tmp_path_factory):
+    """The checkout's root as the cwd (tests name configs relative to it: `configs/smoke/synthetic.yaml`), and a
+    cache of the session's own for module-scoped fixtures, set up before any test's `_isolated_cache`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
+def _checkout_entries() -> set[str]:
+    """What a test could leave in the checkout: top-level entries and runs under `runs/` (a default `out_dir`).
+    Dot folders and `__pycache__` are the tools' own caches."""
+    names = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name != "__pycache__"}
+    if (ROOT / "runs").is_dir():
+        names |= {str(p.relative_to(ROOT)) for p in (ROOT / "runs").glob("*/*")}
+    return names
+
+
+@pytest.fixture(autouse=True)
+def _checkout_untouched(request):
+    before = _checkout_entries()
+    yield
+    added = sorted(_checkout_entries() - before)
+    if added:
+        pytest.fail(f"{request.node.nodeid} wrote into the checkout {ROOT}: {', '.join(added)} (use tmp_path)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    yield
+    shutil.rmtree(cache, ignore_errors=True)  # datasets simulated into the cache take up to hundreds of MB a test
 
 
 def pytest_addoption(parser):

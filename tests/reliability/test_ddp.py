@@ -1,6 +1,7 @@
 """Multi-process training with torchrun (DDP, gloo on CPU): two processes give the one-process result for the same
-global batch; rank 0 alone writes; a SIGKILLed rank stops the run, which `--resume` finishes with the uninterrupted
-run's result. Plus the sharding arithmetic both loaders use."""
+global batch, on one node and on two "nodes" (two torchrun launchers meeting through c10d rendezvous on loopback);
+rank 0 alone writes; a SIGKILLed rank stops the run, which `--resume` finishes with the uninterrupted run's result.
+Plus the sharding arithmetic both loaders use."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from visionbench.data.loader import DeviceLoader, batch_slice, num_batches
 from visionbench.data.stream import _PlanSampler
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "visionbench"  # what `python -m visionbench` runs with the checkout as its cwd
 SETS = [
     "trainer.epochs=2",
     "trainer.deterministic=true",
@@ -45,16 +47,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(out: Path, procs: int, *extra: str) -> list[str]:
-    if procs == 1:
-        head = [sys.executable, "-m", "visionbench"]
-    else:
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)]
-        head += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "visionbench"]
-    args = [*head, "train", "configs/smoke/synthetic.yaml"]
+def _train(out: Path, *extra: str) -> list[str]:
+    """`-m visionbench train` of the shared config into `out`, the arguments after the interpreter or launcher."""
+    args = ["-m", "visionbench", "train", "configs/smoke/synthetic.yaml"]
     for s in [*SETS, f"trainer.out_dir={out}"]:
         args += ["--set", s]
     return [*args, *extra]
+
+
+def _cmd(out: Path, procs: int, *extra: str) -> list[str]:
+    if procs == 1:
+        return [sys.executable, *_train(out, *extra)]
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)]
+    head += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    return [*head, *_train(out, *extra)]
+
+
+def _node_cmd(out: Path, endpoint: str, run_id: str) -> list[str]:
+    """One node of a two-node job with one process each, as README's multi-node section runs it on each machine;
+    `--local-addr` keeps both "nodes" on loopback whatever this machine's hostname resolves to."""
+    head = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    head += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id, "--local-addr", "127.0.0.1"]
+    return [*head, *_train(out)]
+
+
+def _our_frames(stderr: str) -> list[str]:
+    """Traceback frames in this checkout's package. torchrun's own frames are not ours, although their path may
+    contain `visionbench/` too: a `.venv` inside a checkout named visionbench."""
+    frames = re.findall(r'File "([^"]+)"', stderr)
+    return [f for f in frames if (ROOT / f).resolve().is_relative_to(PACKAGE.resolve())]
 
 
 def _run_dir(out: Path) -> Path:
@@ -85,21 +106,31 @@ def _rank_pids(launcher: subprocess.Popen, rank: int) -> list[int]:
     return pids
 
 
-def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path):
-    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The final metrics and best weights of the config trained by one process."""
+    one = tmp_path_factory.mktemp("one")
     subprocess.run(_cmd(one, 1), check=True, env=ENV, capture_output=True, timeout=300, cwd=ROOT)
-    done = subprocess.run(_cmd(two, 2), env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("run directory:") == 1, "rank 0 alone prints"
-    assert len(list(two.glob("*/*"))) == 1, "rank 0 alone creates the run directory"
+    return _result(_run_dir(one))
 
-    final_1, weights_1 = _result(_run_dir(one))
-    final_2, weights_2 = _result(_run_dir(two))
+
+def _assert_same_training(one_process, final_2: dict, weights_2: dict[str, torch.Tensor]) -> None:
+    final_1, weights_1 = one_process
     assert final_1["step"] == final_2["step"], "the global batch, hence the step count, is the same"
     for key, value in final_1.items():
         assert final_2[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     for key in weights_1:
         torch.testing.assert_close(weights_2[key], weights_1[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path, one_process):
+    two, killed = tmp_path / "two", tmp_path / "killed"
+    done = subprocess.run(_cmd(two, 2), env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run directory:") == 1, "rank 0 alone prints"
+    assert len(list(two.glob("*/*"))) == 1, "rank 0 alone creates the run directory"
+    final_2, weights_2 = _result(_run_dir(two))
+    _assert_same_training(one_process, final_2, weights_2)
 
     # SIGKILL rank 1 after the first checkpoint: rank 0 stops (one line, summary says failed), torchrun fails
     launcher = subprocess.Popen(_cmd(killed, 2), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
@@ -114,7 +145,7 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path):
     err = err.decode()
     ours = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(ours) == 1, err[-2000:]  # rank 0's one line; torchrun's own report of the dead rank follows it
-    assert not re.search(r'File ".*visionbench/', err), "no traceback from our code"
+    assert not _our_frames(err), "no traceback from our code"
     run = _run_dir(killed)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["final"].get("step", 0) < final_2["step"]
@@ -127,6 +158,37 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path):
     assert final_r == final_2
     for key in weights_2:
         assert torch.equal(weights_r[key], weights_2[key]), key
+
+
+def test_two_nodes_through_c10d_rendezvous_match_one_process(tmp_path, one_process):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    pipes = dict(env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    nodes = [subprocess.Popen(_node_cmd(tmp_path, endpoint, "two-nodes"), **pipes) for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:  # a node left waiting for its peer at rendezvous must not outlive the test
+            if node.poll() is None:
+                node.kill()
+                node.communicate()
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-2000:]
+    assert sum(out.count("run directory:") for out, _ in outputs) == 1, "rank 0 (on either node) alone prints"
+    assert len(list(tmp_path.glob("*/*"))) == 1, "rank 0 alone creates the run directory"
+    _assert_same_training(one_process, *_result(_run_dir(tmp_path)))
+
+
+def test_traceback_frames_are_ours_only_inside_the_package():
+    venv = ROOT / ".venv/lib/python3.11/site-packages/torch/distributed/run.py"  # a checkout named visionbench too
+    err = "\n".join(
+        [
+            f'  File "{venv}", line 1, in main',
+            '  File "/home/u/visionbench/.venv/lib/python3.11/site-packages/torch/x.py", line 2, in f',
+            f'  File "{PACKAGE / "engine" / "train.py"}", line 3, in train',
+            '  File "visionbench/cli/main.py", line 4, in main',
+        ]
+    )
+    assert _our_frames(err) == [str(PACKAGE / "engine" / "train.py"), "visionbench/cli/main.py"]
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -9,18 +9,100 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import typing
+from pathlib import Path
 
 import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from visionbench import __version__
 from visionbench.errors import Terminated, UserError
+
+# Metavars as click writes them. typer 0.29 shows the annotation instead (`<str>`, `<list[str]>`, `<bool>`).
+_METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+_OPTION_METAVARS = {"--set": "KEY=VALUE"}
+
+
+def _metavar(param: TyperArgument | TyperOption, ctx: typer.Context) -> str | None:
+    annotation = param.type_descriptor.annotation
+    if typing.get_origin(annotation) is list:  # a repeatable option or a variadic argument: one value's metavar
+        (annotation,) = typing.get_args(annotation)
+    return _METAVARS.get(annotation) or param.display_type(ctx)  # typer's label for a type not listed above
+
+
+class _Argument(TyperArgument):
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
+        return _metavar(self, ctx)
+
+
+class _Option(TyperOption):
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
+        if self.metavar is not None:  # declared by the command
+            return self.metavar
+        if self.is_flag:
+            return None
+        return _OPTION_METAVARS.get(self.opts[0]) or _metavar(self, ctx)
+
+
+def _tidy_help(command: typer.core.TyperCommand | TyperGroup) -> None:
+    """Help as written: rich markup would take `[model.name]` or `[default: the folder given]` in a help text for a
+    tag and drop it, so every help text is escaped; and click's metavars (TEXT, PATH, none for a flag)."""
+    from rich.markup import escape
+
+    for attr in ("help", "short_help"):
+        if getattr(command, attr, None):
+            setattr(command, attr, escape(getattr(command, attr)))
+    ctx = typer.Context(command, info_name=command.name, **command.context_settings)
+    for param in command.get_params(ctx):  # the --help option too, created here once and kept by the command
+        if param.help:
+            param.help = escape(param.help)
+        # typer >= 0.29 (older ones show click's metavars). typer creates the parameters itself; a subclass that
+        # adds only the label method changes the help without touching the commands' modules.
+        if hasattr(param, "type_descriptor"):
+            if type(param) is TyperOption:
+                param.__class__ = _Option
+            elif type(param) is TyperArgument:
+                param.__class__ = _Argument
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+
+
+class _App(TyperGroup):
+    """The root command, built by typer from the registered functions at every call of `app`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+
 
 app = typer.Typer(
     name="visionbench",
+    cls=_App,
     help="Run, compare and explain image-recognition experiments.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        print(f"visionbench {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
+) -> None:
+    pass
 
 
 def _register() -> None:
