@@ -212,3 +212,18 @@ def test_grad_cam_on_token_models_needs_no_reshape_from_the_user(build, method):
     assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1 and maps.flatten(1).amax(1).gt(0).all()
     torch.testing.assert_close(maps, attribute(model, images, targets, method, batch_size=1), rtol=1e-4, atol=1e-5)
     assert _hooks(model) == 0
+
+
+def test_grid_files_of_class_groups_stay_in_their_folder_whatever_the_class_name(tmp_path):
+    """Class names are data: `../x`, `a/b` or a leading dot must not climb out of the folder or hide the file."""
+    from visionbench.analysis.explain import Panel, save_grids
+
+    names = ["../escape", "a/b", "a_b", ".hidden", "$\\foo{$", "class-ok"]
+    groups = {f"class-{n}": [Panel(0, 0, f"#0 {n}")] for n in names}
+    maps = {g: torch.rand(1, 8, 8) for g in groups}
+    out = tmp_path / "explain" / "saliency-test"
+    paths = save_grids(out, torch.rand(1, 1, 8, 8), groups, maps, "saliency")
+    assert len(paths) == len(names) == len(set(paths)), paths
+    for path in paths:
+        assert path.parent == out and path.is_file() and not path.name.startswith("."), path
+    assert not (tmp_path / "explain" / "escape.png").exists() and sorted(tmp_path.rglob("*.png")) == sorted(paths)

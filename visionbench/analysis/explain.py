@@ -9,6 +9,7 @@ multi-label (one panel per image and label); output 0, the regressed value itsel
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -92,6 +93,20 @@ def explain_groups(
     return out
 
 
+def _file_stems(names: list[str]) -> dict[str, str]:
+    """A file name for each group: class names are data (`a/b`, `..`, `$x`), so only [A-Za-z0-9_.-] is kept, no
+    leading dot, at most 100 characters, and a `-N` suffix when two names come out alike."""
+    stems: dict[str, str] = {}
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100].lstrip(".") or "group"
+        base, k = stem, 1
+        while stem in stems.values():
+            k += 1
+            stem = f"{base}-{k}"
+        stems[name] = stem
+    return stems
+
+
 def save_grids(
     out_dir: Path,
     display: torch.Tensor,
@@ -104,6 +119,7 @@ def save_grids(
 
     plt = _pyplot()
     paths = []
+    stems = _file_stems(list(groups))
     for name, panels in groups.items():
         if name not in maps:
             continue
@@ -122,7 +138,7 @@ def save_grids(
             axes[2 * r + 1, c].imshow(shown.numpy(), cmap=cmap)
             axes[2 * r + 1, c].imshow(m.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         fig.suptitle(f"{title}: {name}", fontsize=9)
-        paths.append(_save(fig, out_dir / f"{name}.png"))
+        paths.append(_save(fig, out_dir / f"{stems[name]}.png"))
     write_json(
         out_dir / "panels.json",
         {name: [dataclasses.asdict(p) for p in panels] for name, panels in groups.items()},

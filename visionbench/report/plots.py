@@ -25,9 +25,12 @@ TICKS_MAX_CLASSES = 40  # class names on the axes up to this many classes
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
+    """A CSV the run wrote (metrics.csv, predictions_test.csv), bounded like every reader: a regular file of at most
+    64 MiB (a FIFO or a link to /dev/zero in its place is refused, naming it)."""
+    from visionbench.utils.bounded import JSON_BYTES, read_text
+
+    reader = csv.DictReader(io.StringIO(read_text(path, "CSV table", JSON_BYTES), newline=""))
+    return list(reader.fieldnames or []), list(reader)
 
 
 def _numeric_columns(rows: list[dict[str, str]]) -> dict[str, list[float]]:
