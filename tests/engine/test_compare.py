@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from visionbench.cli.main import main
-from visionbench.engine.compare import cell_name, read_matrix
+from visionbench.engine.compare import cell_name, read_matrix, stale_cells
 from visionbench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +144,30 @@ def test_read_matrix_refuses_two_cells_with_one_name(tmp_path: Path) -> None:
 def test_shipped_compare_configs_have_valid_cells(config: Path) -> None:
     cells, keys = read_matrix(config)
     assert len(cells) > 1 and keys
+
+
+def test_a_cell_run_before_with_another_config_is_refused_or_trained_again_when_asked(tmp_path: Path, capsys) -> None:
+    path = _config(tmp_path, "  trainer.seed: [0, 1]")
+    assert main(["compare", str(path)]) == 0
+    summaries = sorted((tmp_path / "runs" / "study").glob("*/summary.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in summaries}
+    capsys.readouterr()
+
+    # the finished cells hold 1-epoch results: never reported as those of the 2-epoch config
+    assert main(["compare", str(path), "--set", "trainer.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "trainer.seed=0: ran before with another config (trainer.epochs differ) and 1 more" in err[0], err
+    assert "--rerun-changed" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in summaries} == stamps, "nothing touched"
+
+    # settings that do not change what a run measures are no change
+    assert main(["compare", str(path), "--set", "trainer.num_threads=1", "--set", "trainer.progress=bar"]) == 0
+    assert capsys.readouterr().out.count("finished before, skipped") == 2
+
+    assert main(["compare", str(path), "--set", "trainer.epochs=2", "--rerun-changed"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("config changed (trainer.epochs), trained again: finished in") == 2, out
+    for p in summaries:
+        assert json.loads(p.read_text())["epochs_completed"] == 2
+    assert stale_cells(read_matrix(path, ["trainer.epochs=2"])[0]) == [], "the cells now hold the new config's runs"
