@@ -110,6 +110,7 @@ def _one_line_error(capsys, code, needle):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert needle in err, err
+    return err
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -178,7 +179,113 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
     state = torch.load(run / "checkpoints/last", weights_only=True)
     assert state["train_state"]["step"] >= 1
+    assert f"step {state['train_state']['step']}) is kept" in err, "the message names the checkpoint that is kept"
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("poisoned_after", "every_steps", "expected"),
+    [
+        (3, None, "non-finite training loss (nan) at step 4 (epoch 1, batch 4); stopped, no checkpoint was written"),
+        (3, 2, "at step 4 (epoch 1, batch 4); stopped, the last good checkpoint (checkpoints/last, epoch 1, step 2)"),
+        (2, 2, "non-finite weights after step 2, although the loss was finite; stopped, no checkpoint was written"),
+    ],
+)
+def test_a_diverging_run_stops_at_its_first_non_finite_step_and_names_only_a_checkpoint_that_exists(
+    tmp_path, capsys, monkeypatch, poisoned_after, every_steps, expected
+):
+    """The weights turn NaN after step `poisoned_after` of a 6-step epoch: the run stops at the next step (not at
+    the epoch's end), and no checkpoint is written from NaN weights."""
+    import torch
+
+    from visionbench.engine.loop import Trainer
+
+    emit = Trainer._emit
+
+    def poisoning_emit(self, event, state):
+        emit(self, event, state)
+        if event == "after_batch" and state.step == poisoned_after:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "_emit", poisoning_emit)
+    every = "null" if every_steps is None else every_steps
+    sets = ["trainer.epochs=1", f"trainer.checkpoint_every_steps={every}", f"trainer.out_dir={tmp_path}"]
+    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and expected in err, err
+    run = _only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == err.removeprefix("error: ")
+    last = run / "checkpoints/last"
+    if "no checkpoint" in expected:
+        assert not last.exists()
+    else:
+        state = torch.load(last, weights_only=True)
+        assert state["train_state"]["step"] == every_steps
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+def test_a_diverging_run_on_cuda_names_its_first_non_finite_step_without_a_sync_per_step(tmp_path, capsys, monkeypatch):
+    """On CUDA the loss is read a step or more later (loop.LossWatch); the error still names the first bad step."""
+    import torch
+
+    from visionbench.engine.loop import Trainer
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    emit = Trainer._emit
+
+    def poisoning_emit(self, event, state):
+        emit(self, event, state)
+        if event == "after_batch" and state.step == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "_emit", poisoning_emit)
+    sets = [
+        "trainer.epochs=1",
+        "trainer.device=cuda",
+        "trainer.checkpoint_every_steps=2",
+        f"trainer.out_dir={tmp_path}",
+    ]
+    code = main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "non-finite training loss (nan) at step 4 (epoch 1, batch 4)" in err, err
+    assert "the last good checkpoint (checkpoints/last, epoch 1, step 2) is kept" in err, err
+
+
+def test_training_says_where_what_and_how_fast_before_its_first_epoch_ends(tmp_path, capsys):
+    sets = ["--set", "trainer.epochs=1", "--set", f"trainer.out_dir={tmp_path}"]
+    assert main(["train", "configs/smoke/synthetic.yaml", *sets]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    run = _only_run(tmp_path)
+    params = json.loads((run / "summary.json").read_text())["params"]
+    assert lines[0] == f"writing to {run}", lines
+    assert lines[1] == (
+        f"small_cnn ({params:,} parameters) on synthetic (410 train / 102 val / 128 test images), device cpu, "
+        "1 epoch of 6 steps"
+    ), lines
+    assert lines[2].startswith("epoch 1/1  step 6  ") and " img/s  " in lines[2], lines
+
+
+def test_resume_runs_on_the_runs_own_config_and_a_differing_config_says_how_to_continue(tmp_path, capsys):
+    sets = ["--set", "trainer.epochs=1", "--set", f"trainer.out_dir={tmp_path}"]
+    assert main(["train", "configs/smoke/synthetic.yaml", *sets]) == 0
+    run = _only_run(tmp_path)
+    capsys.readouterr()
+    before = _tree_digest(run)
+    code = main(["train", "configs/smoke/synthetic.yaml", *sets, "--set", "optim.lr=0.5", "--resume", str(run)])
+    err = _one_line_error(capsys, code, "other values for optim.lr ")
+    assert err.endswith(f"to continue it as it was started: visionbench train --resume {run}"), err
+    assert _tree_digest(run) == before
+    _one_line_error(capsys, main(["train", "--resume", "auto"]), "--resume auto: expected a CONFIG")
+    _one_line_error(capsys, main(["train"]), "train: expected a CONFIG")
+    # the run's own config; settings that do not change what it measures may differ
+    assert main(["train", "--resume", str(run), "--set", "trainer.num_threads=1"]) == 0
+    assert f"resuming {run}" in capsys.readouterr().out
+    assert main(["train", "configs/smoke/synthetic.yaml", *sets, "--resume", "auto"]) == 2, "finished: none to resume"
 
 
 def test_truncated_data_file_is_one_line_naming_it(tmp_path, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from visionbench.cli.main import main
-from visionbench.engine.compare import cell_name, read_matrix
+from visionbench.engine.compare import cell_name, read_matrix, stale_cells
 from visionbench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +161,30 @@ def test_a_seed_matrix_key_pools_the_seeds_of_each_model_as_mean_and_std(tmp_pat
     for row in rows:
         assert re.fullmatch(r"\| \w+ \| \d+\.\d\d ± \d+\.\d\d % \(n=2\) \|.*", row), row
     assert "trainer.seed" not in md.split("## Runs", 1)[0], "a seed is no axis of the pivot"
+
+
+def test_a_cell_run_before_with_another_config_is_refused_or_trained_again_when_asked(tmp_path: Path, capsys) -> None:
+    path = _config(tmp_path, "  trainer.seed: [0, 1]")
+    assert main(["compare", str(path)]) == 0
+    summaries = sorted((tmp_path / "runs" / "study").glob("*/summary.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in summaries}
+    capsys.readouterr()
+
+    # the finished cells hold 1-epoch results: never reported as those of the 2-epoch config
+    assert main(["compare", str(path), "--set", "trainer.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "trainer.seed=0: ran before with another config (trainer.epochs differ) and 1 more" in err[0], err
+    assert "--rerun-changed" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in summaries} == stamps, "nothing touched"
+
+    # settings that do not change what a run measures are no change
+    assert main(["compare", str(path), "--set", "trainer.num_threads=1", "--set", "trainer.progress=bar"]) == 0
+    assert capsys.readouterr().out.count("finished before, skipped") == 2
+
+    assert main(["compare", str(path), "--set", "trainer.epochs=2", "--rerun-changed"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("config changed (trainer.epochs), trained again: finished in") == 2, out
+    for p in summaries:
+        assert json.loads(p.read_text())["epochs_completed"] == 2
+    assert stale_cells(read_matrix(path, ["trainer.epochs=2"])[0]) == [], "the cells now hold the new config's runs"

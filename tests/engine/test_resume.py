@@ -19,19 +19,20 @@ CONFIG = "configs/smoke/synthetic.yaml"
 SETS = [
     "trainer.epochs=4",
     "trainer.deterministic=true",
-    "trainer.checkpoint_every_steps=3",
-    "data.kwargs.n_train=4096",
+    "data.kwargs.n_train=4096",  # 3277 training images: 102 steps per epoch, 408 in all
     "trainer.batch_size=32",
     "trainer.ema_decay=0.9",
     "data.augment.flip=true",
     "data.augment.translate_pixels=2",
     "model.kwargs.drop_rate=0.2",  # dropout draws from the global RNG, so its state must be restored too
 ]
+TOTAL_STEPS = 408
 
 
-def _cmd(out: Path, *extra: str) -> list[str]:
+def _cmd(out: Path, *extra: str, every: int | None = None) -> list[str]:
     args = [sys.executable, "-m", "visionbench", "train", CONFIG]
-    for s in [*SETS, f"trainer.out_dir={out}"]:
+    cadence = f"trainer.checkpoint_every_steps={'null' if every is None else every}"
+    for s in [*SETS, cadence, f"trainer.out_dir={out}"]:
         args += ["--set", s]
     return [*args, *extra]
 
@@ -50,25 +51,32 @@ def _final(run: Path) -> tuple[dict, dict, dict[str, torch.Tensor], dict]:
 
 
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
+    """The moment is drawn in steps, not seconds: the first checkpoint comes at a random step within the first
+    third of the run, and the kill lands a random fraction of a step or two after it is seen, so two thirds of the
+    run are still ahead whatever the machine's speed (a delay in seconds let a fast run finish first)."""
+    draw = random.Random()
+    every, jitter = draw.randint(3, TOTAL_STEPS // 3), draw.uniform(0.0, 0.02)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     ref_out, killed_out = tmp_path / "ref", tmp_path / "killed"
+    # the checkpoint cadence does not change the results (the reference saves time without mid-epoch checkpoints)
     subprocess.run(_cmd(ref_out), check=True, env=env, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(_cmd(killed_out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(_cmd(killed_out, every=every), env=env, **quiet)
     deadline = time.monotonic() + 120
     while not list(killed_out.glob("*/*/checkpoints/last")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    # The run takes several seconds past its first checkpoint; a kill within the next second lands mid-training,
-    # between checkpoints or during one (each write is atomic).
-    time.sleep(random.uniform(0.0, 1.0))
+        time.sleep(0.005)
+    time.sleep(jitter)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: make it longer"
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (checkpoint every {every} steps)"
     run = _run_dir(killed_out)
     status = json.loads((run / "summary.json").read_text())["status"]
-    resumed = subprocess.run(_cmd(killed_out, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(killed_out, "--resume", "auto", every=every), env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout, f"status before resume was {status!r}"
+    assert "resuming" in resumed.stdout, f"status before resume was {status!r} (checkpoint every {every} steps)"
 
     final_a, best_a, weights_a, last_a = _final(_run_dir(ref_out))
     final_b, best_b, weights_b, last_b = _final(run)

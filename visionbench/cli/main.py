@@ -1,7 +1,8 @@
 """The `visionbench` command: one typer app; each subcommand lives in its own module.
 
 Bad input of any kind (a `UserError`, or a usage error from click) ends in one line on stderr and exit status 2;
-nothing else prints a traceback unless it is a bug.
+SIGINT and SIGTERM end in one line and exit status 130 or 143 (utils/interrupts.py); nothing else prints a
+traceback unless it is a bug.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from visionbench import __version__
 from visionbench.errors import Terminated, UserError
+from visionbench.utils.interrupts import Interrupted, handle_signals
 
 # Metavars as click writes them. typer 0.29 shows the annotation instead (`<str>`, `<list[str]>`, `<bool>`).
 _METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
@@ -166,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     click_errors, click_aborts = _click_exceptions()
     try:
-        result = app(args=argv, standalone_mode=False)  # returns the exit code of --help and typer.Exit
+        with handle_signals():  # typer would turn Ctrl-C into a silent exit 130; SIGTERM would not unwind at all
+            result = app(args=argv, standalone_mode=False)  # returns the exit code of --help and typer.Exit
         code = result if isinstance(result, int) else 0
+    except Interrupted as e:
+        print(_one_line(str(e)), file=sys.stderr)
+        code = e.exit_code
     except UserError as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         code = e.exit_code

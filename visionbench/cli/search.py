@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
+
+from visionbench.utils.interrupts import Interrupted, signal_name
 
 
 def search(
@@ -27,7 +30,7 @@ def search(
 
     from visionbench.errors import UserError
     from visionbench.search.results import counts_line, write_search_report
-    from visionbench.search.runner import SCALING_PARAM, open_storage, open_study, prepare, run_search
+    from visionbench.search.runner import SCALING_PARAM, open_storage, open_study, prepare, redact, run_search
 
     if sampler is not None and sampler not in ("grid", "random", "tpe"):
         raise UserError(f"--sampler {sampler!r}: expected grid, random or tpe")
@@ -37,7 +40,20 @@ def search(
     what = f"{len(spec.cells)} grid cells" if spec.sampler == "grid" else f"{spec.trials} {spec.sampler} trials"
     print(f"study {spec.study_name!r}: {what}, {workers} worker(s), optimising {spec.metric} ({spec.direction})")
     print(f"study folder: {spec.study_dir}")
-    codes = run_search(spec, workers)
+    try:
+        codes = run_search(spec, workers)
+    except Interrupted as e:
+        again = [config, "--space", space, *(a for s in set_ or [] for a in ("--set", s))]
+        shown_storage = redact(storage) if storage else None  # never print a password
+        for flag, value in (("--sampler", sampler), ("--trials", trials), ("--storage", shown_storage)):
+            again += [flag, value] if value is not None else []
+        again += [*(["--workers", workers] if workers > 1 else []), "--study-name", spec.study_name, "--resume"]
+        raise Interrupted(
+            e.signum,
+            f"search interrupted by {signal_name(e.signum)}; continue with: visionbench search "
+            f"{shlex.join(map(str, again))} (a trial that was running resumes from its checkpoint once "
+            f"{spec.space.grace_seconds} s have passed without its heartbeat)",
+        ) from None
 
     study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
     print(counts_line(study))

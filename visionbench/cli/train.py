@@ -1,37 +1,61 @@
-"""`visionbench train CONFIG [--set key=value ...] [--resume auto|RUN_DIR]`."""
+"""`visionbench train CONFIG [--set key=value ...] [--resume auto|RUN_DIR]`, or `visionbench train --resume RUN_DIR`."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
 import typer
 
-from visionbench.config import config_diff, load_config
+from visionbench.config import load_config
 from visionbench.errors import UserError
 
 _START = time.monotonic()  # "elapsed since the command started" counts from import of the CLI
 
 
 def train(
-    config: Path = typer.Argument(..., help="YAML config file."),
+    config: Path | None = typer.Argument(
+        None, help="YAML config file (optional with --resume RUN_DIR: the run's own config.yaml is used)."
+    ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
     resume: str | None = typer.Option(None, "--resume", help="'auto' (newest unfinished run) or a run directory."),
 ) -> None:
     """Train a model from a YAML config; writes runs/<experiment>/<time>-<model>-<dataset>/."""
     from visionbench.engine import rundir
     from visionbench.engine.train import train as run_train
+    from visionbench.utils.io import keep_folder
 
-    cfg = load_config(config, set_ or [], experiment=config.stem)
+    if config is None and resume in (None, "auto"):
+        what = "--resume auto" if resume == "auto" else "train"
+        raise UserError(f"{what}: expected a CONFIG (YAML file), e.g. visionbench train configs/smoke/synthetic.yaml")
     resume_dir = None
-    if resume is not None:
-        resume_dir = rundir.find_resumable(cfg) if resume == "auto" else Path(resume)
-        stored = load_config(resume_dir / "config.yaml")
-        differ = [k for k in config_diff(cfg, stored) if k != "trainer.experiment"]
+    if resume is None:
+        cfg = load_config(config, set_ or [], experiment=config.stem)
+    else:
+        if resume == "auto":
+            cfg = load_config(config, set_ or [], experiment=config.stem)
+            resume_dir = rundir.find_resumable(cfg)
+        else:
+            resume_dir = Path(resume)
+        stored_path = resume_dir / "config.yaml"
+        stored = load_config(stored_path)
+        # the run's own config, with what the command line asks; only keys that do not change what the run
+        # measures (progress display, threads, checkpoint cadence, ...) may differ from the stored ones
+        if config is not None:
+            cfg = load_config(config, set_ or [], experiment=config.stem)
+        else:
+            cfg = load_config(stored_path, set_ or [])
+        differ = rundir.config_changes(cfg, stored)
         if differ:
-            raise UserError(f"--resume {resume_dir}: the run was started with other values for {', '.join(differ)}")
-        cfg = stored
+            given = "--set" if config is None else f"{config} with --set" if set_ else str(config)
+            raise UserError(
+                f"--resume {resume_dir}: the run was started with other values for {', '.join(differ)} "
+                f"(its config.yaml differs from {given}); to continue it as it was started: "
+                f"visionbench train --resume {shlex.quote(str(resume_dir))}"
+            )
+        cfg = rundir.with_run_settings(stored, cfg)
         if os.environ.get("RANK", "0") == "0":
             print(f"resuming {resume_dir}")
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
@@ -39,5 +63,6 @@ def train(
         return
     from visionbench.report.plots import plot_run
 
-    plot_run(run_dir)
+    with keep_folder(run_dir):  # a run directory deleted now is not re-created for its plots
+        plot_run(run_dir)
     print(f"run directory: {run_dir}")

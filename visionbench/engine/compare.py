@@ -1,6 +1,8 @@
 """`compare`: run every cell of a config's `matrix:` (lists over dotted keys), each in its own fixed run directory
 `runs/<experiment>/<cell>/`, so that running the command again is idempotent: finished cells are skipped, an
-interrupted cell resumes from its last checkpoint, and only the missing cells train.
+interrupted cell resumes from its last checkpoint, and only the missing cells train. A cell that ran before with
+another config (an edited lr, `--set trainer.epochs=2`) is never taken for a result of the new one: it is refused,
+naming the keys, or trained again when asked (`stale_cells`, `Cell.changed`).
 
 A failed cell does not stop the others; the failures are listed at the end. With several CUDA devices (or
 `--jobs N`), cells run in N worker processes, one device each.
@@ -8,6 +10,7 @@ A failed cell does not stop the others; the failures are listed at the end. With
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import multiprocessing
@@ -20,10 +23,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from visionbench.config import RunConfig, config_diff, config_from_raw, load_config, read_config_file
+from visionbench.config import RunConfig, config_from_raw, load_config, read_config_file
 from visionbench.errors import UserError, first_line
+from visionbench.utils import interrupts
 
 MATRIX = "matrix"
+# How long workers get to stop after the parent's SIGTERM: a training cell finishes its step and writes a checkpoint
+# (seconds for the models here on CPU); what is still running after it is SIGKILLed, its last checkpoint kept.
+STOP_GRACE_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -33,6 +40,7 @@ class Cell:
     overrides: list[str]
     cfg: RunConfig
     run_dir: Path
+    changed: tuple[str, ...] = ()  # keys that differ from the run already in run_dir: train it again from scratch
 
     @property
     def label(self) -> str:
@@ -100,36 +108,56 @@ def cell_state(cell: Cell) -> str:
     return "resumable" if (cell.run_dir / rundir.LAST).is_file() else "new"
 
 
+def stale_cells(cells: list[Cell]) -> list[tuple[Cell, list[str]]]:
+    """The cells whose run directory holds a run (finished, or resumable) of another config, each with the keys
+    that differ (settings that do not change what a run measures do not count, rundir.RUN_SETTINGS)."""
+    from visionbench.engine import rundir
+
+    stale = []
+    for cell in cells:
+        if cell_state(cell) == "new":
+            continue
+        try:
+            differ = rundir.config_changes(cell.cfg, load_config(cell.run_dir / "config.yaml"))
+        except UserError as e:
+            differ = [f"its config.yaml ({first_line(e, 120)})"]
+        if differ:
+            stale.append((cell, differ))
+    return stale
+
+
 def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None, callbacks: Sequence[Any] = ()) -> Outcome:
     """Train one cell (or resume it, or skip it when finished), then call `after(run_dir)` (the CLI draws the
     plots: the engine does not import the report layer); any error becomes a failed Outcome, a `RunStopped` from
     one of the loop `callbacks` an Outcome with its status."""
+    from visionbench.engine import rundir
     from visionbench.engine.loop import RunStopped
     from visionbench.engine.train import train
 
     start = time.monotonic()
     try:
-        state = cell_state(cell)
+        state = "new" if cell.changed else cell_state(cell)
+        if state != "new":
+            stored = load_config(cell.run_dir / "config.yaml")
+            differ = rundir.config_changes(cell.cfg, stored)
+            if differ:
+                raise UserError(
+                    f"{cell.run_dir} holds a run of another config ({', '.join(differ)} differ); train it again "
+                    "with --rerun-changed, move it away, or set another trainer.experiment"
+                )
         if state == "finished":
             return Outcome(cell, "skipped")
         if state == "resumable":
-            stored = load_config(cell.run_dir / "config.yaml")
-            differ = config_diff(cell.cfg, stored)
-            if differ:
-                raise UserError(
-                    f"{cell.run_dir} holds a run of another config ({', '.join(differ)} differ); move it away or "
-                    "set another trainer.experiment"
-                )
             print(f"resuming {cell.run_dir}", flush=True)
-            train(stored, resume_dir=cell.run_dir, callbacks=callbacks)
+            train(rundir.with_run_settings(stored, cell.cfg), resume_dir=cell.run_dir, callbacks=callbacks)
         else:
-            if cell.run_dir.exists():  # ours, killed before its first checkpoint: nothing to keep
+            if cell.run_dir.exists():  # ours: killed before its first checkpoint, or a run of another config
                 shutil.rmtree(cell.run_dir)
             train(cell.cfg, run_dir=cell.run_dir, callbacks=callbacks)
         if after is not None:
             after(cell.run_dir)
         return Outcome(cell, "finished", time.monotonic() - start)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, interrupts.Interrupted):
         raise
     except RunStopped as e:
         return Outcome(cell, e.run_status, time.monotonic() - start, first_line(e))
@@ -137,13 +165,37 @@ def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None, callbacks: 
         return Outcome(cell, "failed", time.monotonic() - start, first_line(e) or type(e).__name__)
 
 
-def _worker_init(devices: multiprocessing.Queue, threads: int) -> None:
+def _worker_init(devices: multiprocessing.Queue, threads: int, parent_pid: int) -> None:
+    interrupts.worker_signals(parent_pid)  # dies with the parent; SIGTERM from it stops a cell at a checkpoint
+    global _parent_pid
+    _parent_pid = parent_pid
     device = devices.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     import torch
 
     torch.set_num_threads(threads)
+
+
+_parent_pid: int | None = None  # in a worker process: the compare process that started it
+_stopping = False  # in a worker process: a stop signal came, run nothing more
+
+
+def _run_cell_in_worker(cell: Cell, after: Callable[[Path], Any] | None) -> Outcome:
+    """`run_cell` in a worker: a stop signal ends the cell `interrupted` (after its checkpoint), and the worker
+    starts nothing more; with its parent gone it exits at once, there being no one to report to."""
+    global _stopping
+    if _stopping:
+        return Outcome(cell, "interrupted", error="not started")
+    try:
+        with interrupts.handle_signals():
+            return run_cell(cell, after)
+    except interrupts.Interrupted as e:
+        _stopping = True
+        if os.getppid() != _parent_pid:
+            interrupts.exit_fast(e.exit_code)
+        atexit.register(interrupts.exit_fast, e.exit_code)  # once the parent has our outcome and lets us go
+        return Outcome(cell, "interrupted", error=first_line(e))
 
 
 def default_jobs() -> int:
@@ -164,12 +216,15 @@ def run_cells(
 
     def report(i: int, outcome: Outcome) -> None:
         cell = outcome.cell
+        again = f"config changed ({', '.join(cell.changed)}), trained again: " if cell.changed else ""
         if outcome.status == "failed":
-            log(f"[{i}/{total}] {cell.label}: failed: {outcome.error}")
+            log(f"[{i}/{total}] {cell.label}: {again}failed: {outcome.error}")
         elif outcome.status == "skipped":
             log(f"[{i}/{total}] {cell.label}: finished before, skipped")
+        elif outcome.status == "interrupted":
+            log(f"[{i}/{total}] {cell.label}: interrupted ({cell.run_dir})")
         else:
-            log(f"[{i}/{total}] {cell.label}: finished in {outcome.seconds:.0f} s ({cell.run_dir})")
+            log(f"[{i}/{total}] {cell.label}: {again}finished in {outcome.seconds:.0f} s ({cell.run_dir})")
         outcomes.append(outcome)
 
     if jobs <= 1:
@@ -184,9 +239,18 @@ def run_cells(
     for j in range(jobs):
         devices.put(j % n_gpu if n_gpu else None)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices, threads)) as pool:
-        futures = {pool.submit(run_cell, cell, after): k for k, cell in enumerate(cells)}
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices, threads, os.getpid()))
+    try:
+        futures = {pool.submit(_run_cell_in_worker, cell, after): k for k, cell in enumerate(cells)}
         for i, future in enumerate(as_completed(futures), 1):
             report(i, dataclasses.replace(future.result(), cell=cells[futures[future]]))
+    except BaseException:  # a stop signal (or a failure of the pool itself): no worker trains on without us
+        # NOTE: `_processes` is the executor's own table of its workers; it offers no public handle on them
+        workers = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        interrupts.stop_processes(workers, STOP_GRACE_SECONDS)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     order = {id(c): k for k, c in enumerate(cells)}
     return sorted(outcomes, key=lambda o: order[id(o.cell)])

@@ -7,6 +7,7 @@ events they need with fastai's names and receive the state explicitly.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -22,12 +23,14 @@ from visionbench.engine.runtime import autocast, distributed, gather_rows, mean_
 from visionbench.engine.schedule import TimeBudget
 from visionbench.errors import UserError
 from visionbench.tasks.base import Task
+from visionbench.utils import interrupts
 
 budget_clock: Callable[[], float] = time.monotonic  # the time budget's clock (tests put a fake one here)
 
 
 class TrainingDiverged(UserError):
-    """A non-finite loss: the run stops, the last good checkpoint stays. Exit status 1: not the input's fault."""
+    """A non-finite loss (or weights): the run stops at once, its checkpoints stay as they were. Exit status 1: not
+    the input's fault."""
 
     exit_code = 1
 
@@ -171,6 +174,7 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
         if trainer.checkpoint is not None and _epoch_checkpoint_due(cfg, state):
             trainer.checkpoint(state)
         trainer._emit("after_epoch", state)
+        interrupts.check()  # a stop signal during the epoch's end: the state is the epoch checkpoint's
     trainer._emit("after_fit", state)
     return state
 
@@ -187,12 +191,14 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     budget, tick = trainer.budget, trainer.clock()
     if budget is not None:
         budget.used = state.budget_seconds
+    watch = LossWatch(trainer.device)
     for images, targets in loader.epoch(state.epoch, state.batch):
         if trainer.mix is not None:
             images, targets = trainer.mix(images, targets)  # targets become (B, C) probabilities
         with autocast(trainer.device, cfg.precision):
             logits = forward(images)
             loss = task.loss(logits, targets)
+        watch.add(loss, state)  # CPU: raises here, before a non-finite gradient reaches the weights
         trainer.scaler.scale(loss / cfg.accumulate_steps).backward()
         loss_sum += loss.detach().float()
         state.batch += 1
@@ -219,10 +225,14 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
             break
         if trainer.checkpoint is not None and state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
             # under DDP every rank gets here at the same step; the checkpoint keeps the ranks' mean loss so far
+            watch.flush()
             state.loss_sum = loss_sum = mean_across_ranks(loss_sum)
             _check_finite(loss_sum, state)
             trainer.checkpoint(state)
             last_ckpt = time.monotonic()
+        if state.batch < n_batches:
+            interrupts.check()  # a stop signal: act on it here, between two steps (the epoch's end has its own)
+    watch.flush()
     loss_sum = mean_across_ranks(loss_sum)
     _check_finite(loss_sum, state)
     return loss_sum.item() / max(1, state.batch)
@@ -265,12 +275,68 @@ def _checkpoint_due(cfg: TrainerConfig, state: TrainState, last_ckpt: float) -> 
     return minutes is not None and time.monotonic() - last_ckpt >= minutes * 60
 
 
+def _diverged(value: float, epoch: int, step: int, batch: int) -> TrainingDiverged:
+    return TrainingDiverged(f"non-finite training loss ({value}) at step {step} (epoch {epoch}, batch {batch})")
+
+
 def _check_finite(loss_sum: torch.Tensor, state: TrainState) -> None:
-    if not math.isfinite(float(loss_sum)):
-        raise TrainingDiverged(
-            f"non-finite training loss in epoch {state.epoch + 1} (step {state.step}); "
-            f"stopped, the last good checkpoint is kept (lower optim.lr or set trainer.grad_clip_norm)"
-        )
+    """The collective check (every rank sees the same mean): at checkpoints and epoch ends, and the only one under
+    DDP, where a rank stopping on its own loss would leave the others waiting in the next all-reduce."""
+    value = float(loss_sum)
+    if not math.isfinite(value):
+        raise _diverged(value, state.epoch + 1, state.step, state.batch)
+
+
+class LossWatch:
+    """Stops a run at its first non-finite loss without a device sync per step.
+
+    On CPU the loss is read at once: the step has already run (CPU ops are synchronous), so `.item()` costs a
+    microsecond, and the run stops before the bad gradient reaches the weights. On CUDA each step's loss is copied
+    without blocking into pinned host memory and read once its event has passed: usually a step later, never more
+    than `lag` steps later (then it waits for the oldest), so the GPU queue is never drained for it. The error names
+    the step of the first non-finite loss either way; a checkpoint flushes the watch first (`flush`), so no
+    checkpoint is ever taken after a non-finite loss. Under DDP it stays off (see `_check_finite`).
+    """
+
+    lag = 4
+
+    def __init__(self, device: torch.device):
+        self.off = distributed()
+        self.lazy = device.type == "cuda" and not self.off
+        self.pending: collections.deque = collections.deque()
+        if self.lazy:
+            self.slots = torch.empty(self.lag + 1, dtype=torch.float32, pin_memory=True)
+            self.next_slot = 0
+
+    def add(self, loss: torch.Tensor, state: TrainState) -> None:
+        if self.off:
+            return
+        where = (state.epoch + 1, state.step + 1, state.batch + 1)  # the step, and micro-batch, being computed
+        if not self.lazy:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _diverged(value, *where)
+            return
+        slot = self.slots[self.next_slot : self.next_slot + 1]
+        self.next_slot = (self.next_slot + 1) % len(self.slots)
+        slot.copy_(loss.detach().float().reshape(1), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((slot, event, where))
+        while self.pending and (len(self.pending) > self.lag or self.pending[0][1].query()):
+            self._read_oldest()
+
+    def flush(self) -> None:
+        while self.pending:
+            self._read_oldest()
+
+    def _read_oldest(self) -> None:
+        slot, event, where = self.pending.popleft()
+        event.synchronize()
+        value = float(slot[0])
+        if not math.isfinite(value):
+            self.pending.clear()
+            raise _diverged(value, *where)
 
 
 def _clock(device: torch.device) -> float:

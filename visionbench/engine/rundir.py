@@ -20,12 +20,30 @@ from typing import Any
 import torch
 
 import visionbench
-from visionbench.config import RunConfig, dump_config
+from visionbench.config import RunConfig, config_diff, dump_config
 from visionbench.errors import UserError
 from visionbench.utils.io import read_json, write_json, write_text
 
 LAST = "checkpoints/last"
 BEST = "checkpoints/best.safetensors"
+
+# Settings of how a run is carried out, not of what it measures: where it is written, how it reports, how often it
+# checkpoints, how many CPU threads it uses, where its data files are found. They may differ between a run and the
+# config that continues it (`train --resume`) or meets it again (`compare`).
+RUN_SETTINGS = frozenset(
+    {
+        "trainer.progress",
+        "trainer.num_threads",
+        "trainer.checkpoint_every_minutes",
+        "trainer.checkpoint_every_epochs",
+        "trainer.checkpoint_every_steps",
+        "trainer.tensorboard",
+        "data.root",
+        "data.download",
+    }
+)
+# Where a run lives: fixed once it exists.
+PLACE_KEYS = frozenset({"trainer.out_dir", "trainer.experiment"})
 
 
 def new_run_dir(cfg: RunConfig, prefix: str = "") -> Path:
@@ -79,6 +97,23 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     except UserError:
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+def config_changes(new: RunConfig, stored: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between `new` and a run's `stored` config and change what it measures
+    (not `RUN_SETTINGS` nor where the run lives)."""
+    return [k for k in config_diff(new, stored) if k not in RUN_SETTINGS | PLACE_KEYS]
+
+
+def with_run_settings(stored: RunConfig, new: RunConfig) -> RunConfig:
+    """`stored` (a run's config) with `new`'s `RUN_SETTINGS`: what a resume runs with."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key in RUN_SETTINGS:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = getattr(getattr(new, section), name)
+    return stored.model_copy(
+        update={section: getattr(stored, section).model_copy(update=values) for section, values in sections.items()}
+    )
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:

@@ -6,11 +6,14 @@ run directory is created or touched, so bad input never damages an existing run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import gc
 import io
 import math
+import shlex
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -34,7 +37,7 @@ from visionbench.engine.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from visionbench.engine.loop import RunStopped, Trainer, TrainState, evaluate, fit
+from visionbench.engine.loop import RunStopped, Trainer, TrainingDiverged, TrainState, evaluate, fit
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import (
     CompiledForward,
@@ -51,7 +54,9 @@ from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_n
 from visionbench.errors import UserError, first_line
 from visionbench.models import create_model, inspect_model
 from visionbench.tasks import build_task
-from visionbench.utils.io import write_json, write_text
+from visionbench.utils import interrupts
+from visionbench.utils.interrupts import Interrupted, signal_name
+from visionbench.utils.io import FolderGone, WriteFailed, keep_folder, write_json, write_text
 
 
 def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
@@ -192,6 +197,9 @@ def train(
     ema = None
     if tcfg.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema_decay), use_buffers=True)
+    progress = None
+    if main_rank:
+        progress = make_progress(tcfg.progress, tcfg.epochs, len(train_loader), train_loader.batch_size)
     trainer = Trainer(
         model=model,
         task=task,
@@ -205,7 +213,7 @@ def train(
         ema=ema,
         train_model=CompiledForward(forward, tcfg.compile_mode, cfg.model.name) if use_compile else forward,
         mix=mix,
-        callbacks=([make_progress(tcfg.progress, tcfg.epochs, len(train_loader))] if main_rank else [])
+        callbacks=([progress] if progress is not None else [])
         + ([Unfreeze(model, frozen, tcfg.unfreeze_at_epoch)] if tcfg.unfreeze_at_epoch else [])
         + list(callbacks),
         start_time=start,
@@ -220,6 +228,10 @@ def train(
             raise UserError(
                 f"{resume_dir / rundir.LAST}: checkpoint does not match this run ({first_line(e)})"
             ) from None
+
+    saved: dict[str, int] = {}  # where the newest checkpoint on disk stands: what a resume would continue from
+    if ckpt is not None:
+        saved.update(_position(state))
 
     # 3. The run directory.
     if resume_dir is not None:
@@ -292,21 +304,92 @@ def train(
         if not main_rank:
             return
         payload = trainer.state_dict(st)
+        if world == 1:  # a finite loss can still leave inf weights behind; such a checkpoint is no good one
+            _check_finite_weights(payload, st)
         payload["train_state"]["elapsed_offset"] = st.elapsed_offset + time.monotonic() - start
         save_checkpoint(run_dir / rundir.LAST, {**payload, "rng": rng_state()})
+        saved.clear()
+        saved.update(_position(st))
+
+    def where() -> str:
+        if state.batch == 0 and state.epoch > 0:
+            return f"after epoch {state.epoch}/{tcfg.epochs} (step {state.step})"
+        return f"in epoch {state.epoch + 1}/{tcfg.epochs} at step {state.step}"
+
+    def how_to_continue() -> str:
+        if not saved:
+            return "no checkpoint was written, so there is nothing to resume: run the same command again"
+        if not (run_dir / rundir.LAST).is_file():
+            return f"{rundir.LAST} is no longer a file, so there is nothing to resume: run the same command again"
+        return f"continue with: visionbench train --resume {shlex.quote(str(run_dir))}"
+
+    def record(status: str, message: str) -> None:
+        """The failure's summary.json, when the run directory can still take it (not on a full disk)."""
+        with contextlib.suppress(WriteFailed):
+            summary(status, state.rows[-1] if state.rows else {}, _best_row(state), error=message)
+
+    def interrupted(e: BaseException) -> Interrupted:
+        """Checkpoint where the loop stopped consistently (and the config asks for checkpoints), record the status
+        `interrupted`, and say how to continue, in one line."""
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        note = ""
+        if isinstance(e, Interrupted) and e.safe and main_rank and world == 1 and _wants_checkpoints(tcfg):
+            try:
+                if saved != _position(state):  # else the loop has just written this very state
+                    checkpoint(state)
+                note = ", checkpoint written"
+            except (WriteFailed, TrainingDiverged) as failure:
+                note = f", the checkpoint could not be written ({failure})"
+        elif saved and saved != _position(state):
+            note = f" (the last checkpoint is from epoch {saved['epoch'] + 1}, step {saved['step']})"
+        message = f"interrupted by {signal_name(signum)} {where()}{note}; {how_to_continue()}"
+        record("interrupted", message)
+        return Interrupted(signum, message)
+
+    def failed(e: BaseException) -> BaseException:
+        """A divergence or a write that failed, as one line that says where the run stopped and what is kept."""
+        if isinstance(e, FolderGone):
+            return FolderGone(f"{e} ({where()})")
+        if isinstance(e, TrainingDiverged):
+            kept = (
+                f"the last good checkpoint ({rundir.LAST}, epoch {saved['epoch'] + 1}, step {saved['step']}) is kept"
+                if saved
+                else "no checkpoint was written"
+            )
+            e = TrainingDiverged(f"{e}; stopped, {kept} (lower optim.lr or set trainer.grad_clip_norm)")
+        elif isinstance(e, WriteFailed):
+            e = WriteFailed(f"{e}; the run stopped {where()}; {how_to_continue()}")
+        record("failed", str(e))
+        return e
 
     trainer.on_epoch_end, trainer.checkpoint = on_epoch_end, checkpoint
-    if ckpt is None and main_rank:
-        rundir.write_config(run_dir, cfg)
+    folder = contextlib.ExitStack()  # a run directory deleted mid-run is noticed, not re-created (utils/io.py)
     if main_rank:
-        rundir.write_env(run_dir, cfg, device)
-    if summary_writer is not None and main_rank:
-        trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
-    summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
+        folder.enter_context(keep_folder(run_dir))
+    try:
+        if ckpt is None and main_rank:
+            rundir.write_config(run_dir, cfg)
+        if main_rank:
+            rundir.write_env(run_dir, cfg, device)
+        if summary_writer is not None and main_rank:
+            trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
+        summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
+    except BaseException:
+        folder.close()
+        if ckpt is None and main_rank:  # a new run directory holding only a part of its first files: remove it
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if progress is not None:
+        resumed = f"; resuming {where()}" if ckpt is not None else ""
+        progress.message(f"writing to {run_dir}{resumed}")  # the end names it again as `run directory:`
+        progress.message(_start_line(cfg, data, device, world, params, steps_per_epoch))
 
     # 4. Train, then the final and best evaluations.
     try:
-        fit(trainer, state)
+        # a stop signal inside fit() is acted on between two steps, where the state checkpoints consistently;
+        # under torchrun the ranks could not agree on that step, so there it stops at once
+        with interrupts.deferred() if world == 1 else contextlib.nullcontext():
+            fit(trainer, state)
         t_eval = time.monotonic()
         test_loader = eval_loaders["test"]
         if "test" not in trainer.outputs:  # resumed after the last epoch, or a budget spent by an evaluation
@@ -337,8 +420,13 @@ def train(
     except BaseException as e:  # noqa: BLE001  (record the failure, then let it propagate)
         if world > 1:  # on the way out already: torchrun's SIGTERM must not interrupt the record or the one line
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        status = e.run_status if isinstance(e, RunStopped) else "failed"
-        summary(status, state.rows[-1] if state.rows else {}, _best_row(state), error=str(e) or type(e).__name__)
+        with interrupts.ignored():  # the last checkpoint and the status are written whole, even on a 2nd Ctrl-C
+            if isinstance(e, (Interrupted, KeyboardInterrupt)):
+                raise interrupted(e) from None
+            if isinstance(e, (TrainingDiverged, WriteFailed)):
+                raise failed(e) from None
+            status = e.run_status if isinstance(e, RunStopped) else "failed"
+            record(status, str(e) or type(e).__name__)
         if world > 1 and _peer_lost(e):
             raise PeerFailed(
                 f"{run_dir}: rank {rank} of {world} lost its peers ({first_line(e, 120)}); "
@@ -346,6 +434,9 @@ def train(
             ) from None
         raise
     finally:
+        folder.close()
+        if progress is not None:
+            progress.close()  # the bar stopped and the cursor back, however the run ended
         if trainer.writer is not None:
             trainer.writer.close()
         if world > 1:
@@ -355,6 +446,40 @@ def train(
             gc.collect()
             dist.destroy_process_group()
     return run_dir
+
+
+def _position(state: TrainState) -> dict[str, int]:
+    return {"epoch": state.epoch, "batch": state.batch, "step": state.step}
+
+
+def _wants_checkpoints(tcfg) -> bool:
+    """Whether the config asks for checkpoints during the run (not only the final one)."""
+    return any(
+        v is not None
+        for v in (tcfg.checkpoint_every_minutes, tcfg.checkpoint_every_epochs, tcfg.checkpoint_every_steps)
+    )
+
+
+def _check_finite_weights(payload: dict[str, Any], state: TrainState) -> None:
+    """Refuse to checkpoint non-finite weights (one device sync; the checkpoint copies every tensor anyway)."""
+    parts = [payload.get(part) or {} for part in ("model", "ema")]
+    tensors = [t for part in parts for t in part.values() if torch.is_tensor(t) and t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDiverged(f"non-finite weights after step {state.step}, although the loss was finite")
+
+
+def _start_line(cfg: RunConfig, data: Datasets, device: torch.device, world: int, params: int, steps: int) -> str:
+    """What the run trains, on what and where, printed before the first step."""
+    sizes = " / ".join(
+        f"{len(split):,} {name}"
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+        if split is not None
+    )
+    where = f"{device}" + (f" x {world} processes" if world > 1 else "")
+    return (
+        f"{cfg.model.name} ({params:,} parameters) on {cfg.data.name} ({sizes} images), device {where}, "
+        f"{cfg.trainer.epochs} epoch{'s' if cfg.trainer.epochs != 1 else ''} of {steps:,} steps"
+    )
 
 
 def _peer_lost(e: BaseException) -> bool:

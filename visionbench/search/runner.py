@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from visionbench.config import RunConfig, config_from_raw, read_config_file
-from visionbench.engine.compare import Cell, run_cell
+from visionbench.engine.compare import STOP_GRACE_SECONDS, Cell, run_cell
 from visionbench.engine.loop import RunStopped, TrainState
 from visionbench.errors import UserError, first_line
 from visionbench.search import scaling as scaling_
 from visionbench.search.space import SCALING_PARAM, Param, Space, check_keys, grid_cells, override_text, read_space
+from visionbench.utils import interrupts
 
 ATTR = "visionbench"  # the study's user attribute holding what it was created with
 DEFAULT_TRIALS = 20
@@ -542,15 +543,20 @@ def _suggest(spec: SearchSpec, trial) -> dict[str, Any]:
     return values
 
 
-def _worker_main(spec: SearchSpec, index: int, threads: int) -> None:
+def _worker_main(spec: SearchSpec, index: int, threads: int, parent_pid: int) -> None:
+    interrupts.worker_signals(parent_pid)  # dies with the parent; its SIGTERM stops a trial at a checkpoint
     import torch
 
     torch.set_num_threads(threads)
     try:
-        run_worker(spec, index, log=lambda line: print(f"worker {index}: {line}", flush=True))
+        with interrupts.handle_signals():
+            run_worker(spec, index, log=lambda line: print(f"worker {index}: {line}", flush=True))
     except UserError as e:
         print(f"error: worker {index}: {e}", flush=True)
         raise SystemExit(e.exit_code) from None
+    except interrupts.Interrupted as e:  # its running trial resumes from its checkpoint when it is retried
+        print(f"worker {index}: stopped by {interrupts.signal_name(e.signum)}", flush=True)
+        interrupts.exit_fast(e.exit_code)
 
 
 def run_search(spec: SearchSpec, workers: int, log=print) -> list[int | None]:
@@ -560,12 +566,17 @@ def run_search(spec: SearchSpec, workers: int, log=print) -> list[int | None]:
         return [0]
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker_main, args=(spec, i, threads), daemon=False) for i in range(workers)]
-    for p in procs:
-        p.start()
-    log(f"{workers} workers: pids {' '.join(str(p.pid) for p in procs)}")
-    for i, p in enumerate(procs):
-        p.join()
-        if p.exitcode and p.exitcode < 0:
-            log(f"worker {i} (pid {p.pid}) was killed by signal {-p.exitcode}; its trial is retried by the others")
+    args = [(spec, i, threads, os.getpid()) for i in range(workers)]
+    procs = [ctx.Process(target=_worker_main, args=a, daemon=False) for a in args]
+    try:
+        for p in procs:
+            p.start()
+        log(f"{workers} workers: pids {' '.join(str(p.pid) for p in procs)}")
+        for i, p in enumerate(procs):
+            p.join()
+            if p.exitcode and p.exitcode < 0:
+                log(f"worker {i} (pid {p.pid}) was killed by signal {-p.exitcode}; its trial is retried by the others")
+    except BaseException:  # a stop signal: no worker trains on without us
+        interrupts.stop_processes([p for p in procs if p.pid is not None], STOP_GRACE_SECONDS)
+        raise
     return [p.exitcode for p in procs]

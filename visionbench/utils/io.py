@@ -7,6 +7,7 @@ file then renames it; Lightning #688 is the complaint this avoids).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from visionbench.errors import first_line
+from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import JSON_BYTES, UnreadableFile, read_bytes
 
 
@@ -40,12 +41,99 @@ def _maybe_killed_mid_write() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class WriteFailed(UserError, OSError):
+    """A file could not be written (a full disk, a read-only file system, a directory in the way): one line naming
+    the file; the previous version of the file, if any, is intact. Also an OSError, for callers that catch those."""
+
+
+class FolderGone(WriteFailed):
+    """A folder held by `keep_folder` (a run directory) was deleted or moved while it was being written to."""
+
+
+# Write-fault errnos that may surface from inside the body of `atomic_open` (torch.save wraps them in a
+# RuntimeError): the disk, not the data. Other OSErrors there are the caller's (a network read while downloading).
+_WRITE_FAULTS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EACCES", "EPERM", "EISDIR", "ENOTDIR", "ENOENT")
+    if hasattr(errno, name)
+)
+_KEPT: list[Path] = []  # folders that writes below must find in place (keep_folder), as absolute paths
+
+
+@contextlib.contextmanager
+def keep_folder(folder: str | os.PathLike) -> Iterator[None]:
+    """Within: a write below `folder` requires `folder` itself to exist (subfolders below it are still created),
+    and raises `FolderGone` otherwise. A run directory deleted mid-run is then noticed at its next write instead
+    of being silently re-created without its config."""
+    folder = Path(os.path.abspath(folder))
+    _KEPT.append(folder)
+    try:
+        yield
+    finally:
+        _KEPT.remove(folder)
+
+
+def _kept_root(path: Path) -> Path | None:
+    target = Path(os.path.abspath(path))
+    return next((k for k in reversed(_KEPT) if target.is_relative_to(k)), None)
+
+
+def _check_kept(path: Path) -> None:
+    root = _kept_root(path)
+    if root is not None and not root.is_dir():
+        raise FolderGone(f"{root}: the folder was deleted or moved while it was being written to; stopped")
+
+
+def _make_parents(path: Path) -> None:
+    """Create `path`'s missing parent folders, but never a kept folder or anything above it."""
+    root = _kept_root(path)
+    if root is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    _check_kept(path)
+    below = [p for p in Path(os.path.abspath(path)).parents if p != root and p.is_relative_to(root)]
+    for folder in reversed(below):
+        try:
+            folder.mkdir(exist_ok=True)
+        except FileNotFoundError:  # the kept folder went away between the check and the mkdir
+            _check_kept(path)
+            raise
+
+
+def _write_fault(exc: BaseException) -> OSError | None:
+    """The OSError of a write fault in `exc` or its chain (cause, context), if there is one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFailed) and exc.errno in _WRITE_FAULTS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _cannot_write(path: Path, e: OSError) -> WriteFailed:
+    reason = e.strerror or first_line(e)
+    kept = "its previous version is intact" if path.is_file() else "nothing was written"
+    return WriteFailed(f"{path}: cannot write ({reason}); {kept}")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file beside `path`; on a clean exit it is fsynced and renamed over `path`."""
+    """Open a temp file beside `path`; on a clean exit it is fsynced and renamed over `path`.
+
+    Raises:
+        WriteFailed: the folder cannot be created, the disk is full or read-only, a directory is in the way (the
+            temp file is removed, `path` keeps its previous content).
+        FolderGone: a folder held by `keep_folder` is missing.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _make_parents(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except WriteFailed:
+        raise
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # the usual mode of a new file, not mkstemp's 0600
         with os.fdopen(fd, mode) as f:
@@ -55,9 +143,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
                 _maybe_killed_mid_write()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        fault = _write_fault(e) if isinstance(e, Exception) else None  # never an interrupt
+        if fault is not None:
+            _check_kept(path)  # a folder deleted under the write: say that, not "no such file"
+            raise _cannot_write(path, fault) from None
         raise
     _fsync_dir(path.parent)
 
