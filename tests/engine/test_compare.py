@@ -62,6 +62,14 @@ def test_cells_are_the_product_of_the_matrix_with_fixed_directories(tmp_path: Pa
         ("  model.name: []", "matrix.model.name: expected a non-empty list"),
         ("  optim.lr: [0.1, -1]", "matrix cell optim.lr=-1: "),
         ("  []", "expected a `matrix:` mapping"),
+        # 100^5 cells would hang the enumeration: counted first
+        (
+            "\n".join(
+                f"  trainer.{k}: [{', '.join(map(str, range(1, 101)))}]"
+                for k in ("epochs", "batch_size", "eval_batch_size", "accumulate_steps", "eval_every_epochs")
+            ),
+            "matrix: 10,000,000,000 cells (100 x 100",
+        ),
     ],
 )
 def test_a_bad_matrix_is_one_line_and_exit_2_before_any_cell_runs(tmp_path: Path, capsys, matrix, message) -> None:

@@ -35,6 +35,9 @@ SETS = [
     "trainer.checkpoint_every_steps=4",
     "trainer.deterministic=true",
     "trainer.device=cpu",
+    # bit-identical needs one thread count in every part (reductions split by threads round differently); this
+    # process may hold another test's torch.set_num_threads
+    "trainer.num_threads=1",
 ]
 LINE = re.compile(
     r"interrupted by (?P<sig>SIG[A-Z]+) (in epoch \d+/6 at step (?P<step>\d+)|after epoch \d+/6 \(step (?P<at>\d+)\))"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -164,6 +165,21 @@ def _one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status code."""
+    try:
+        code = _main(argv)
+        if argv is None:
+            sys.stdout.flush()
+    except BrokenPipeError:  # `visionbench ... | head`: the reader left; end quietly, as `yes | head` does
+        if argv is not None:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the interpreter's exit
+        code = 128 + 13  # the status of a process ended by SIGPIPE
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _register()
     click_errors, click_aborts = _click_exceptions()
@@ -190,6 +206,4 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as e:  # SIGTERM under torchrun
         print(f"error: {e}", file=sys.stderr)
         code = 143
-    if argv is None:
-        sys.exit(code)
     return code

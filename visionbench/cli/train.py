@@ -25,7 +25,6 @@ def train(
     """Train a model from a YAML config; writes runs/<experiment>/<time>-<model>-<dataset>/."""
     from visionbench.engine import rundir
     from visionbench.engine.train import train as run_train
-    from visionbench.utils.io import keep_folder
 
     if config is None and resume in (None, "auto"):
         what = "--resume auto" if resume == "auto" else "train"
@@ -56,13 +55,36 @@ def train(
                 f"visionbench train --resume {shlex.quote(str(resume_dir))}"
             )
         cfg = rundir.with_run_settings(stored, cfg)
+        if rundir.read_summary(resume_dir).get("status") == "finished":  # nothing to train: say so, change nothing
+            if os.environ.get("RANK", "0") == "0":
+                print(f"{resume_dir} finished already; nothing to resume (its results are in summary.json)")
+                if not (resume_dir / "plots").is_dir():  # killed while drawing them
+                    _draw_plots(resume_dir)
+            return
         if os.environ.get("RANK", "0") == "0":
             print(f"resuming {resume_dir}")
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes and prints
         return
-    from visionbench.report.plots import plot_run
-
-    with keep_folder(run_dir):  # a run directory deleted now is not re-created for its plots
-        plot_run(run_dir)
+    _draw_plots(run_dir)
     print(f"run directory: {run_dir}")
+
+
+def _draw_plots(run_dir: Path) -> None:
+    """The run's figures. A figure that fails to draw does not turn a finished run into a failure: one warning line
+    says which; bad input (a run directory deleted meanwhile) is still an error."""
+    import logging
+
+    from visionbench.errors import first_line
+    from visionbench.report.plots import plot_run
+    from visionbench.utils.io import keep_folder
+
+    try:
+        with keep_folder(run_dir):  # a run directory deleted now is not re-created for its plots
+            plot_run(run_dir)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (the run's results are written; only a figure is missing)
+        logging.getLogger(__name__).warning(
+            "%s: the run finished but its figures were not drawn (%s)", run_dir, first_line(e)
+        )

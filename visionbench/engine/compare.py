@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import itertools
+import math
 import multiprocessing
 import os
 import re
@@ -28,6 +29,7 @@ from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
 
 MATRIX = "matrix"
+MAX_CELLS = 10_000  # each cell is a training run: far more than anyone trains, far less than a hang (10 keys x 100)
 # How long workers get to stop after the parent's SIGTERM: a training cell finishes its step and writes a checkpoint
 # (seconds for the models here on CPU); what is still running after it is SIGKILLed, its last checkpoint kept.
 STOP_GRACE_SECONDS = 30.0
@@ -67,7 +69,12 @@ def read_matrix(path: Path, overrides: list[str] = ()) -> tuple[list[Cell], list
         raise UserError(f"{path}: expected a `matrix:` mapping of dotted keys to lists, e.g. model.name: [a, b]")
     for key, values in matrix.items():
         if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: matrix.{key}: expected a non-empty list of values, got {values!r}")
+            shown = repr(values) if len(repr(values)) <= 60 else type(values).__name__
+            raise UserError(f"{path}: matrix.{key}: expected a non-empty list of values, got {shown}")
+    total = math.prod(len(values) for values in matrix.values())  # counted before any cell is built
+    if total > MAX_CELLS:
+        counts = " x ".join(str(len(v)) for v in matrix.values())
+        raise UserError(f"{path}: matrix: {total:,} cells ({counts}), more than the {MAX_CELLS:,} a compare may have")
     keys = list(matrix)
     base = config_from_raw(raw, list(overrides), str(path), experiment=path.stem)
     out = Path(base.trainer.out_dir) / (base.trainer.experiment or path.stem)
