@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cli_checks import refused as _refused
 
 from visionbench.cli.main import main
 
@@ -35,16 +36,6 @@ def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
     }
-
-
-def _refused(capsys, argv: list, needle: str) -> str:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2 and out == "", (code, out, err)
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    assert needle in err, err
-    return err
 
 
 # ---------------------------------------------------------------------------------------------------------------

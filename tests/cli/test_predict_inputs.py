@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_checks import refused as _refused
 from PIL import Image
 
 from visionbench.cli.main import main
@@ -101,16 +102,6 @@ def _predict(capsys, *args) -> list[dict]:
 
 def _probs(record: dict) -> torch.Tensor:
     return torch.tensor([p["probability"] for p in sorted(record["predictions"], key=lambda p: p["index"])])
-
-
-def _refused(capsys, argv: list, needle: str) -> str:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2 and out == "", (code, out, err)
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    assert needle in err, err
-    return err
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ suite prints the total at the end of a pytest session (conftest.py).
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import pickle
@@ -149,3 +150,18 @@ def _png(path: Path, seed: int = 0, size: tuple[int, int] = (8, 8), fmt: str = "
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, format=fmt)
     return path
+
+
+def cifar_valid() -> dict[str, bytes]:
+    """The valid CIFAR-10 files (two images a batch) that the CIFAR examples damage, as the pickles CIFAR ships."""
+    rng = np.random.default_rng(1)
+    names = [f"class_{i}".encode() for i in range(10)]
+    files = {"batches.meta": {b"label_names": names, b"num_cases_per_batch": 2}}
+    for name in (*cifar_module.CIFAR10.train_files, cifar_module.CIFAR10.test_file):
+        files[name] = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1, 7]}
+    out = {}
+    for name, obj in files.items():
+        buffer = io.BytesIO()
+        cifar_module._Py2Pickler(buffer, protocol=2).dump(obj)
+        out[name] = buffer.getvalue()
+    return out

@@ -51,6 +51,7 @@ from fuzzing import (
     Payload,
     _pil_refuses,
     _png,
+    cifar_valid,
     expect_one_line_error,
     payload_pickles,
     payloads,
@@ -64,7 +65,6 @@ from pydantic import BaseModel
 from visionbench.cli.main import main
 from visionbench.config import RunConfig, config_from_raw, load_config
 from visionbench.config import safe_load as config_yaml
-from visionbench.data import cifar as cifar_module
 from visionbench.data import voc as voc_module
 from visionbench.engine.checkpoint import FORMAT
 from visionbench.errors import UserError
@@ -379,20 +379,6 @@ def test_bad_idx_files_are_one_line(work, capsys, bad):
     ]
     expect_one_line_error(capsys, "idx", argv, needle=name.removesuffix(".gz"))
     assert not runs.exists()
-
-
-def cifar_valid() -> dict[str, bytes]:
-    rng = np.random.default_rng(1)
-    names = [f"class_{i}".encode() for i in range(10)]
-    files = {"batches.meta": {b"label_names": names, b"num_cases_per_batch": 2}}
-    for name in (*cifar_module.CIFAR10.train_files, cifar_module.CIFAR10.test_file):
-        files[name] = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1, 7]}
-    out = {}
-    for name, obj in files.items():
-        buffer = io.BytesIO()
-        cifar_module._Py2Pickler(buffer, protocol=2).dump(obj)
-        out[name] = buffer.getvalue()
-    return out
 
 
 CIFAR = cifar_valid()

@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fuzzing import FUZZ, SMOKE, TRIED, WORDS, _png, expect_one_line_error, scratch, sets
+from fuzzing import FUZZ, SMOKE, TRIED, WORDS, _png, cifar_valid, expect_one_line_error, scratch, sets
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from visionbench.cli.main import main
 from visionbench.config import MAX_YAML_DEPTH, MAX_YAML_NODES, RunConfig
-from visionbench.data import cifar as cifar_module
 from visionbench.search.space import MAX_GRID_CELLS
 from visionbench.utils.bounded import CONFIG_BYTES, JSON_BYTES, MAX_IMAGE_ELEMENTS, memory_bytes
 from visionbench.utils.io import MAX_JSON_DEPTH
@@ -346,20 +345,7 @@ def _idx(array: np.ndarray) -> bytes:
     return bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes() + array.tobytes()
 
 
-def _cifar_files() -> dict[str, bytes]:
-    rng = np.random.default_rng(1)
-    files = {"batches.meta": {b"label_names": [f"class_{i}".encode() for i in range(10)]}}
-    for name in (*cifar_module.CIFAR10.train_files, cifar_module.CIFAR10.test_file):
-        files[name] = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1, 7]}
-    out = {}
-    for name, obj in files.items():
-        buffer = io.BytesIO()
-        cifar_module._Py2Pickler(buffer, protocol=2).dump(obj)
-        out[name] = buffer.getvalue()
-    return out
-
-
-CIFAR = _cifar_files()
+CIFAR = cifar_valid()
 CIFAR_NAMES = sorted(CIFAR)
 
 

@@ -55,14 +55,10 @@ def train(
                 f"visionbench train --resume {shlex.quote(str(resume_dir))}"
             )
         cfg = rundir.with_run_settings(stored, cfg)
-        if rundir.read_summary(resume_dir).get("status") == "finished":  # nothing to train: say so, change nothing
-            if os.environ.get("RANK", "0") == "0":
-                print(f"{resume_dir} finished already; nothing to resume (its results are in summary.json)")
-                if not (resume_dir / "plots").is_dir():  # killed while drawing them
-                    _draw_plots(resume_dir)
-            return
         if os.environ.get("RANK", "0") == "0":
-            print(f"resuming {resume_dir}")
+            finished = rundir.read_summary(resume_dir).get("status") == "finished"
+            # a finished run has nothing left to train: its checkpoint is checked and its final model evaluated again
+            print(f"{resume_dir} finished already; evaluating it again" if finished else f"resuming {resume_dir}")
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes and prints
         return
