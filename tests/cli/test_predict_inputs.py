@@ -259,11 +259,24 @@ def test_eval_says_where_it_wrote_and_writes_strict_json(run, capsys):
     assert result["split"] == "test" and 0 <= result["test/acc1"] <= 1, result
 
 
-def test_analyze_plots_class_names_with_dollar_signs_as_text(tmp_path):
-    """matplotlib reads "$...$" as math text; a class named like `$\\foo{$` made the embeddings plot raise."""
+def test_analyze_plots_class_names_with_dollar_signs_as_text(tmp_path, monkeypatch):
+    """matplotlib reads "$...$" as math text; a class named like `$\\foo{$` made the embeddings plot raise. The
+    legend shows each name as written (an escape of our own on top of the figure's literal text showed `\\$`)."""
     from visionbench.cli.analyze import _plot_embeddings
+    from visionbench.report import plots
 
+    drawn = []
+    save = plots._save
+
+    def spy(fig, path):
+        result = save(fig, path)
+        drawn.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        return result
+
+    monkeypatch.setattr(plots, "_save", spy)
+    names = ("$\\foo{$", "[red]")
     points = torch.randn(6, 2)
     path = tmp_path / "embeddings.png"
-    _plot_embeddings(path, {"pca": points, "tsne": points}, torch.tensor([0, 1, 0, 1, 0, 1]), ("$\\foo{$", "[red]"))
+    _plot_embeddings(path, {"pca": points, "tsne": points}, torch.tensor([0, 1, 0, 1, 0, 1]), names)
     assert path.is_file() and path.stat().st_size > 0
+    assert drawn == list(names), drawn

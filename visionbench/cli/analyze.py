@@ -109,7 +109,7 @@ def _plot_embeddings(path: Path, emb: dict, targets, class_names) -> None:
     for ax, (name, points) in zip(axes[0], emb.items(), strict=True):
         for c, label in enumerate(class_names):
             sel = targets == c
-            ax.scatter(points[sel, 0], points[sel, 1], s=4, label=label.replace("$", r"\$"))  # text, not math
+            ax.scatter(points[sel, 0], points[sel, 1], s=4, label=label)  # drawn literally by _save
         ax.set_title(f"{name.upper() if name == 'pca' else 't-SNE'} of the penultimate features")
     axes[0, 1].legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
     _save(fig, path)
