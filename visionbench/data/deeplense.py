@@ -38,6 +38,7 @@ from visionbench.utils.bounded import (
     check_regular,
     elements,
     open_regular,
+    read_npy_header,
 )
 from visionbench.utils.safe_pickle import ArrayUnpickler, PickleBomb, RefusedGlobal
 
@@ -103,13 +104,9 @@ def _finite(values: torch.Tensor, source: Path) -> torch.Tensor:
 
 def load_release_file(path: Path) -> tuple[np.ndarray, float | None]:
     """One DeepLense release `.npy`: (image (H, W), label or None). Object arrays are read without running code."""
-    header_readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
         with open_regular(path, ".npy file", ARRAY_FILE_BYTES) as f:
-            version = np.lib.format.read_magic(f)
-            if version not in header_readers:
-                raise ValueError(f"unsupported .npy format version {version}")
-            shape, fortran, dtype = header_readers[version](f)
+            shape, fortran, dtype = read_npy_header(f)
             if dtype != np.dtype(object):
                 count, left = elements(shape), os.fstat(f.fileno()).st_size - f.tell()
                 # both checked before np.fromfile allocates what the header claims (a sparse file can hold it)

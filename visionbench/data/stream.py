@@ -30,24 +30,25 @@ from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
 from visionbench.data.loader import apply_augment, batch_slice, check_shard, epoch_plan, erase_batch, num_batches
 from visionbench.errors import UserError, first_line
+from visionbench.utils.bounded import MAX_IMAGE_ELEMENTS, read_npy_header
 
 NO_SEED = -1  # worker-side transforms off (evaluation)
 log = logging.getLogger(__name__)
 
 
-# Pillow's limit (89,478,485 pixels, a 0.25 GiB 24-bit image), also for `.npy` arrays: beyond it Pillow only warns
-# of a decompression bomb, and refuses at twice it. We refuse from the limit itself: the models here take a few
-# hundred pixels a side, and a worker decoding such a file per sample exhausts memory before any resize.
-DEFAULT_MAX_PIXELS = 89_478_485
 # Pillow's grey conversion ("L", ITU-R 601-2 luma), applied to float arrays the same way
 LUMA = (0.299, 0.587, 0.114)
 _logged: set[tuple[str, str]] = set()
 
 
 def max_pixels() -> int:
+    """Pillow's limit (MAX_IMAGE_ELEMENTS by default, a 0.25 GiB 24-bit image, or what the user set), also for
+    `.npy` arrays: beyond it Pillow only warns of a decompression bomb, and refuses at twice it. We refuse from the
+    limit itself: the models here take a few hundred pixels a side, and a worker decoding such a file per sample
+    exhausts memory before any resize."""
     from PIL import Image
 
-    return Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+    return Image.MAX_IMAGE_PIXELS or MAX_IMAGE_ELEMENTS
 
 
 def decode_image(path: str, grayscale: bool = False) -> torch.Tensor:
@@ -85,13 +86,7 @@ def _read_npy(path: str) -> np.ndarray:
     sparse file may claim gigabytes in a few kilobytes)."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-            else:  # 3.0 exists only for structured dtypes with non-latin-1 field names
-                raise ValueError(f"npy format version {version[0]}.{version[1]} holds no plain array")
+            shape, _, dtype = read_npy_header(f)
             offset, size = f.tell(), os.fstat(f.fileno()).st_size
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise UserError(f"{path}: cannot read as a numpy array ({first_line(e)})") from None

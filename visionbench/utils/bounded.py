@@ -19,9 +19,12 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from visionbench.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -251,3 +254,20 @@ def check_memory(nbytes: int, path: str | os.PathLike, what: str) -> None:
 def elements(shape: tuple[int, ...]) -> int:
     """The element count of a shape, as a Python int (uint32 dimensions can overflow int64)."""
     return math.prod(int(d) for d in shape)
+
+
+def read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the `.npy` file open at its start, read without touching its data (so a
+    caller can count what the header claims before anything is allocated); `f` is left at the data.
+
+    Raises:
+        ValueError: not a `.npy` header, or a format version that holds no plain array (3.0 exists only for
+            structured dtypes with non-latin-1 field names).
+    """
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(f)
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    return readers[version](f)
