@@ -164,11 +164,23 @@ def _digest_or_refuse(state: Any, path: Path) -> str:
         raise UserError(f"{path}: not a visionbench checkpoint ({e})") from None
 
 
+def first_non_finite(tensors: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of `tensors` holding NaN or an infinity, None when all are
+    finite; one read of the device for all of them (a checkpoint during training holds them on the GPU)."""
+    named = [(k, t) for k, t in tensors.items() if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex())]
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
+
+
 def check_finite(tensors: dict[str, Any], source: str) -> None:
     """Every floating-point tensor of `tensors` finite; the first that is not is a one-line UserError."""
-    for name, t in tensors.items():
-        if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
-            raise UserError(f"{source}: the weights hold NaN or infinite values (in {name!r}); refused")
+    name = first_non_finite(tensors)
+    if name is not None:
+        raise UserError(f"{source}: the weights hold NaN or infinite values (in {name!r}); refused")
 
 
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:

@@ -30,6 +30,7 @@ from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
 from visionbench.engine.callbacks import make_progress
 from visionbench.engine.checkpoint import (
+    first_non_finite,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -462,9 +463,8 @@ def _wants_checkpoints(tcfg) -> bool:
 
 def _check_finite_weights(payload: dict[str, Any], state: TrainState) -> None:
     """Refuse to checkpoint non-finite weights (one device sync; the checkpoint copies every tensor anyway)."""
-    parts = [payload.get(part) or {} for part in ("model", "ema")]
-    tensors = [t for part in parts for t in part.values() if torch.is_tensor(t) and t.is_floating_point()]
-    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+    weights = {f"{part}.{k}": v for part in ("model", "ema") for k, v in (payload.get(part) or {}).items()}
+    if first_non_finite(weights) is not None:
         raise TrainingDiverged(f"non-finite weights after step {state.step}, although the loss was finite")
 
 
