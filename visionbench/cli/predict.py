@@ -143,7 +143,7 @@ def _check_info(info: DatasetInfo, source: Path) -> None:
         raise UserError(f"{source}: data_info.input_size {list(size)} is not (C, H, W) of positive integers")
     for key in ("mean", "std"):
         values = getattr(info, key)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        if not _finite_numbers(values):
             raise UserError(f"{source}: data_info.{key} {list(values)} holds values that are not finite numbers")
     if len(info.mean) != len(info.std) or len(info.mean) not in (1, 3, size[0]):
         raise UserError(f"{source}: data_info.mean and std have {len(info.mean)} and {len(info.std)} values")
@@ -155,12 +155,17 @@ def _check_info(info: DatasetInfo, source: Path) -> None:
         raise UserError(f"{source}: data_info.class_names holds values that are not strings")
 
 
+def _finite_numbers(values: Any) -> bool:
+    """Every value a finite int or float (not a bool, which JSON would also give as a number)."""
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
 def _load_task_stats(task: Task, stats: Any, source: Path) -> None:
     """The run's regression standardisation (`task_stats`): finite means, positive finite standard deviations."""
     if not isinstance(stats, dict) or not all(isinstance(v, list) for v in stats.values()):
         raise UserError(f"{source}: task_stats is not what `visionbench train` writes (lists by name)")
     for key, values in stats.items():
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        if not _finite_numbers(values):
             raise UserError(f"{source}: task_stats.{key} holds values that are not finite numbers")
         if key.endswith("_std") and any(v <= 0 for v in values):
             raise UserError(f"{source}: task_stats.{key} {values} must be positive (outputs are scaled by it)")

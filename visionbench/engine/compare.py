@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from visionbench.config import RunConfig, config_from_raw, load_config, read_config_file
+from visionbench.config import RunConfig, _short, config_from_raw, load_config, read_config_file
 from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
 
@@ -69,8 +69,7 @@ def read_matrix(path: Path, overrides: list[str] = ()) -> tuple[list[Cell], list
         raise UserError(f"{path}: expected a `matrix:` mapping of dotted keys to lists, e.g. model.name: [a, b]")
     for key, values in matrix.items():
         if not isinstance(values, list) or not values:
-            shown = repr(values) if len(repr(values)) <= 60 else type(values).__name__
-            raise UserError(f"{path}: matrix.{key}: expected a non-empty list of values, got {shown}")
+            raise UserError(f"{path}: matrix.{key}: expected a non-empty list of values, got {_short(values)}")
     total = math.prod(len(values) for values in matrix.values())  # counted before any cell is built
     if total > MAX_CELLS:
         counts = " x ".join(str(len(v)) for v in matrix.values())
