@@ -220,9 +220,7 @@ class Preprocess:
         if self.minmax and path.suffix == ".npy":  # a DeepLense release file ([image, label] or an image)
             from visionbench.data.deeplense import load_release_file
 
-            if not path.is_file():  # a FIFO or a device would block or never end
-                raise UserError(f"{path}: not a regular file; expected an image file")
-            image, _ = load_release_file(path)  # its errors name the file
+            image, _ = load_release_file(path)  # its errors name the file; a FIFO or a device is refused there
             return torch.from_numpy(image)[None]
         return decode_image(str(path), grayscale=self.input_size[0] == 1)
 
