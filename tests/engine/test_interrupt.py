@@ -291,27 +291,34 @@ matrix:
 """
 
 
+def _sigterm_once_two_workers_checkpointed(command: list[str], runs: Path):
+    """Start `visionbench COMMAND` (compare or search with two workers), SIGTERM it once two runs under `runs` have
+    their first checkpoint; returns (the ended process, its worker pids, stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionbench", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait(lambda: len(list(runs.glob("*/checkpoints/last"))) == 2, proc, "both workers' first checkpoints")
+        workers = descendants(proc.pid)
+        assert len(workers) >= 2, workers
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, workers, out, err
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")
 def test_sigterm_to_compare_with_jobs_stops_its_workers_and_says_how_to_continue(tmp_path):
     config = tmp_path / "study.yaml"
     config.write_text(COMPARE.format(out=tmp_path / "runs", epochs=20, n_train=1280, seeds=[0, 1, 2]))
     cells = tmp_path / "runs" / "study"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visionbench", "compare", str(config), "--jobs", "2"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait(lambda: len(list(cells.glob("*/checkpoints/last"))) == 2, proc, "both workers' first checkpoints")
-        workers = descendants(proc.pid)
-        assert len(workers) >= 2, workers
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, workers, _, err = _sigterm_once_two_workers_checkpointed(["compare", str(config), "--jobs", "2"], cells)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert len(err.splitlines()) == 1, err
     assert err.startswith("compare interrupted by SIGTERM: 0 of 3 cells finished, 2 resume from a checkpoint;"), err
@@ -331,22 +338,7 @@ def test_sigterm_to_search_with_workers_stops_its_workers_and_says_how_to_contin
     )
     trials = tmp_path / "runs" / "base" / "grid"
     command = ["search", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "grid.yaml"), "--workers", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visionbench", *command],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait(lambda: len(list(trials.glob("*/checkpoints/last"))) == 2, proc, "both workers' first checkpoints")
-        workers = descendants(proc.pid)
-        assert len(workers) >= 2, workers
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, workers, out, err = _sigterm_once_two_workers_checkpointed(command, trials)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert len(err.splitlines()) == 1, err
     again = f"{tmp_path / 'base.yaml'} --space {tmp_path / 'grid.yaml'} --workers 2 --study-name grid --resume"
