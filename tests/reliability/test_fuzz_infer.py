@@ -158,12 +158,19 @@ def test_a_bit_flip_in_best_weights_is_refused_or_changes_nothing(work, runs, ca
         harmless = _same(dict(sorted(flipped_tensors.items())), dict(sorted(original.items())))
     except Exception:  # noqa: BLE001  (safetensors refuses the header: any error type)
         harmless = False
+    # metadata or padding: the same answer, or refused (a changed digest says "corrupted")
+    _flipped_file_answers(capsys, "infer_weights_flip", command, run / BEST, content, harmless, "best.safetensors")
+
+
+def _flipped_file_answers(capsys, category, command, target: Path, content: bytes, harmless: bool, needle: str):
+    """Write the flipped `content` over `target` and run `command`: a flip the oracle calls harmless gives the
+    answer of the intact file (or a refusal), any other is refused in one line naming `needle`."""
     answer = _answer(capsys, command) if harmless else ""
-    (run / BEST).write_bytes(content)
-    if harmless:  # metadata or padding: the same answer, or refused (a changed digest says "corrupted")
-        _same_answer_or_refused(capsys, "infer_weights_flip", command, answer, needle="best.safetensors")
+    target.write_bytes(content)
+    if harmless:
+        _same_answer_or_refused(capsys, category, command, answer, needle=needle)
     else:
-        expect_one_line_error(capsys, "infer_weights_flip", command, needle="best.safetensors")
+        expect_one_line_error(capsys, category, command, needle=needle)
 
 
 @settings(FUZZ, max_examples=14)
@@ -182,12 +189,8 @@ def test_a_bit_flip_in_the_last_checkpoint_is_refused_or_changes_nothing(work, r
             )
     except Exception:  # noqa: BLE001  (torch refuses it: any error type)
         harmless = False
-    answer = _answer(capsys, command) if harmless else ""
-    (run / LAST).write_bytes(content)
-    if harmless:  # the zip's padding, a local header field, the data descriptor: nothing a reader uses changed
-        _same_answer_or_refused(capsys, "infer_checkpoint_flip", command, answer, needle="checkpoints/last")
-    else:
-        expect_one_line_error(capsys, "infer_checkpoint_flip", command, needle="checkpoints/last")
+    # the zip's padding, a local header field, the data descriptor: nothing a reader uses changed
+    _flipped_file_answers(capsys, "infer_checkpoint_flip", command, run / LAST, content, harmless, "checkpoints/last")
 
 
 # ---------------------------------------------------------------------------------------------------------------
