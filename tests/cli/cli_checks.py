@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from visionbench.cli.main import main
 
 
@@ -15,3 +19,25 @@ def refused(capsys, argv: list, needle: str) -> str:
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
     assert needle in err, err
     return err
+
+
+def train_yaml(folder: Path, data: dict, task: dict | None = None) -> Path:
+    """Train small_cnn for one epoch on 16x16 streamed images; returns the run directory."""
+    cfg = {
+        "data": {"image_size": 16, "num_workers": 0, "val_fraction": 0.2, **data},
+        "model": {"name": "small_cnn"},
+        "task": task or {},
+        "trainer": {
+            "epochs": 1,
+            "batch_size": 8,
+            "device": "cpu",
+            "out_dir": str(folder / "runs"),
+            "checkpoint_every_minutes": None,
+            "progress": "lines",
+        },
+    }
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config)]) == 0
+    (summary,) = (folder / "runs").glob("*/*/summary.json")
+    return summary.parent

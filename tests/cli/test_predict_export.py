@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from cli_checks import train_yaml as _train_yaml
 from PIL import Image
 
 from visionbench.cli.main import main
@@ -39,27 +39,6 @@ def _png(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB") -> Pat
 def _only_run(out: Path) -> Path:
     (summary,) = out.glob("*/*/summary.json")
     return summary.parent
-
-
-def _train_yaml(folder: Path, data: dict, task: dict | None = None) -> Path:
-    """Train small_cnn for one epoch on 16x16 streamed images; returns the run directory."""
-    cfg = {
-        "data": {"image_size": 16, "num_workers": 0, "val_fraction": 0.2, **data},
-        "model": {"name": "small_cnn"},
-        "task": task or {},
-        "trainer": {
-            "epochs": 1,
-            "batch_size": 8,
-            "device": "cpu",
-            "out_dir": str(folder / "runs"),
-            "checkpoint_every_minutes": None,
-            "progress": "lines",
-        },
-    }
-    config = folder / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    assert main(["train", str(config)]) == 0
-    return _only_run(folder / "runs")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_checks import refused as _refused
+from cli_checks import train_yaml as _train_yaml
 from PIL import Image
 
 from visionbench.cli.main import main
@@ -44,29 +44,12 @@ def run(tmp_path_factory) -> Path:
         Image.fromarray(_image(i)).save(folder / "data" / f"{i}.png")
         rows.append(f"{i}.png,{CLASSES[i % 3]}")
     (folder / "data" / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    cfg = {
-        "data": {
-            "name": "csv_manifest",
-            "grayscale": True,
-            "image_size": 16,
-            "num_workers": 0,
-            "val_fraction": 0.2,
-            "kwargs": {"train": str(folder / "data" / "train.csv"), "test_fraction": 0.25},
-        },
-        "model": {"name": "small_cnn"},
-        "trainer": {
-            "epochs": 1,
-            "batch_size": 8,
-            "device": "cpu",
-            "out_dir": str(folder / "runs"),
-            "checkpoint_every_minutes": None,
-            "progress": "lines",
-        },
+    data = {
+        "name": "csv_manifest",
+        "grayscale": True,
+        "kwargs": {"train": str(folder / "data" / "train.csv"), "test_fraction": 0.25},
     }
-    (folder / "run.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", str(folder / "run.yaml")]) == 0
-    (summary,) = (folder / "runs").glob("*/*/summary.json")
-    return summary.parent
+    return _train_yaml(folder, data)
 
 
 def _every_depth(folder: Path, image: np.ndarray) -> dict[str, Path]:

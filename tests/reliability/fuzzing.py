@@ -148,6 +148,7 @@ def _pil_refuses(path: Path) -> bool:
 
 def _png(path: Path, seed: int = 0, size: tuple[int, int] = (8, 8), fmt: str = "PNG") -> Path:
     rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, format=fmt)
     return path
 
@@ -165,3 +166,24 @@ def cifar_valid() -> dict[str, bytes]:
         cifar_module._Py2Pickler(buffer, protocol=2).dump(obj)
         out[name] = buffer.getvalue()
     return out
+
+
+# A two-image-a-split VOC2007 tree that the VOC examples damage (the annotations name one dog each).
+VOC_XML = (
+    "<annotation><folder>VOC2007</folder><filename>{id}.jpg</filename>"
+    "<object><name>{name}</name><difficult>0</difficult></object></annotation>\n"
+)
+VOC_IDS = {"trainval": ["000001", "000002"], "test": ["000003", "000004"]}
+
+
+def voc_tree(folder: Path) -> Path:
+    """Write the valid tree under `folder`; returns its VOCdevkit/VOC2007."""
+    voc = folder / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    for split, ids in VOC_IDS.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i, image_id in enumerate(ids):
+            _png(voc / "JPEGImages" / f"{image_id}.jpg", seed=i, fmt="JPEG")
+            (voc / "Annotations" / f"{image_id}.xml").write_text(VOC_XML.format(id=image_id, name="dog"))
+    return voc

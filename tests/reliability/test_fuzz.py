@@ -47,6 +47,8 @@ from fuzzing import (
     SMOKE,
     TEXT,
     TRIED,
+    VOC_IDS,
+    VOC_XML,
     WORDS,
     Payload,
     _pil_refuses,
@@ -57,6 +59,7 @@ from fuzzing import (
     payloads,
     scratch,
     sets,
+    voc_tree,
 )
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -565,11 +568,6 @@ def test_bad_npy_files_are_one_line(work, capsys, data):
     assert not runs.exists()
 
 
-VOC_XML = (
-    "<annotation><folder>VOC2007</folder><filename>{id}.jpg</filename>"
-    "<object><name>{name}</name><difficult>0</difficult></object></annotation>\n"
-)
-VOC_IDS = {"trainval": ["000001", "000002"], "test": ["000003", "000004"]}
 XML_TEXT = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<&>"), min_size=1, max_size=12
 )
@@ -632,14 +630,7 @@ def bad_voc(draw) -> tuple[str, bytes]:
 def test_bad_voc_files_are_one_line(work, capsys, bad):
     where, content = bad
     folder = scratch(work)
-    voc, runs = folder / "VOCdevkit" / "VOC2007", folder / "runs"
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (voc / sub).mkdir(parents=True)
-    for split, ids in VOC_IDS.items():
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for i, image_id in enumerate(ids):
-            _png(voc / "JPEGImages" / f"{image_id}.jpg", seed=i, fmt="JPEG")
-            (voc / "Annotations" / f"{image_id}.xml").write_text(VOC_XML.format(id=image_id, name="dog"))
+    voc, runs = voc_tree(folder), folder / "runs"
     (voc / where).write_bytes(content if isinstance(content, bytes) else content.encode())
     argv = [
         "train",

@@ -28,7 +28,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fuzzing import FUZZ, SMOKE, TRIED, WORDS, _png, cifar_valid, expect_one_line_error, scratch, sets
+from fuzzing import (
+    FUZZ,
+    SMOKE,
+    TRIED,
+    VOC_IDS,
+    WORDS,
+    _png,
+    cifar_valid,
+    expect_one_line_error,
+    scratch,
+    sets,
+    voc_tree,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -302,7 +314,7 @@ def test_text_in_an_encoding_yaml_does_not_allow_is_refused_naming_the_file(work
         argv = ["train", SMOKE, *sets("data.name=csv_manifest", f"data.kwargs={{train: {path}}}")]
         argv += sets(f"trainer.out_dir={runs}")
     else:
-        voc = _voc_tree(folder)
+        voc = voc_tree(folder)
         path = voc / "ImageSets" / "Main" / "trainval.txt"
         path.write_bytes(data.draw(undecodable("000001\n000002\n")))
         argv = _voc_argv(folder, runs)
@@ -312,24 +324,6 @@ def test_text_in_an_encoding_yaml_does_not_allow_is_refused_naming_the_file(work
 
 # ---------------------------------------------------------------------------------------------------------------
 # FIFOs, links to /dev/zero and directories where a regular file is expected
-
-
-VOC_XML = (
-    "<annotation><filename>{id}.jpg</filename><object><name>dog</name><difficult>0</difficult></object></annotation>"
-)
-VOC_IDS = {"trainval": ["000001", "000002"], "test": ["000003", "000004"]}
-
-
-def _voc_tree(folder: Path) -> Path:
-    voc = folder / "VOCdevkit" / "VOC2007"
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (voc / sub).mkdir(parents=True)
-    for split, ids in VOC_IDS.items():
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for i, image_id in enumerate(ids):
-            _png(voc / "JPEGImages" / f"{image_id}.jpg", seed=i, fmt="JPEG")
-            (voc / "Annotations" / f"{image_id}.xml").write_text(VOC_XML.format(id=image_id))
-    return voc
 
 
 def _voc_argv(folder: Path, runs: Path, extra: tuple[str, ...] = ()) -> list:
@@ -423,7 +417,7 @@ def test_a_fifo_a_device_or_a_directory_where_a_file_belongs_is_one_line(work, c
         argv = ["train", SMOKE, *sets("data.name=image_folder", "data.kwargs={}", f"data.root={folder / 'data'}")]
         argv += sets(f"trainer.out_dir={runs}")
     elif where.startswith("voc"):
-        voc = _voc_tree(folder)
+        voc = voc_tree(folder)
         bad = {
             "voc_xml": voc / "Annotations" / "000002.xml",
             "voc_list": voc / "ImageSets" / "Main" / "test.txt",
@@ -687,7 +681,7 @@ def test_an_image_listed_twice_or_in_two_splits_is_refused(work, capsys, dup):
     folder = scratch(work)
     runs = folder / "runs"
     if dup["where"].startswith("voc"):
-        voc = _voc_tree(folder)
+        voc = voc_tree(folder)
         ids = VOC_IDS["trainval"]
         if dup["where"] == "voc_list":
             lines = [*ids]
