@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import itertools
-import math
 import multiprocessing
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 from visionbench.config import RunConfig, _short, config_from_raw, load_config, read_config_file
 from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
+from visionbench.utils.bounded import check_cells
 
 MATRIX = "matrix"
 MAX_CELLS = 10_000  # each cell is a training run: far more than anyone trains, far less than a hang (10 keys x 100)
@@ -70,10 +70,7 @@ def read_matrix(path: Path, overrides: list[str] = ()) -> tuple[list[Cell], list
     for key, values in matrix.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: matrix.{key}: expected a non-empty list of values, got {_short(values)}")
-    total = math.prod(len(values) for values in matrix.values())  # counted before any cell is built
-    if total > MAX_CELLS:
-        counts = " x ".join(str(len(v)) for v in matrix.values())
-        raise UserError(f"{path}: matrix: {total:,} cells ({counts}), more than the {MAX_CELLS:,} a compare may have")
+    check_cells([len(values) for values in matrix.values()], MAX_CELLS, f"{path}: matrix: ", "a compare may have")
     keys = list(matrix)
     base = config_from_raw(raw, list(overrides), str(path), experiment=path.stem)
     out = Path(base.trainer.out_dir) / (base.trainer.experiment or path.stem)

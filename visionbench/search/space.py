@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from visionbench.config import _describe, _key_text, _short, config_from_raw, read_yaml_file, safe_load
 from visionbench.errors import UserError
+from visionbench.utils.bounded import check_cells
 
 SAMPLERS = ("grid", "random", "tpe")
 # Every grid cell is validated as a config before anything runs, then trained: 10,000 cells of one-minute runs are
@@ -283,13 +284,8 @@ def grid_cells(space: Space, phis: list[float]) -> list[dict[str, Any]]:
                 f"params.{key}: {n:,} grid values, more than the {MAX_GRID_CELLS:,} cells a grid may have; "
                 "give a coarser step or grid_points, or use the random or tpe sampler"
             )
-    total = math.prod(sizes.values()) * max(1, len(phis))
-    if total > MAX_GRID_CELLS:
-        counts = " x ".join(f"{n} ({key})" for key, n in sizes.items())
-        raise UserError(
-            f"params: the grid has {total:,} cells ({counts}), more than the {MAX_GRID_CELLS:,} a grid may have; "
-            "use fewer values, or the random or tpe sampler"
-        )
+    tail = "a grid may have; use fewer values, or the random or tpe sampler"
+    check_cells(sizes, MAX_GRID_CELLS, "params: the grid has ", tail, times=max(1, len(phis)))
     axes = {key: param.grid(key) for key, param in space.params.items()}
     if space.scaling is not None:
         axes = {SCALING_PARAM: list(phis), **axes}

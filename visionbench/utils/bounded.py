@@ -4,7 +4,8 @@ A broken or hostile input may cost only what its kind of file legitimately needs
 (whose plain `open` blocks until a writer comes), a directory, or a 10 GB file where a 2 KB config is expected is
 refused in one line naming the file before anything is read into memory. Readers that hand a file to another
 library (numpy's memory map, Pillow) check it with `check_regular` first, and count elements with `check_count`
-before they allocate what a header claims.
+before they allocate what a header claims. A config that multiplies into runs (a compare matrix, a search grid) is
+counted with `check_cells` before any cell is built.
 
 Text follows the YAML 1.2 rules for every text file we read (configs, search spaces, CSV manifests, VOC lists):
 UTF-8 with or without a byte-order mark, UTF-16 or UTF-32 with one, or without one when the first character is
@@ -18,6 +19,7 @@ import io
 import math
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -231,6 +233,22 @@ def check_count(count: int, limit: int, path: str | os.PathLike, what: str) -> N
     """Refuse before allocating when a header claims more than `limit` elements."""
     if count > limit:
         raise UnreadableFile(path, f"{what}: {count:,} elements claimed, more than the {limit:,} allowed")
+
+
+def check_cells(sizes: Mapping[str, int] | Sequence[int], limit: int, head: str, tail: str, times: int = 1) -> int:
+    """The number of combinations of axes of these `sizes` (times `times`), refused before any is built when it is
+    more than `limit`: `{head}{total:,} cells (10 x 20), more than the {limit:,} {tail}`; named axes (a mapping)
+    show as `10 (key)`.
+
+    Raises:
+        UserError: more than `limit` combinations.
+    """
+    named = isinstance(sizes, Mapping)
+    total = math.prod(sizes.values() if named else sizes) * times
+    if total > limit:
+        counts = " x ".join(f"{n} ({key})" for key, n in sizes.items()) if named else " x ".join(map(str, sizes))
+        raise UserError(f"{head}{total:,} cells ({counts}), more than the {limit:,} {tail}")
+    return total
 
 
 def memory_bytes() -> int | None:
