@@ -30,7 +30,10 @@ def search(
 
     from visionbench.errors import UserError
     from visionbench.search.results import counts_line, write_search_report
-    from visionbench.search.runner import SCALING_PARAM, open_storage, open_study, prepare, redact, run_search
+    from visionbench.search.space import SCALING_PARAM
+    from visionbench.search.spec import prepare
+    from visionbench.search.study import open_storage, open_study, redact
+    from visionbench.search.workers import run_search
 
     if sampler is not None and sampler not in ("grid", "random", "tpe"):
         raise UserError(f"--sampler {sampler!r}: expected grid, random or tpe")

@@ -37,6 +37,7 @@ from visionbench.errors import UserError
 from visionbench.utils.bounded import check_cells
 
 SAMPLERS = ("grid", "random", "tpe")
+SCALING_PARAM = "scaling.phi"  # the optuna parameter of the scaling's coefficient
 # Every grid cell is validated as a config before anything runs, then trained: 10,000 cells of one-minute runs are
 # a week of compute. More is a typo (`int: [0, 1e9]` without a step), refused before the values are built.
 MAX_GRID_CELLS = 10_000
@@ -146,6 +147,12 @@ class Param(_Section):
         if self.kind == "log_float":
             return [float(math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (n - 1))) for i in range(n)]
         return [float(low + i * (high - low) / (n - 1)) for i in range(n)]
+
+    def from_stored(self, stored: Any) -> Any:
+        """The value that optuna's stored value stands for (a choice is stored as its YAML text)."""
+        if self.kind == "choice":
+            return next(v for v in self.choice if _text(v) == stored)
+        return stored
 
     def low_value(self) -> Any:
         """A value of the distribution (its first choice or its low end): validates the key against the config."""
@@ -290,6 +297,3 @@ def grid_cells(space: Space, phis: list[float]) -> list[dict[str, Any]]:
     if space.scaling is not None:
         axes = {SCALING_PARAM: list(phis), **axes}
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
-
-
-SCALING_PARAM = "scaling.phi"
