@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("saliency", "smoothgrad", "integrated_gradients", "deeplift", "gradcam", "gradcam++")
 
@@ -106,7 +108,7 @@ def main() -> None:
         cmd += ["--set", f"trainer.epochs={args.epochs}", "--set", f"trainer.out_dir={out}"]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         run_dir = next(out.glob("*/*/"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     print(f"run: {run_dir} ({summary['model']}, {summary['params']:,} params, test/acc1 "
           f"{summary['final']['test/acc1']:.4f})")  # fmt: skip
     rhos = sanity(run_dir, args.sanity_images)

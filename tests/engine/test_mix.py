@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.engine.train import build_mix
@@ -36,7 +37,7 @@ def test_a_mixup_cutmix_run_trains_and_records_where_augmentations_run(tmp_path:
     overrides = ["data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "data.augment.flip=true"]
     overrides += [f"trainer.out_dir={tmp_path}", "trainer.device=cpu"]
     assert main(["train", str(SMOKE), *[x for o in overrides for x in ("--set", o)]]) == 0
-    summary = json.loads(next(tmp_path.glob("*/*/summary.json")).read_text())
+    summary = json.loads(next(tmp_path.glob(f"*/*/{layout.SUMMARY}")).read_text())
     assert summary["status"] == "finished" and np.isfinite(summary["final"]["train/loss"])
     assert summary["augment"] == {"device": ["flip", "mixup_alpha", "cutmix_alpha"], "workers": []}
 

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from visionbench import layout
 from visionbench.config import RunConfig
 from visionbench.data import DatasetInfo, Datasets, augment_placement, build_datasets, build_loader
 from visionbench.data.transforms import normalize
@@ -166,7 +167,7 @@ def train(
     check_budget(cfg, params)
     mix = build_mix(cfg, data.info.task, data.info.num_outputs)
     head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
-    ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
+    ckpt = load_checkpoint(resume_dir / layout.LAST) if resume_dir is not None else None
     summary_writer = tensorboard_writer_class() if tcfg.tensorboard else None
 
     # 2. Data onto the device, model, optimisation.
@@ -227,7 +228,7 @@ def train(
             set_rng_state(ckpt["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # ours, but from another model or optimizer
             raise UserError(
-                f"{resume_dir / rundir.LAST}: checkpoint does not match this run ({first_line(e)})"
+                f"{resume_dir / layout.LAST}: checkpoint does not match this run ({first_line(e)})"
             ) from None
 
     saved: dict[str, int] = {}  # where the newest checkpoint on disk stands: what a resume would continue from
@@ -296,7 +297,7 @@ def train(
             if better:
                 st.best_value, st.best_epoch = value, row["epoch"]
                 if main_rank:
-                    save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
+                    save_weights(run_dir / layout.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
         if main_rank:
             rundir.write_metrics(run_dir, st.rows)
         summary("running", row, _best_row(st))
@@ -308,7 +309,7 @@ def train(
         if world == 1:  # a finite loss can still leave inf weights behind; such a checkpoint is no good one
             _check_finite_weights(payload, st)
         payload["train_state"]["elapsed_offset"] = st.elapsed_offset + time.monotonic() - start
-        save_checkpoint(run_dir / rundir.LAST, {**payload, "rng": rng_state()})
+        save_checkpoint(run_dir / layout.LAST, {**payload, "rng": rng_state()})
         saved.clear()
         saved.update(_position(st))
 
@@ -320,8 +321,8 @@ def train(
     def how_to_continue() -> str:
         if not saved:
             return "no checkpoint was written, so there is nothing to resume: run the same command again"
-        if not (run_dir / rundir.LAST).is_file():
-            return f"{rundir.LAST} is no longer a file, so there is nothing to resume: run the same command again"
+        if not (run_dir / layout.LAST).is_file():
+            return f"{layout.LAST} is no longer a file, so there is nothing to resume: run the same command again"
         return f"continue with: visionbench train --resume {shlex.quote(str(run_dir))}"
 
     def record(status: str, message: str) -> None:
@@ -353,7 +354,7 @@ def train(
             return FolderGone(f"{e} ({where()})")
         if isinstance(e, TrainingDiverged):
             kept = (
-                f"the last good checkpoint ({rundir.LAST}, epoch {saved['epoch'] + 1}, step {saved['step']}) is kept"
+                f"the last good checkpoint ({layout.LAST}, epoch {saved['epoch'] + 1}, step {saved['step']}) is kept"
                 if saved
                 else "no checkpoint was written"
             )
@@ -373,7 +374,7 @@ def train(
         if main_rank:
             rundir.write_env(run_dir, cfg, device)
         if summary_writer is not None and main_rank:
-            trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
+            trainer.writer = summary_writer(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=state.epoch + 1)
         summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
     except BaseException:
         folder.close()
@@ -404,14 +405,14 @@ def train(
             _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
         details.update(task.details(*trainer.outputs["test"]))
         if best_key is None and main_rank:  # no validation split: the best weights are the final ones
-            save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
+            save_weights(run_dir / layout.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
         if best_key is None or state.best_epoch == state.epoch:
             best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
         else:
             if world > 1:
                 dist.barrier()  # rank 0 has written the best weights that every rank reads now
             best_model = copy.deepcopy(trainer.eval_model)
-            load_weights(run_dir / rundir.BEST, best_model)
+            load_weights(run_dir / layout.BEST, best_model)
             metrics, _, _ = evaluate(best_model, test_loader, task, device, tcfg)
             best = {**_best_row(state), **{f"test/{k}": v for k, v in metrics.items()}}
         state.seconds["eval"] += time.monotonic() - t_eval
@@ -526,8 +527,8 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
     for name, value in artifacts.items():
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        if name == "confusion_matrix":
-            write_json(run_dir / f"{name}_test.json", value)
+        if name == layout.CONFUSION_MATRIX:
+            write_json(run_dir / layout.artifact(name), value)
             writer.writerow(["true\\pred", *value["class_names"]])
             for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"], strict=True):
                 writer.writerow([cls, *counts])
@@ -535,6 +536,6 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
             writer.writerow(list(value))
             writer.writerows(zip(*value.values(), strict=True))
         else:
-            write_json(run_dir / f"{name}_test.json", value)
+            write_json(run_dir / layout.artifact(name), value)
             continue
-        write_text(run_dir / f"{name}_test.csv", buf.getvalue())
+        write_text(run_dir / layout.artifact(name, suffix=".csv"), buf.getvalue())
