@@ -34,7 +34,7 @@ def _test_split(run_dir: Path, n: int):
 
     from visionbench.cli.predict import load_run
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     run = load_run(run_dir)
     cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
@@ -68,7 +68,7 @@ def sanity(run_dir: Path, n: int) -> dict[str, float]:
     from scipy.stats import spearmanr
 
     from visionbench.analysis.attribution import attribute, to_maps
-    from visionbench.engine.train import create_run_model
+    from visionbench.engine.assembly import create_run_model
 
     run, images, targets = _test_split(run_dir, n)
     with torch.inference_mode():

@@ -49,7 +49,7 @@ def _images(n: int = 8, side: int = 28, seed: int = 0) -> torch.Tensor:
 
 def _test_images(loaded, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     data = build_datasets(loaded.cfg.data)
     x, y = next(iter(eval_loader(data, "test", loaded.cfg, torch.device("cpu"))))

@@ -20,8 +20,8 @@ from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.data import build_datasets
+from visionbench.engine.assembly import build_model
 from visionbench.engine.checkpoint import load_weights
-from visionbench.engine.train import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

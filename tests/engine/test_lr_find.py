@@ -19,9 +19,9 @@ from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.data import build_datasets, build_loader
 from visionbench.engine import lr_find as lf
+from visionbench.engine.assembly import create_run_model
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import seed_everything
-from visionbench.engine.train import create_run_model
 from visionbench.engine.transfer import head_parameter_names
 from visionbench.tasks import build_task
 

@@ -25,9 +25,9 @@ def evaluate(
     from visionbench.cli.predict import load_run
     from visionbench.config import load_config
     from visionbench.data import build_datasets
+    from visionbench.engine.assembly import eval_loader
     from visionbench.engine.loop import evaluate as run_eval
     from visionbench.engine.runtime import resolve_device
-    from visionbench.engine.train import eval_loader
     from visionbench.utils.io import write_json
 
     if tta not in ("none", "flip"):

@@ -62,7 +62,7 @@ def split_images(run: LoadedRun, split: str, limit: int) -> tuple[torch.Tensor, 
         UserError: the run has no such split (a validation split of a run with val_fraction 0).
     """
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
     data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))
@@ -90,8 +90,8 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     """
     from visionbench.config import load_config
     from visionbench.data import build_datasets
+    from visionbench.engine.assembly import create_run_model
     from visionbench.engine.checkpoint import load_run_weights
-    from visionbench.engine.train import create_run_model
     from visionbench.tasks import build_task
     from visionbench.utils.io import read_json
 

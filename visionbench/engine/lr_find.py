@@ -47,11 +47,11 @@ from visionbench.config import RunConfig, TrainerConfig
 from visionbench.data import build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
+from visionbench.engine.assembly import build_mix, build_model, check_budget, prepare_transfer
 from visionbench.engine.checkpoint import rng_state, set_rng_state
 from visionbench.engine.loop import TrainingDiverged
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import autocast, resolve_device, seed_everything
-from visionbench.engine.train import build_mix, build_model, check_budget, prepare_transfer
 from visionbench.errors import UserError
 from visionbench.tasks import build_task
 from visionbench.tasks.base import Task
@@ -267,7 +267,7 @@ def lr_find(
     task.fit_targets(data.train.targets)
     model, params, _ = build_model(cfg, data)
     check_budget(cfg, params)
-    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
+    mix = build_mix(cfg, task, data.info)
     head, frozen = prepare_transfer(cfg, model, resumed=False)
     loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, tcfg.channels_last)
     if hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer

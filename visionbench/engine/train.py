@@ -26,9 +26,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from visionbench import layout
 from visionbench.config import RunConfig
-from visionbench.data import DatasetInfo, Datasets, augment_placement, build_datasets, build_loader
+from visionbench.data import Datasets, augment_placement, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
+from visionbench.engine.assembly import build_mix, build_model, check_budget, eval_loader, prepare_transfer
 from visionbench.engine.callbacks import make_progress
 from visionbench.engine.checkpoint import (
     first_non_finite,
@@ -52,85 +53,12 @@ from visionbench.engine.runtime import (
     seed_everything,
 )
 from visionbench.engine.schedule import TimeBudget, build_scheduler
-from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
+from visionbench.engine.transfer import Unfreeze
 from visionbench.errors import UserError, first_line
-from visionbench.models import create_model, inspect_model
 from visionbench.tasks import build_task
 from visionbench.utils import interrupts
 from visionbench.utils.interrupts import Interrupted, signal_name
 from visionbench.utils.io import FolderGone, WriteFailed, keep_folder, write_json, write_text
-
-
-def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
-    """The configured model for a dataset's input size and outputs (random init, no check run)."""
-    C, H, W = info.input_size
-    return create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
-
-
-def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, int]:
-    """The configured model for `data`, checked against the input size; returns (model, params, flops)."""
-    model = create_run_model(cfg, data.info)
-    params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
-    return model, params, flops
-
-
-def build_mix(cfg: RunConfig, task_kind: str, num_classes: int):
-    """timm's Mixup for augment.mixup_alpha / cutmix_alpha (classification only; whole batches, on the device)."""
-    aug = cfg.data.augment
-    if not (aug.mixup_alpha or aug.cutmix_alpha):
-        return None
-    if task_kind != "classification":
-        raise UserError(f"data.augment.mixup_alpha / cutmix_alpha: classification only, this task is {task_kind}")
-    if cfg.trainer.batch_size % 2:
-        raise UserError(
-            f"trainer.batch_size: mixup/cutmix pair images, expected an even size, got {cfg.trainer.batch_size}"
-        )
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha,
-        prob=aug.mix_prob,
-        switch_prob=aug.mix_switch_prob,
-        mode="batch",
-        label_smoothing=0.0,  # the task applies task.label_smoothing to the mixed targets
-        num_classes=num_classes,
-    )
-
-
-def check_budget(cfg: RunConfig, params: int) -> None:
-    """model.max_params: refuse an over-budget model before anything is trained or written."""
-    budget = cfg.model.max_params
-    if budget is not None and params > budget:
-        raise UserError(
-            f"model.max_params: {cfg.model.name} has {params:,} parameters, over the budget of {int(budget):,}"
-        )
-
-
-def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> tuple[set[str], list[str]]:
-    """Load model.pretrained (not on a resume: the checkpoint has the weights) and apply model.freeze.
-
-    Returns the head's parameter names (for optim.backbone_lr_scale) and the frozen parameter names.
-    """
-    mcfg, tcfg = cfg.model, cfg.trainer
-    if tcfg.unfreeze_at_epoch is not None and not mcfg.freeze:
-        raise UserError("trainer.unfreeze_at_epoch: needs model.freeze (there is nothing frozen to unfreeze)")
-    needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0 or mcfg.pretrained
-    head = head_parameter_names(model) if needs_head else set()  # found once: it deep-copies the model
-    if mcfg.pretrained and not resumed:
-        load_pretrained(model, mcfg.pretrained, mcfg.name, head)
-    frozen = freeze_names(model, mcfg.freeze, head) if mcfg.freeze else []
-    if frozen:
-        set_frozen(model, frozen, frozen=True)
-    return head, frozen
-
-
-def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
-    """The loader of a split for evaluation: in order, no augmentation (this rank's part under DDP)."""
-    tcfg = cfg.trainer
-    return build_loader(
-        data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last, shard=shard
-    )
 
 
 def train(
@@ -165,7 +93,7 @@ def train(
     task.fit_targets(data.train.targets)
     model, params, flops = build_model(cfg, data)
     check_budget(cfg, params)
-    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
+    mix = build_mix(cfg, task, data.info)
     head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
     ckpt = load_checkpoint(resume_dir / layout.LAST) if resume_dir is not None else None
     summary_writer = tensorboard_writer_class() if tcfg.tensorboard else None
