@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/smoke/synthetic.yaml"
 SETS = ["trainer.epochs=2", "trainer.deterministic=true", "data.kwargs.n_train=1024", "trainer.num_threads=1"]
@@ -31,7 +33,7 @@ def _train(out: Path, procs: int, sets: list[str]) -> Path:
         head += ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "visionbench"]
     args = [*head, "train", CONFIG] + [a for s in [*sets, f"trainer.out_dir={out}"] for a in ("--set", s)]
     subprocess.run(args, check=True, cwd=ROOT, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    (run,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
     return run
 
 
@@ -47,9 +49,9 @@ def main() -> None:
         runs = {n: _train(Path(tmp) / f"p{n}", n, sets) for n in (1, args.procs)}
         finals, weights = {}, {}
         for n, run in runs.items():
-            summary = json.loads((run / "summary.json").read_text())
+            summary = json.loads((run / layout.SUMMARY).read_text())
             finals[n] = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
-            weights[n] = safetensors.torch.load_file(str(run / "checkpoints/best.safetensors"))
+            weights[n] = safetensors.torch.load_file(str(run / layout.BEST))
     one, many = weights[1], weights[args.procs]
     diff = max((one[k] - many[k]).abs().max().item() for k in one)
     print(f"config: {CONFIG} {' '.join(sets)}")

@@ -19,9 +19,9 @@ import torch
 from visionbench.config import load_config
 from visionbench.data import build_datasets, build_loader
 from visionbench.data.transforms import normalize
+from visionbench.engine.assembly import build_model
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import autocast, resolve_device, seed_everything
-from visionbench.engine.train import build_model
 from visionbench.tasks import build_task
 
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("saliency", "smoothgrad", "integrated_gradients", "deeplift", "gradcam", "gradcam++")
 
@@ -32,7 +34,7 @@ def _test_split(run_dir: Path, n: int):
 
     from visionbench.cli.predict import load_run
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     run = load_run(run_dir)
     cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
@@ -66,7 +68,7 @@ def sanity(run_dir: Path, n: int) -> dict[str, float]:
     from scipy.stats import spearmanr
 
     from visionbench.analysis.attribution import attribute, to_maps
-    from visionbench.engine.train import create_run_model
+    from visionbench.engine.assembly import create_run_model
 
     run, images, targets = _test_split(run_dir, n)
     with torch.inference_mode():
@@ -106,7 +108,7 @@ def main() -> None:
         cmd += ["--set", f"trainer.epochs={args.epochs}", "--set", f"trainer.out_dir={out}"]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         run_dir = next(out.glob("*/*/"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     print(f"run: {run_dir} ({summary['model']}, {summary['params']:,} params, test/acc1 "
           f"{summary['final']['test/acc1']:.4f})")  # fmt: skip
     rhos = sanity(run_dir, args.sanity_images)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
     "data": {"name": "synthetic", "val_fraction": 0.2, "kwargs": {"num_classes": 4, "n_train": 2048, "n_test": 256,
@@ -83,7 +85,7 @@ def _finished(out: Path, command: str, expected: int) -> dict[str, Path] | None:
     """The finished run directories by key (train: one; compare: by cell folder; search: by the trial's seed),
     when all `expected` are there."""
     runs: dict[str, Path] = {}
-    for summary in (out / "faults").rglob("summary.json"):
+    for summary in (out / "faults").rglob(layout.SUMMARY):
         if '"status": "finished"' not in summary.read_text():
             continue
         run = summary.parent
@@ -100,11 +102,11 @@ def _result(run: Path) -> tuple[list[dict], dict[str, bytes]]:
     import safetensors.torch
     import torch
 
-    with (run / "metrics.csv").open() as f:
+    with (run / layout.METRICS).open() as f:
         rows = [{k: v for k, v in row.items() if k != "elapsed_seconds"} for row in csv.DictReader(f)]
     last = torch.load(run / "checkpoints" / "last", map_location="cpu", weights_only=True)
     tensors = {f"last.{k}": v.numpy().tobytes() for k, v in last["model"].items()}
-    best = safetensors.torch.load_file(str(run / "checkpoints" / "best.safetensors"))
+    best = safetensors.torch.load_file(str(run / layout.BEST))
     tensors.update({f"best.{k}": v.numpy().tobytes() for k, v in best.items()})
     return rows, tensors
 

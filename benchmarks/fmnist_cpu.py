@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 TARGET = 0.91
@@ -96,7 +98,7 @@ def run_visionbench(tmp: Path, config: str, seed: int) -> tuple[float, float, in
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"visionbench failed:\n{proc.stderr}")
-    (summary_path,) = out.glob("*/*/summary.json")
+    (summary_path,) = out.glob(f"*/*/{layout.SUMMARY}")
     summary = json.loads(summary_path.read_text())
     return wall, summary["final"]["test/acc1"], summary["epochs_completed"]
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "configs" / "fashion_mnist" / "lab"
 SOURCES = {"vgg16_bn_frozen": "digits_vgg16_bn", "resnet18_transfer": "digits_resnet18"}
@@ -37,7 +39,7 @@ ROWS = [
 
 def newest_finished(folder: Path) -> Path | None:
     for run_dir in sorted(folder.glob("*/"), reverse=True):
-        summary = run_dir / "summary.json"
+        summary = run_dir / layout.SUMMARY
         if summary.is_file() and json.loads(summary.read_text()).get("status") == "finished":
             return run_dir
     return None
@@ -75,11 +77,11 @@ def main() -> None:
     for stem, label in ROWS:
         reused = newest_finished(args.out / stem) if args.reuse_sources and stem in SOURCES.values() else None
         if reused is not None:
-            run_dir, wall = reused, json.loads((reused / "summary.json").read_text())["seconds"]["total"]
+            run_dir, wall = reused, json.loads((reused / layout.SUMMARY).read_text())["seconds"]["total"]
         else:
             run_dir, wall = run(stem, args.out, runs, args.quick)
         runs[stem] = run_dir
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / layout.SUMMARY).read_text())
         acc = summary["final"]["test/acc1"] * 100
         rows.append(
             f"| {label} | `lab/{stem}.yaml` | {summary['params']:,} | {summary['epochs_completed']} | {acc:.2f} | "
@@ -89,7 +91,7 @@ def main() -> None:
         if not args.quick:
             dest = results / stem
             dest.mkdir(parents=True, exist_ok=True)
-            for name in ("config.yaml", "metrics.csv", "summary.json"):
+            for name in (layout.CONFIG, layout.METRICS, layout.SUMMARY):
                 shutil.copy(run_dir / name, dest / name)
     table = "\n".join(rows)
     print(table)

@@ -41,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from visionbench import layout  # noqa: E402
 from visionbench.config import load_config  # noqa: E402
 from visionbench.engine.train import train  # noqa: E402
 
@@ -83,7 +84,7 @@ def run(config: str, overrides: list[str], out: Path, timer: EpochTimer | None =
     t0 = time.perf_counter()
     run_dir = train(cfg, callbacks=[timer] if timer else ())
     wall = time.perf_counter() - t0
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     return {**summary, "wall": wall}
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/fashion_mnist/search_5m.yaml"
 SPACE = ROOT / "configs/fashion_mnist/search_5m.space.yaml"
@@ -69,7 +71,7 @@ def main() -> None:
         text=True,
     )
     full = json.loads((run_dir / "eval-test-none-best.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     print(f"search wall time: {wall:.0f} s ({wall / 60:.1f} min), {args.trials} trials asked")
     print("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items())))
     trained = [t for t in study.trials if "run_dir" in t.user_attrs]

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionbench import layout
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,7 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         wall = time.perf_counter() - start
-        (summary_path,) = Path(out).glob("*/*/summary.json")
+        (summary_path,) = Path(out).glob(f"*/*/{layout.SUMMARY}")
         summary = json.loads(summary_path.read_text())
     budget = summary["time_budget"]
     seconds = args.minutes * 60

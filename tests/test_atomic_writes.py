@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from visionbench import layout
 from visionbench.errors import UserError
 from visionbench.utils.interrupts import Interrupted
 from visionbench.utils.io import FolderGone, WriteFailed, atomic_open, keep_folder, write_text
@@ -28,12 +29,12 @@ def test_a_kept_folder_gets_its_subfolders_but_is_never_recreated(tmp_path):
         write_text(tmp_path / "elsewhere" / "y", "2")  # outside it: as always
         run.rename(tmp_path / "moved")
         with pytest.raises(FolderGone, match="run-1: the folder was deleted or moved"):
-            write_text(run / "summary.json", "{}")
+            write_text(run / layout.SUMMARY, "{}")
         with pytest.raises(FolderGone):
             write_text(run / "checkpoints" / "last", "z")
         assert not run.exists()
-    write_text(run / "summary.json", "{}")  # the guard ends with the block
-    assert (run / "summary.json").is_file()
+    write_text(run / layout.SUMMARY, "{}")  # the guard ends with the block
+    assert (run / layout.SUMMARY).is_file()
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT])

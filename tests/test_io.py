@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.utils.io import atomic_open, write_json, write_text
 
 
 def test_a_failed_write_keeps_the_previous_version_and_leaves_no_temp_file(tmp_path: Path) -> None:
-    path = tmp_path / "summary.json"
+    path = tmp_path / layout.SUMMARY
     write_text(path, "old")
     with pytest.raises(RuntimeError), atomic_open(path) as f:
         f.write("half of the new")
         raise RuntimeError("killed mid-write")
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [layout.SUMMARY]
 
 
 def test_written_files_get_the_mode_of_a_new_file_not_mkstemps_0600(tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_written_files_get_the_mode_of_a_new_file_not_mkstemps_0600(tmp_path: Pa
 
 
 def test_json_is_strict_a_value_that_is_not_finite_is_null_never_nan(tmp_path: Path) -> None:
-    path = tmp_path / "summary.json"
+    path = tmp_path / layout.SUMMARY
     write_json(path, {"a": math.nan, "b": [1.5, -math.inf], "c": {"d": math.inf, "e": "nan"}, "f": 2})
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text, text

@@ -11,6 +11,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from visionbench import layout
 from visionbench.analysis.attribution import IG_STEPS, METHODS, attribute, to_maps
 from visionbench.cli.main import main
 from visionbench.config import config_from_raw
@@ -48,7 +49,7 @@ def _images(n: int = 8, side: int = 28, seed: int = 0) -> torch.Tensor:
 
 def _test_images(loaded, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     data = build_datasets(loaded.cfg.data)
     x, y = next(iter(eval_loader(data, "test", loaded.cfg, torch.device("cpu"))))
@@ -148,12 +149,12 @@ def test_hooks_removed_when_the_model_raises(loaded, method):
 
 def test_explain_writes_grids_that_the_report_shows(trained_run, capsys):
     assert main(["explain", str(trained_run), "--method", "gradcam", "--n", "4"]) == 0
-    out_dir = trained_run / "explain" / "gradcam-test"
+    out_dir = trained_run / layout.EXPLAIN / "gradcam-test"
     panels = json.loads((out_dir / "panels.json").read_text())
     assert set(panels) == {"correct", "wrong"} and len(panels["correct"]) == 4
     assert (out_dir / "correct.png").stat().st_size > 1000
     assert main(["explain", str(trained_run), "--method", "saliency", "--n", "2", "--classes", "class_1"]) == 0
-    assert (trained_run / "explain" / "saliency-test" / "class-class_1.png").is_file()
+    assert (trained_run / layout.EXPLAIN / "saliency-test" / "class-class_1.png").is_file()
     assert main(["report", str(trained_run)]) == 0
     html = (trained_run / "report.html").read_text()
     assert "explain/gradcam-test/correct.png" in html and "explain/saliency-test/class-class_1.png" in html
@@ -171,7 +172,7 @@ def test_explain_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys)
         assert len(err) == 1 and expected in err[0], err
     empty = tmp_path / "no_weights"
     empty.mkdir()
-    (empty / "config.yaml").write_text((trained_run / "config.yaml").read_text())
+    (empty / layout.CONFIG).write_text((trained_run / layout.CONFIG).read_text())
     assert main(["explain", str(empty), "--method", "saliency"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(empty) in err[0], err
@@ -221,9 +222,9 @@ def test_grid_files_of_class_groups_stay_in_their_folder_whatever_the_class_name
     names = ["../escape", "a/b", "a_b", ".hidden", "$\\foo{$", "class-ok"]
     groups = {f"class-{n}": [Panel(0, 0, f"#0 {n}")] for n in names}
     maps = {g: torch.rand(1, 8, 8) for g in groups}
-    out = tmp_path / "explain" / "saliency-test"
+    out = tmp_path / layout.EXPLAIN / "saliency-test"
     paths = save_grids(out, torch.rand(1, 1, 8, 8), groups, maps, "saliency")
     assert len(paths) == len(names) == len(set(paths)), paths
     for path in paths:
         assert path.parent == out and path.is_file() and not path.name.startswith("."), path
-    assert not (tmp_path / "explain" / "escape.png").exists() and sorted(tmp_path.rglob("*.png")) == sorted(paths)
+    assert not (tmp_path / layout.EXPLAIN / "escape.png").exists() and sorted(tmp_path.rglob("*.png")) == sorted(paths)

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from visionbench import layout
 from visionbench.analysis import suite as S
 from visionbench.cli.main import main
 from visionbench.config import config_from_raw
@@ -37,12 +38,12 @@ def _rows(path):
 
 def test_analyze_writes_every_part_and_the_report_shows_them(run_dir, capsys):
     assert main(["analyze", str(run_dir), "--images", "96", "--weights", "last"]) == 0  # the final model
-    out = run_dir / "analysis"
+    out = run_dir / layout.ANALYSIS
     robustness = _rows(out / "robustness.csv")
     assert len(robustness) == 1 + 3 * 5 and robustness[0]["corruption"] == "none"
     assert {r["corruption"] for r in robustness[1:]} == {"gaussian_noise", "gaussian_blur", "contrast"}
     assert all(0.0 <= float(r["metric"]) <= 1.0 for r in robustness)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / layout.SUMMARY).read_text())
     assert float(robustness[0]["metric"]) == pytest.approx(summary["final"]["test/acc1"], abs=1e-6), "clean = test"
     assert len(_rows(out / "consistency.csv")) == 1 + 4 * len(S.SHIFTS)
     assert len(_rows(out / "frequency.csv")) == 2 * len(S.FREQ_RADII)

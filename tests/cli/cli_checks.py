@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 
@@ -39,5 +40,5 @@ def train_yaml(folder: Path, data: dict, task: dict | None = None) -> Path:
     config = folder / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(config)]) == 0
-    (summary,) = (folder / "runs").glob("*/*/summary.json")
+    (summary,) = (folder / "runs").glob(f"*/*/{layout.SUMMARY}")
     return summary.parent

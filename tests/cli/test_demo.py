@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,11 +69,11 @@ def checkout_copy(tmp_path, monkeypatch) -> Path:
 def test_demo_trains_two_models_explains_one_and_says_what_to_open(checkout_copy, capsys):
     out = _run_demo(capsys)
     demo = checkout_copy / "runs" / "demo"
-    cells = sorted(p.parent.name for p in demo.glob("*/summary.json"))
+    cells = sorted(p.parent.name for p in demo.glob(f"*/{layout.SUMMARY}"))
     assert cells == ["model.name=resnet_cfg_small", "model.name=small_cnn"]
     for model in ("small_cnn", "resnet_cfg_small"):  # the table, with a test accuracy per model
         assert re.search(rf"^\| {model} \| \d+\.\d\d % \|", out, re.M), out
-    grids = list((demo / "model.name=resnet_cfg_small" / "explain" / "gradcam-test").glob("*.png"))
+    grids = list((demo / "model.name=resnet_cfg_small" / layout.EXPLAIN / "gradcam-test").glob("*.png"))
     assert grids, "the Grad-CAM grids"
     html = (demo / "report.html").read_text()
     assert all(f"explain/gradcam-test/{grid.name}" in html for grid in grids), "the report shows the grids"
@@ -84,7 +85,7 @@ def test_demo_trains_two_models_explains_one_and_says_what_to_open(checkout_copy
     for words in nexts:
         assert all((checkout_copy / w).exists() for w in words if w.startswith(("runs/", "configs/"))), words
 
-    weights = sorted(demo.glob("*/checkpoints/best.safetensors"))
+    weights = sorted(demo.glob(f"*/{layout.BEST}"))
     written = [p.stat().st_mtime_ns for p in weights]
     again = _run_demo(capsys)  # idempotent: nothing retrained, nothing re-explained, the same table
     assert [p.stat().st_mtime_ns for p in weights] == written

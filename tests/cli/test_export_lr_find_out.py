@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cli_checks import refused as _refused
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "runs"
     argv = ["train", str(SMOKE), *_sets(TINY, "trainer.epochs=1", "trainer.batch_size=16", f"trainer.out_dir={out}")]
     assert main(argv) == 0
-    (summary,) = out.glob("*/*/summary.json")
+    (summary,) = out.glob(f"*/*/{layout.SUMMARY}")
     return summary.parent
 
 
@@ -73,9 +74,9 @@ def test_export_never_writes_over_a_file_it_did_not_create_unless_asked(run, tmp
     pytest.importorskip("onnxscript", reason="ONNX export needs pip install 'visionbench[export]'")
     before = _digest(run)
     argv = ["export", run, "--format", "onnx"]
-    _refused(capsys, [*argv, "--out", run / "checkpoints" / "best.safetensors"], "exists; pass --overwrite")
-    _refused(capsys, [*argv, "--out", run / "checkpoints" / "best.safetensors", "--overwrite"], "inside the run")
-    _refused(capsys, [*argv, "--out", run / "config.yaml", "--overwrite"], "only under its own export/ folder")
+    _refused(capsys, [*argv, "--out", run / layout.BEST], "exists; pass --overwrite")
+    _refused(capsys, [*argv, "--out", run / layout.BEST, "--overwrite"], "inside the run")
+    _refused(capsys, [*argv, "--out", run / layout.CONFIG, "--overwrite"], "only under its own export/ folder")
     _refused(capsys, [*argv, "--out", run / "new.onnx"], f"inside the run directory {run.resolve()}")
     _refused(capsys, [*argv, "--out", tmp_path], "is a folder; expected a file path")
     assert _digest(run) == before, "the run directory is unchanged"
@@ -113,7 +114,7 @@ def test_lr_find_refuses_an_out_that_holds_another_commands_files(run, tmp_path,
     argv = ["lr-find", SMOKE, *_sets(TINY), "--steps", "10"]
     _refused(capsys, [*argv, "--out", run], "a training run's directory")
     _refused(capsys, [*argv, "--out", run / "sub"], f"inside the run directory {run.resolve()}")
-    _refused(capsys, [*argv, "--out", run / "config.yaml"], "exists and is not a folder")
+    _refused(capsys, [*argv, "--out", run / layout.CONFIG], "exists and is not a folder")
     assert _digest(run) == before, "lr-find must leave the run as it was"
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -127,8 +128,8 @@ def test_lr_find_replaces_its_own_result_only_with_overwrite(tmp_path, capsys):
     empty.mkdir()
     assert main([*argv, "--out", str(empty)]) == 0, "a new or empty folder is fine"
     first = _digest(empty)
-    assert set(first) == {"lr_find.csv", "lr_find.png", "lr_find.json", "config.yaml"}, first
+    assert set(first) == {"lr_find.csv", layout.LR_FIND_PNG, layout.LR_FIND_JSON, layout.CONFIG}, first
     _refused(capsys, [*argv, "--out", empty], "holds an earlier lr-find result; pass --overwrite")
     assert _digest(empty) == first
     assert main([*argv, "--out", str(empty), "--overwrite", "--start-lr", "1e-5"]) == 0
-    assert _digest(empty)["lr_find.json"] != first["lr_find.json"]
+    assert _digest(empty)[layout.LR_FIND_JSON] != first[layout.LR_FIND_JSON]

@@ -16,12 +16,12 @@ import torch
 from cli_checks import train_yaml as _train_yaml
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.data import build_datasets
-from visionbench.engine import rundir
+from visionbench.engine.assembly import build_model
 from visionbench.engine.checkpoint import load_weights
-from visionbench.engine.train import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,7 +37,7 @@ def _png(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB") -> Pat
 
 
 def _only_run(out: Path) -> Path:
-    (summary,) = out.glob("*/*/summary.json")
+    (summary,) = out.glob(f"*/*/{layout.SUMMARY}")
     return summary.parent
 
 
@@ -85,10 +85,10 @@ def _predict_json(capsys, *args: str) -> list[dict]:
 
 def _eval_model(run: Path):
     """The model and dataset facts the way `visionbench eval` builds them (the dataset rebuilt from its config)."""
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / layout.CONFIG)
     data = build_datasets(cfg.data)
     model, _, _ = build_model(cfg, data)
-    load_weights(run / rundir.BEST, model)
+    load_weights(run / layout.BEST, model)
     return model.eval(), data.info
 
 
@@ -147,9 +147,9 @@ def test_predict_prints_a_table_by_default(classification_run, tmp_path, capsys)
 def test_predict_without_data_info_in_the_summary_rebuilds_it_from_the_dataset(classification_run, tmp_path, capsys):
     old = tmp_path / "old_run"
     shutil.copytree(classification_run, old)
-    summary = json.loads((old / "summary.json").read_text())
+    summary = json.loads((old / layout.SUMMARY).read_text())
     del summary["data_info"]  # a run written before summary.json held it
-    (old / "summary.json").write_text(json.dumps(summary))
+    (old / layout.SUMMARY).write_text(json.dumps(summary))
     image = str(_png(tmp_path / "img.png", (30, 30), seed=4))
     new_records = _predict_json(capsys, str(classification_run), image)
     old_records = _predict_json(capsys, str(old), image)
@@ -175,7 +175,7 @@ def test_predict_multilabel_gives_every_label_and_which_are_over_the_threshold(m
 def test_predict_regression_values_are_in_target_units(regression_run, tmp_path, capsys):
     image = _png(tmp_path / "rgb.png", (16, 16), seed=7)  # RGB, for a run that decodes grey
     (record,) = _predict_json(capsys, str(regression_run), str(image))
-    summary = json.loads((regression_run / "summary.json").read_text())
+    summary = json.loads((regression_run / layout.SUMMARY).read_text())
     mean, std = summary["task_stats"]["target_mean"][0], summary["task_stats"]["target_std"][0]
     assert 1000 < mean < 1006 and 0 < std < 3, summary["task_stats"]
     (prediction,) = record["predictions"]
@@ -201,7 +201,7 @@ def test_predict_deeplense_min_max_scales_each_image_and_reads_release_files(tmp
     np.save(tmp_path / "plain.npy", plain)
     records = _predict_json(capsys, str(run), str(folder / "axion_sim_0.npy"), str(tmp_path / "plain.npy"))
     model, info = _eval_model(run)
-    stats = json.loads((run / "summary.json").read_text())["task_stats"]
+    stats = json.loads((run / layout.SUMMARY).read_text())["task_stats"]
     mean, std = stats["target_mean"][0], stats["target_std"][0]
 
     def expected(image: torch.Tensor) -> float:  # (H, W) at the model's size -> log10 m_a
@@ -243,11 +243,11 @@ def test_predict_bad_input_is_one_line_naming_the_file_and_exit_2(classification
     _one_line_error(capsys, main(["predict", run, good, "--weights", "final"]), "--weights")
     bare = tmp_path / "bare_run"
     bare.mkdir()
-    shutil.copy(classification_run / "config.yaml", bare)
-    shutil.copy(classification_run / "summary.json", bare)
-    _one_line_error(capsys, main(["predict", str(bare), good]), f"{bare / rundir.BEST}: weights file not found")
+    shutil.copy(classification_run / layout.CONFIG, bare)
+    shutil.copy(classification_run / layout.SUMMARY, bare)
+    _one_line_error(capsys, main(["predict", str(bare), good]), f"{bare / layout.BEST}: weights file not found")
     _one_line_error(
-        capsys, main(["predict", str(bare), good, "--weights", "last"]), f"{bare / rundir.LAST}: checkpoint not found"
+        capsys, main(["predict", str(bare), good, "--weights", "last"]), f"{bare / layout.LAST}: checkpoint not found"
     )
 
 
@@ -296,17 +296,17 @@ def test_export_bad_input_is_one_line_and_exit_2(classification_run, tmp_path, m
 
 def test_explain_attributes_each_label_of_a_multilabel_run(multilabel_run, capsys):
     assert main(["explain", str(multilabel_run), "--method", "saliency", "--n", "6", "--target", "true"]) == 0
-    panels = json.loads((multilabel_run / "explain" / "saliency-test" / "panels.json").read_text())
+    panels = json.loads((multilabel_run / layout.EXPLAIN / "saliency-test" / "panels.json").read_text())
     assert list(panels) == ["labels"] and panels["labels"], panels
     names = ["bird", "cat", "dog"]
     for p in panels["labels"]:  # one panel per image and true label, the label named in the caption
         assert f" {names[p['target']]} (true label" in p["caption"], p
-    assert (multilabel_run / "explain" / "saliency-test" / "labels.png").is_file()
+    assert (multilabel_run / layout.EXPLAIN / "saliency-test" / "labels.png").is_file()
 
 
 def test_explain_attributes_the_output_of_a_regression_run(regression_run, capsys):
     assert main(["explain", str(regression_run), "--method", "gradcam", "--n", "4", "--split", "val"]) == 0
-    panels = json.loads((regression_run / "explain" / "gradcam-val" / "panels.json").read_text())
+    panels = json.loads((regression_run / layout.EXPLAIN / "gradcam-val" / "panels.json").read_text())
     assert list(panels) == ["samples"] and [p["target"] for p in panels["samples"]] == [0] * len(panels["samples"])
     true_values = [float(p["caption"].split("true ")[1].split(",")[0]) for p in panels["samples"]]
     preds = [float(p["caption"].split("pred ")[1]) for p in panels["samples"]]

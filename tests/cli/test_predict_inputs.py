@@ -16,11 +16,11 @@ from cli_checks import refused as _refused
 from cli_checks import train_yaml as _train_yaml
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.cli.predict import Preprocess, load_run
 from visionbench.data.base import FileSplit
 from visionbench.data.stream import StreamLoader
-from visionbench.engine import rundir
 from visionbench.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 CLASSES = ("[/x]", "[red]", "plain")  # rich markup: "[/x]" crashed the table, "[red]" printed as nothing
@@ -175,11 +175,11 @@ def _scaled_weights(copy: Path, factor: float, nan: bool = False) -> None:
             p.mul_(factor)
             if nan and name.endswith("bias"):
                 p.view(-1)[0] = float("nan")
-    save_weights(copy / rundir.BEST, loaded.model)
-    state = load_checkpoint(copy / rundir.LAST)
+    save_weights(copy / layout.BEST, loaded.model)
+    state = load_checkpoint(copy / layout.LAST)
     state["model"] = loaded.model.state_dict()
     state.pop("format")
-    save_checkpoint(copy / rundir.LAST, state)
+    save_checkpoint(copy / layout.LAST, state)
 
 
 @pytest.mark.parametrize("weights", ["best", "last"])
@@ -188,7 +188,7 @@ def test_non_finite_weights_are_refused_naming_the_file(run, tmp_path, capsys, w
     _scaled_weights(copy, 1.0, nan=True)
     image = tmp_path / "a.png"
     Image.fromarray(_image(1)).save(image)
-    where = copy / (rundir.BEST if weights == "best" else rundir.LAST)
+    where = copy / (layout.BEST if weights == "best" else layout.LAST)
     for command in (["predict", copy, image], ["eval", copy]):
         err = _refused(capsys, [*command, "--weights", weights], f"{where}")
         assert "NaN or infinite" in err, err
@@ -206,7 +206,7 @@ def test_outputs_that_overflow_are_an_error_never_a_nan_in_the_output(run, tmp_p
     assert not list(copy.glob("eval-*.json")), "nothing written"
     _refused(capsys, ["explain", copy, "--method", "saliency", "--n", "2"], "test image 0: the model's output is not")
     _refused(capsys, ["analyze", copy, "--suite", "consistency", "--images", "10"], "the model's output is not finite")
-    assert not (copy / "explain").exists() and not (copy / "analysis").exists(), "nothing written"
+    assert not (copy / layout.EXPLAIN).exists() and not (copy / layout.ANALYSIS).exists(), "nothing written"
 
 
 @pytest.mark.parametrize(
@@ -223,9 +223,9 @@ def test_outputs_that_overflow_are_an_error_never_a_nan_in_the_output(run, tmp_p
 )
 def test_run_statistics_that_would_give_nan_are_refused_naming_summary_json(run, tmp_path, capsys, key, value, needle):
     copy = _copy(run, tmp_path / "stats")
-    summary = json.loads((copy / "summary.json").read_text())
+    summary = json.loads((copy / layout.SUMMARY).read_text())
     summary["data_info"][key] = value
-    (copy / "summary.json").write_text(json.dumps(summary))
+    (copy / layout.SUMMARY).write_text(json.dumps(summary))
     image = tmp_path / "a.png"
     Image.fromarray(_image(1)).save(image)
     err = _refused(capsys, ["predict", copy, image, "--json"], f"{copy / 'summary.json'}: ")

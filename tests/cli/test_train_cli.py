@@ -10,23 +10,24 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RUN_FILES = [
-    "config.yaml",
-    "env.json",
-    "metrics.csv",
-    "summary.json",
-    "checkpoints/last",
-    "checkpoints/best.safetensors",
+    layout.CONFIG,
+    layout.ENV,
+    layout.METRICS,
+    layout.SUMMARY,
+    layout.LAST,
+    layout.BEST,
     "confusion_matrix_test.json",
     "confusion_matrix_test.csv",
 ]
 
 
 def _only_run(out: Path) -> Path:
-    runs = [p.parent for p in out.glob("*/*/summary.json")]
+    runs = [p.parent for p in out.glob(f"*/*/{layout.SUMMARY}")]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -52,15 +53,15 @@ def test_train_synthetic_writes_every_file_and_learns(tmp_path, capsys):
     run = _only_run(tmp_path)
     for name in RUN_FILES:
         assert (run / name).is_file(), f"missing {name}"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 4
     assert summary["final"]["test/acc1"] > 0.6, summary["final"]  # 4 classes: chance is 0.25
     assert set(summary["seconds"]) == {"data", "train", "eval", "total"} and summary["params"] > 0
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = list(csv.DictReader((run / layout.METRICS).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert {"epoch", "step", "elapsed_seconds", "lr", "train/loss", "val/acc1", "val/loss"} <= set(rows[0])
     assert rows[-1]["test/acc1"] != "" and rows[0]["test/acc1"] == ""
-    env = json.loads((run / "env.json").read_text())
+    env = json.loads((run / layout.ENV).read_text())
     assert {"torch", "git_commit", "git_dirty", "seed", "device"} <= set(env)
     out = capsys.readouterr().out
     assert "epoch 4/4" in out and "\x1b[" not in out, "plain lines, no bar, when stdout is not a terminal"
@@ -80,12 +81,12 @@ def test_training_again_from_the_written_config_reproduces_the_run(tmp_path):
     sets = ["trainer.epochs=2", "trainer.deterministic=true", f"trainer.out_dir={tmp_path / 'a'}"]
     assert main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])]) == 0
     first = _only_run(tmp_path / "a")
-    assert main(["train", str(first / "config.yaml"), "--set", f"trainer.out_dir={tmp_path / 'b'}"]) == 0
+    assert main(["train", str(first / layout.CONFIG), "--set", f"trainer.out_dir={tmp_path / 'b'}"]) == 0
     second = _only_run(tmp_path / "b")
-    a, b = (json.loads((r / "summary.json").read_text()) for r in (first, second))
+    a, b = (json.loads((r / layout.SUMMARY).read_text()) for r in (first, second))
     a["final"].pop("elapsed_seconds"), b["final"].pop("elapsed_seconds")
     assert a["final"] == b["final"] and a["best"] == b["best"]
-    wa, wb = (safetensors.torch.load_file(r / "checkpoints/best.safetensors") for r in (first, second))
+    wa, wb = (safetensors.torch.load_file(r / layout.BEST) for r in (first, second))
     assert all(wa[k].equal(wb[k]) for k in wa)
 
 
@@ -93,7 +94,7 @@ def test_training_again_from_the_written_config_reproduces_the_run(tmp_path):
 def test_train_fashion_mnist_subset_learns(tmp_path):
     sets = ["data.subset=3000", "trainer.epochs=2", f"trainer.out_dir={tmp_path}"]
     assert main(["train", "configs/fashion_mnist/small_cnn.yaml", *sum((["--set", s] for s in sets), [])]) == 0
-    summary = json.loads((_only_run(tmp_path) / "summary.json").read_text())
+    summary = json.loads((_only_run(tmp_path) / layout.SUMMARY).read_text())
     assert summary["final"]["test/acc1"] > 0.6, summary["final"]  # 10 classes: chance is 0.1
 
 
@@ -135,7 +136,7 @@ def test_foreign_or_corrupt_checkpoint_does_not_damage_the_run(tmp_path, capsys)
     assert main(["train", "configs/smoke/synthetic.yaml", *sets]) == 0
     run = _only_run(tmp_path)
     capsys.readouterr()
-    ckpt = run / "checkpoints/last"
+    ckpt = run / layout.LAST
     for payload in (ckpt.read_bytes()[:1000], b"not a checkpoint at all"):
         ckpt.write_bytes(payload)
         before = _tree_digest(run)
@@ -156,14 +157,14 @@ def test_foreign_or_corrupt_checkpoint_does_not_damage_the_run(tmp_path, capsys)
         )
         == 0
     )
-    ckpt.write_bytes((_only_run(other) / "checkpoints/last").read_bytes())
+    ckpt.write_bytes((_only_run(other) / layout.LAST).read_bytes())
     capsys.readouterr()
     before = _tree_digest(run)
     _one_line_error(
         capsys, main(["train", "configs/smoke/synthetic.yaml", *sets, "--resume", str(run)]), "does not match"
     )
     assert _tree_digest(run) == before
-    (run / "checkpoints/best.safetensors").write_bytes(b"\x00" * 64)
+    (run / layout.BEST).write_bytes(b"\x00" * 64)
     _one_line_error(capsys, main(["eval", str(run)]), "best.safetensors")
 
 
@@ -173,11 +174,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "non-finite training loss" in err, err
     run = _only_run(tmp_path)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "failed" and "non-finite" in summary["error"]
     import torch
 
-    state = torch.load(run / "checkpoints/last", weights_only=True)
+    state = torch.load(run / layout.LAST, weights_only=True)
     assert state["train_state"]["step"] >= 1
     assert f"step {state['train_state']['step']}) is kept" in err, "the message names the checkpoint that is kept"
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -215,9 +216,9 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_names_only_a_che
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and expected in err, err
     run = _only_run(tmp_path)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "failed" and summary["error"] == err.removeprefix("error: ")
-    last = run / "checkpoints/last"
+    last = run / layout.LAST
     if "no checkpoint" in expected:
         assert not last.exists()
     else:
@@ -261,7 +262,7 @@ def test_training_says_where_what_and_how_fast_before_its_first_epoch_ends(tmp_p
     assert main(["train", "configs/smoke/synthetic.yaml", *sets]) == 0
     lines = capsys.readouterr().out.splitlines()
     run = _only_run(tmp_path)
-    params = json.loads((run / "summary.json").read_text())["params"]
+    params = json.loads((run / layout.SUMMARY).read_text())["params"]
     assert lines[0] == f"writing to {run}", lines
     assert lines[1] == (
         f"small_cnn ({params:,} parameters) on synthetic (410 train / 102 val / 128 test images), device cpu, "

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.data.deeplense import deeplense
 from visionbench.errors import UserError
@@ -125,19 +126,19 @@ trainer: {{epochs: 8, batch_size: 16, out_dir: {out}}}
 """
     )
     assert main(["train", str(config)]) == 0
-    run = next(out.glob("*/*/summary.json")).parent
-    summary = json.loads((run / "summary.json").read_text())
+    run = next(out.glob(f"*/*/{layout.SUMMARY}")).parent
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["main_metric"] == "mae" and summary["task_stats"]["target_mean"][0] == pytest.approx(-23, abs=0.3)
     final = summary["final"]
-    rows = list(csv.DictReader((run / "predictions_test.csv").open()))
+    rows = list(csv.DictReader((run / layout.artifact(layout.PREDICTIONS, suffix=".csv")).open()))
     assert len(rows) == 40 and set(rows[0]) == {"true", "pred"}
     mae = sum(abs(float(r["true"]) - float(r["pred"])) for r in rows) / len(rows)
     assert mae == pytest.approx(final["test/mae"], abs=1e-4)
     spread = np.mean([abs(float(r["true"]) - np.mean([float(q["true"]) for q in rows])) for r in rows])
     assert final["test/mae"] < spread, "the ring radius is learnable: better than predicting the mean"
     assert math.isfinite(final["test/r2"]) and final["test/rmse"] >= final["test/mae"]
-    assert (run / "plots" / "pred_vs_true.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run / "plots" / "curves.png").is_file()
+    assert (run / layout.PLOTS / "pred_vs_true.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / layout.PLOTS / "curves.png").is_file()
     assert main(["eval", str(run), "--split", "test", "--weights", "last"]) == 0
     again = json.loads((run / "eval-test-none-last.json").read_text())
     assert again["test/mae"] == pytest.approx(final["test/mae"], abs=1e-5)

@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.data.folder import csv_manifest, image_folder, read_manifest
 from visionbench.errors import UserError
@@ -400,7 +401,7 @@ def _train(tmp_path: Path, data: dict, name: str = "mine") -> tuple[int, Path]:
 
 
 def _summary(out: Path) -> tuple[Path, dict]:
-    (path,) = out.glob("*/*/summary.json")
+    (path,) = out.glob(f"*/*/{layout.SUMMARY}")
     summary = json.loads(path.read_text())
     assert summary["status"] == "finished", summary
     return path.parent, summary
@@ -418,7 +419,7 @@ def test_train_regression_from_a_csv_manifest(tmp_path: Path, capsys) -> None:
     assert code == 0, capsys.readouterr().err
     run, summary = _summary(out)
     assert summary["main_metric"] == "mae" and math.isfinite(summary["final"]["test/mae"]), summary["final"]
-    rows = list(csv.DictReader((run / "predictions_test.csv").open()))
+    rows = list(csv.DictReader((run / layout.artifact(layout.PREDICTIONS, suffix=".csv")).open()))
     assert len(rows) == 8 and {float(r["true"]) for r in rows} == {i / 4 for i in range(16, 24)}
 
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import AugmentConfig, load_config
 from visionbench.data import base as base_module
@@ -565,7 +566,7 @@ def test_seed_study_config_trains_its_short_variant(tmp_path: Path, capsys, shor
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 1, summary
     assert summary["main_metric"] == "map" and 0.0 <= summary["final"]["test/map"] <= 1.0, summary["final"]
-    resolved = yaml.safe_load((summary_path.parent / "config.yaml").read_text())
+    resolved = yaml.safe_load((summary_path.parent / layout.CONFIG).read_text())
     assert resolved["model"]["name"] == "timm:resnet18" and resolved["data"]["image_size"] == 32
 
 

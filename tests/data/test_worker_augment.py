@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionbench import layout
 from visionbench.config import AugmentConfig, DataConfig
 from visionbench.data import augment_placement, build_datasets, build_loader
 from visionbench.data.loader import DeviceLoader, epoch_plan
@@ -144,7 +145,7 @@ def test_a_run_with_the_timm_recipe_records_where_each_augmentation_ran(tmp_path
     ]
     config = ROOT / "configs/smoke/synthetic.yaml"
     assert main(["train", str(config), *[x for o in overrides for x in ("--set", o)]]) == 0
-    (summary,) = tmp_path.glob("*/*/summary.json")
+    (summary,) = tmp_path.glob(f"*/*/{layout.SUMMARY}")
     record = json.loads(summary.read_text())["augment"]
     assert record == {"device": ["flip", "mixup_alpha", "random_erasing"], "workers": ["auto_augment"]}
 

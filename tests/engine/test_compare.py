@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.engine.compare import cell_name, read_matrix, stale_cells
 from visionbench.errors import UserError
@@ -87,7 +88,7 @@ def test_compare_runs_every_cell_writes_the_report_and_skips_finished_cells(tmp_
     assert main(["compare", str(path)]) == 0
     out = capsys.readouterr().out
     experiment = tmp_path / "runs" / "study"
-    summaries = sorted(experiment.glob("*/summary.json"))
+    summaries = sorted(experiment.glob(f"*/{layout.SUMMARY}"))
     assert len(summaries) == 4
     assert all(json.loads(p.read_text())["status"] == "finished" for p in summaries)
     assert (experiment / "report.md").is_file() and (experiment / "report.html").is_file()
@@ -105,7 +106,7 @@ def test_a_failed_cell_does_not_stop_the_others_and_is_listed(tmp_path: Path, ca
     assert main(["compare", str(path)]) == 1
     out = capsys.readouterr().out
     assert "1 of 3 cells failed:" in out and "model.name=vgg16:" in out
-    finished = [p for p in (tmp_path / "runs" / "study").glob("*/summary.json")]
+    finished = [p for p in (tmp_path / "runs" / "study").glob(f"*/{layout.SUMMARY}")]
     assert len(finished) == 2
 
 
@@ -121,7 +122,7 @@ def test_an_interrupted_compare_finishes_only_the_missing_cells(tmp_path: Path, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert second.exists(), "the second cell had started when the kill came"
-    first = experiment / "trainer.seed=0" / "summary.json"
+    first = experiment / "trainer.seed=0" / layout.SUMMARY
     assert json.loads(first.read_text())["status"] == "finished"
     stamp = first.stat().st_mtime_ns
     assert not (experiment / "trainer.seed=2").exists()
@@ -132,14 +133,14 @@ def test_an_interrupted_compare_finishes_only_the_missing_cells(tmp_path: Path, 
     assert "resuming" in out and "trainer.seed=1" in out
     assert first.stat().st_mtime_ns == stamp
     for seed in (1, 2):
-        summary = json.loads((experiment / f"trainer.seed={seed}" / "summary.json").read_text())
+        summary = json.loads((experiment / f"trainer.seed={seed}" / layout.SUMMARY).read_text())
         assert summary["status"] == "finished" and summary["epochs_completed"] == 8
 
 
 def test_cells_run_in_worker_processes_with_jobs(tmp_path: Path, capsys) -> None:
     path = _config(tmp_path, "  trainer.seed: [0, 1]")
     assert main(["compare", str(path), "--jobs", "2"]) == 0
-    summaries = list((tmp_path / "runs" / "study").glob("*/summary.json"))
+    summaries = list((tmp_path / "runs" / "study").glob(f"*/{layout.SUMMARY}"))
     assert len(summaries) == 2 and all(json.loads(p.read_text())["status"] == "finished" for p in summaries)
 
 
@@ -174,7 +175,7 @@ def test_a_seed_matrix_key_pools_the_seeds_of_each_model_as_mean_and_std(tmp_pat
 def test_a_cell_run_before_with_another_config_is_refused_or_trained_again_when_asked(tmp_path: Path, capsys) -> None:
     path = _config(tmp_path, "  trainer.seed: [0, 1]")
     assert main(["compare", str(path)]) == 0
-    summaries = sorted((tmp_path / "runs" / "study").glob("*/summary.json"))
+    summaries = sorted((tmp_path / "runs" / "study").glob(f"*/{layout.SUMMARY}"))
     stamps = {p: p.stat().st_mtime_ns for p in summaries}
     capsys.readouterr()
 

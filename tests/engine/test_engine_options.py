@@ -8,6 +8,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 BASE = ["trainer.epochs=2", "data.augment.flip=false", "trainer.deterministic=true", "optim.weight_decay=0.0"]
@@ -18,12 +19,12 @@ def _train(out: Path, *sets: str) -> Path:
     for s in [*BASE, *sets, f"trainer.out_dir={out}"]:
         args += ["--set", s]
     assert main(args) == 0
-    (summary,) = out.glob("*/*/summary.json")
+    (summary,) = out.glob(f"*/*/{layout.SUMMARY}")
     return summary.parent
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(run / "checkpoints/best.safetensors")
+    return safetensors.torch.load_file(run / layout.BEST)
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
@@ -33,13 +34,13 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     a, b = _weights(big), _weights(acc)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{key} differs")
-    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (big, acc))
+    sa, sb = (json.loads((r / layout.SUMMARY).read_text()) for r in (big, acc))
     assert sa["final"]["step"] == sb["final"]["step"], "accumulation must count optimizer steps, not micro-batches"
 
 
 def test_ema_and_clipping_and_progress_bar_run(tmp_path):
     run = _train(tmp_path, "trainer.ema_decay=0.9", "trainer.grad_clip_norm=1.0", "trainer.progress=bar")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "finished" and summary["final"]["test/acc1"] > 0.25
-    state = torch.load(run / "checkpoints/last", weights_only=True)
+    state = torch.load(run / layout.LAST, weights_only=True)
     assert state["ema"] is not None and int(state["ema"]["n_averaged"]) == summary["final"]["step"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -17,7 +18,7 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 def test_seeded_run_matches_golden_metrics(model, tmp_path, update_golden):
     sets = [f"model.name={model}", "trainer.deterministic=true", "trainer.epochs=2", f"trainer.out_dir={tmp_path}"]
     assert main(["train", "configs/smoke/synthetic.yaml", *sum((["--set", s] for s in sets), [])]) == 0
-    (summary_path,) = tmp_path.glob("*/*/summary.json")
+    (summary_path,) = tmp_path.glob(f"*/*/{layout.SUMMARY}")
     summary = json.loads(summary_path.read_text())
     got = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
     got["params"] = summary["params"]

@@ -21,6 +21,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.registry import MODELS
 from visionbench.utils import interrupts
@@ -60,13 +61,13 @@ def _wait(condition, proc: subprocess.Popen, what: str, seconds: float = 180):
 
 
 def _first_checkpoint(out: Path):
-    return lambda: list(out.glob("*/*/checkpoints/last"))
+    return lambda: list(out.glob(f"*/*/{layout.LAST}"))
 
 
 def _final(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     final = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
-    return final, safetensors.torch.load_file(run / "checkpoints/best.safetensors")
+    return final, safetensors.torch.load_file(run / layout.BEST)
 
 
 def _check_interrupted(run: Path, line: str, signum: int) -> int:
@@ -74,10 +75,10 @@ def _check_interrupted(run: Path, line: str, signum: int) -> int:
     match = LINE.fullmatch(line)
     assert match, line
     assert match["sig"] == signal.Signals(signum).name and Path(match["run"]) == run, line
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "interrupted" and summary["error"] == line, summary
     step = int(match["step"] or match["at"])
-    ckpt = torch.load(run / "checkpoints/last", weights_only=True)
+    ckpt = torch.load(run / layout.LAST, weights_only=True)
     assert ckpt["train_state"]["step"] == step, "the checkpoint is the one taken at the interruption"
     return step
 
@@ -86,7 +87,7 @@ def test_sigterm_stops_training_in_one_line_with_a_checkpoint_that_resumes_to_th
     tmp_path, capsys
 ):
     assert main(_args(tmp_path / "ref", "trainer.checkpoint_every_steps=null")) == 0  # cadence: no effect on results
-    (ref,) = [p.parent for p in (tmp_path / "ref").glob("*/*/config.yaml")]
+    (ref,) = [p.parent for p in (tmp_path / "ref").glob(f"*/*/{layout.CONFIG}")]
     capsys.readouterr()
 
     out = tmp_path / "stopped"
@@ -103,13 +104,13 @@ def test_sigterm_stops_training_in_one_line_with_a_checkpoint_that_resumes_to_th
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    (run,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
     step = _check_interrupted(run, lines[0], signal.SIGTERM)
     assert step < 6 * 32, "stopped before the end"
 
     # no CONFIG: the run's own config.yaml; a setting that does not change what the run measures may differ
     assert main(["train", "--resume", str(run), "--set", "trainer.checkpoint_every_steps=null"]) == 0
-    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((run / layout.SUMMARY).read_text())["status"] == "finished"
     final_a, weights_a = _final(ref)
     final_b, weights_b = _final(run)
     assert final_a == final_b
@@ -157,7 +158,7 @@ def test_ctrl_c_on_a_terminal_restores_it_and_ends_in_one_line(tmp_path):
         os.close(master)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    (run,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
     _check_interrupted(run, err.strip(), signal.SIGINT)
     text = bytes(screen)
     assert b"loss " in text and b"img/s" in text, "the bar shows the running loss and the throughput"
@@ -302,7 +303,7 @@ def _sigterm_once_two_workers_checkpointed(command: list[str], runs: Path):
         text=True,
     )
     try:
-        _wait(lambda: len(list(runs.glob("*/checkpoints/last"))) == 2, proc, "both workers' first checkpoints")
+        _wait(lambda: len(list(runs.glob(f"*/{layout.LAST}"))) == 2, proc, "both workers' first checkpoints")
         workers = descendants(proc.pid)
         assert len(workers) >= 2, workers
         proc.send_signal(signal.SIGTERM)
@@ -325,7 +326,7 @@ def test_sigterm_to_compare_with_jobs_stops_its_workers_and_says_how_to_continue
     assert f"continue with: visionbench compare {config} --jobs 2" in err, err
     assert not wait_all_dead(workers), "a worker outlived compare"
     for cell in ("trainer.seed=0", "trainer.seed=1"):
-        assert json.loads((cells / cell / "summary.json").read_text())["status"] == "interrupted", cell
+        assert json.loads((cells / cell / layout.SUMMARY).read_text())["status"] == "interrupted", cell
     assert not (cells / "trainer.seed=2").exists(), "no cell started after the signal"
 
 
@@ -346,7 +347,7 @@ def test_sigterm_to_search_with_workers_stops_its_workers_and_says_how_to_contin
     assert out.count("stopped by SIGTERM") == 2, out[-2000:]
     assert not wait_all_dead(workers), "a worker outlived search"
     for trial in ("trial-0000", "trial-0001"):
-        assert json.loads((trials / trial / "summary.json").read_text())["status"] == "interrupted", trial
+        assert json.loads((trials / trial / layout.SUMMARY).read_text())["status"] == "interrupted", trial
 
 
 def test_a_signal_during_compare_ends_in_one_line_and_the_same_command_continues(tmp_path, capsys, monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 
@@ -49,11 +50,11 @@ def test_lab_rows_train_their_short_variant(tmp_path: Path, short_variant, row: 
         source = _train(source_config, tmp_path / "runs", short_variant(source_config))
         overrides.append(f"model.pretrained={tmp_path / 'runs' / SOURCES[row]}")
     run = _train(config, tmp_path / "runs", overrides)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "finished" and 0.0 <= summary["final"]["test/acc1"] <= 1.0
     if source is not None:
-        before = safetensors.torch.load_file(str(source / "checkpoints" / "best.safetensors"))
-        after = safetensors.torch.load_file(str(run / "checkpoints" / "best.safetensors"))
+        before = safetensors.torch.load_file(str(source / layout.BEST))
+        after = safetensors.torch.load_file(str(run / layout.BEST))
         same = [k for k in before if k in after and torch.equal(before[k], after[k])]
         if cfg.model.freeze == "backbone":  # every conv weight of the source is still there, untouched
             assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("weight") and before[k].ndim == 4)

@@ -14,13 +14,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.data import build_datasets, build_loader
 from visionbench.engine import lr_find as lf
+from visionbench.engine.assembly import create_run_model
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import seed_everything
-from visionbench.engine.train import create_run_model
 from visionbench.engine.transfer import head_parameter_names
 from visionbench.tasks import build_task
 
@@ -178,13 +179,13 @@ def test_cli_writes_curve_and_plot_and_prints_suggestions(tmp_path, capsys):
     assert 1e-6 <= suggestions["min/10"] <= 10
     assert f"curve: {folder / 'lr_find.csv'}" in out and f"plot: {folder / 'lr_find.png'}" in out
 
-    with open(folder / "lr_find.csv", newline="") as f:
+    with open(folder / layout.LR_FIND_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["lr", "loss", "smoothed_loss"]
     assert 2 <= len(rows) <= 40 and float(rows[0]["lr"]) == 1e-5
-    assert (folder / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert load_config(folder / "config.yaml").trainer.seed == 1, "the resolved config, --seed included"
-    assert not list(tmp_path.glob("*/*/summary.json")), "an lr-find folder is not a run for `report`"
+    assert (folder / layout.LR_FIND_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_config(folder / layout.CONFIG).trainer.seed == 1, "the resolved config, --seed included"
+    assert not list(tmp_path.glob(f"*/*/{layout.SUMMARY}")), "an lr-find folder is not a run for `report`"
 
 
 def test_lr_find_writes_into_out_and_its_suggestions_lie_in_the_range(tmp_path):

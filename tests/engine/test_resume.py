@@ -15,6 +15,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from visionbench import layout
+
 CONFIG = "configs/smoke/synthetic.yaml"
 SETS = [
     "trainer.epochs=4",
@@ -38,14 +40,14 @@ def _cmd(out: Path, *extra: str, every: int | None = None) -> list[str]:
 
 
 def _run_dir(out: Path) -> Path:
-    (run,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
     return run
 
 
 def _final(run: Path) -> tuple[dict, dict, dict[str, torch.Tensor], dict]:
-    summary = json.loads((run / "summary.json").read_text())
-    weights = safetensors.torch.load_file(run / "checkpoints/best.safetensors")
-    last = torch.load(run / "checkpoints/last", weights_only=True)["model"]
+    summary = json.loads((run / layout.SUMMARY).read_text())
+    weights = safetensors.torch.load_file(run / layout.BEST)
+    last = torch.load(run / layout.LAST, weights_only=True)["model"]
     rows = [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in (summary["final"], summary["best"])]
     return rows[0], rows[1], weights, last
 
@@ -64,14 +66,14 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen(_cmd(killed_out, every=every), env=env, **quiet)
     deadline = time.monotonic() + 120
-    while not list(killed_out.glob("*/*/checkpoints/last")) and time.monotonic() < deadline and proc.poll() is None:
+    while not list(killed_out.glob(f"*/*/{layout.LAST}")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
     time.sleep(jitter)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (checkpoint every {every} steps)"
     run = _run_dir(killed_out)
-    status = json.loads((run / "summary.json").read_text())["status"]
+    status = json.loads((run / layout.SUMMARY).read_text())["status"]
     resumed = subprocess.run(
         _cmd(killed_out, "--resume", "auto", every=every), env=env, capture_output=True, text=True, timeout=300
     )

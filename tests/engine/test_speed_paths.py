@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
 from visionbench.engine.train import train
@@ -28,7 +29,7 @@ def _cfg(out: Path, *sets: str, config: str = SYNTH):
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(run / "checkpoints/best.safetensors")
+    return safetensors.torch.load_file(run / layout.BEST)
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -47,12 +48,12 @@ def test_speed_config_runs_on_cpu_after_one_warning(name, tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "tuned for CUDA" in r.getMessage()]
     assert len(warnings) == 1 and "runs on CPU" in warnings[0] and "no torch.compile" in warnings[0]
     assert "\n" not in warnings[0]
-    (summary_path,) = tmp_path.glob("*/*/summary.json")
+    (summary_path,) = tmp_path.glob(f"*/*/{layout.SUMMARY}")
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "finished"
     assert summary["final"]["epoch"] == 1 and 0.0 <= summary["final"]["test/acc1"] <= 1.0
     assert summary["peak_rss_bytes"] > 50 * 2**20 and summary["peak_gpu_bytes"] is None
-    resolved = load_config(summary_path.parent / "config.yaml")
+    resolved = load_config(summary_path.parent / layout.CONFIG)
     assert resolved.model.name == "fastnet" and resolved.trainer.compile and resolved.trainer.tta == "flip"
 
 
@@ -81,7 +82,7 @@ def test_expect_cuda_on_cpu_turns_compile_off(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compile must stay off on CPU"))
     with caplog.at_level(logging.WARNING):
         run = train(_cfg(tmp_path, "trainer.compile=true", "trainer.expect_cuda=true", "trainer.epochs=1"))
-    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((run / layout.SUMMARY).read_text())["status"] == "finished"
     assert sum("tuned for CUDA" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -103,7 +104,7 @@ def test_lookahead_changes_the_weights_and_resumes_bit_for_bit(tmp_path):
     with pytest.raises(RuntimeError, match="injected crash"):
         train(_cfg(tmp_path / "crashed", *sets), callbacks=[_Crash(at=11)])  # last checkpoint: step 8
     (crashed,) = (tmp_path / "crashed").glob("*/*")
-    assert torch.load(crashed / "checkpoints/last", weights_only=True)["train_state"]["step"] == 8
+    assert torch.load(crashed / layout.LAST, weights_only=True)["train_state"]["step"] == 8
     resumed = train(_cfg(tmp_path / "crashed", *sets), resume_dir=crashed)
     _assert_same(_weights(straight), _weights(resumed))
     assert any(
@@ -116,7 +117,7 @@ def test_checkpoint_every_epochs_null_writes_the_last_epoch_only(tmp_path):
 
     class Probe:
         def after_epoch(self, state):
-            seen.append((state.epoch, any(tmp_path.glob("*/*/checkpoints/last"))))
+            seen.append((state.epoch, any(tmp_path.glob(f"*/*/{layout.LAST}"))))
 
     cfg = _cfg(tmp_path, "trainer.epochs=3", "trainer.checkpoint_every_epochs=null")
     train(cfg, callbacks=[Probe()])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import OptimConfig
 from visionbench.engine import loop
@@ -36,9 +37,9 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict[str, str]]]:
     sets = [f"trainer.out_dir={out}", "trainer.epochs=100", "trainer.batch_size=48", *overrides]
     assert main(["train", str(SMOKE), *[x for o in sets for x in ("--set", o)]]) == 0
     (run,) = out.glob("synthetic/*")
-    with open(run / "metrics.csv", newline="") as f:
+    with open(run / layout.METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
-    return json.loads((run / "summary.json").read_text()), rows
+    return json.loads((run / layout.SUMMARY).read_text()), rows
 
 
 def test_the_schedule_anneals_to_its_end_exactly_at_the_budget(tmp_path: Path, monkeypatch) -> None:
@@ -106,11 +107,11 @@ def test_tensorboard_event_files_hold_every_epoch(tmp_path: Path) -> None:
     sets = [f"trainer.out_dir={out}", "trainer.tensorboard=true"]
     assert main(["train", str(SMOKE), *[x for o in sets for x in ("--set", o)]]) == 0
     (run,) = out.glob("synthetic/*")
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(run / layout.TENSORBOARD))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/acc1", "val/loss", "lr", "test/acc1"} <= tags
     assert [e.step for e in events.Scalars("val/acc1")] == [1, 2]
-    csv_last = (run / "metrics.csv").read_text().splitlines()[-1].split(",")
-    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    csv_last = (run / layout.METRICS).read_text().splitlines()[-1].split(",")
+    header = (run / layout.METRICS).read_text().splitlines()[0].split(",")
     assert events.Scalars("val/acc1")[-1].value == pytest.approx(float(csv_last[header.index("val/acc1")]))

@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import OptimConfig
 from visionbench.engine.optim import param_groups
@@ -40,7 +41,7 @@ def _train(tmp_path: Path, name: str, *overrides: str) -> Path:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(str(run / "checkpoints" / "best.safetensors"))
+    return safetensors.torch.load_file(str(run / layout.BEST))
 
 
 def test_transfer_to_other_classes_keeps_the_frozen_backbone_and_trains_the_new_head(tmp_path: Path) -> None:
@@ -58,9 +59,9 @@ def test_transfer_to_other_classes_keeps_the_frozen_backbone_and_trains_the_new_
     for key in set(before) - head:
         assert torch.equal(before[key], after[key]), f"frozen {key} changed"
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
-    summary = json.loads((target / "summary.json").read_text())
+    summary = json.loads((target / layout.SUMMARY).read_text())
     assert summary["final"]["test/acc1"] > 0.6, "the new head learns on frozen features (chance: 0.2)"
-    config = (target / "config.yaml").read_text()
+    config = (target / layout.CONFIG).read_text()
     assert "pretrained:" in config and "freeze: backbone" in config
 
 
@@ -179,9 +180,9 @@ def test_an_experiment_folder_as_pretrained_loads_its_newest_finished_run(tmp_pa
     ]:
         run = experiment / f"{stamp}-small_cnn-digits"
         (run / "checkpoints").mkdir(parents=True)
-        (run / "config.yaml").write_text("model: {name: small_cnn}\n")
-        (run / "summary.json").write_text(json.dumps({"status": status}))
-        safetensors.torch.save_file({"w": torch.full((2,), value)}, str(run / "checkpoints" / "best.safetensors"))
+        (run / layout.CONFIG).write_text("model: {name: small_cnn}\n")
+        (run / layout.SUMMARY).write_text(json.dumps({"status": status}))
+        safetensors.torch.save_file({"w": torch.full((2,), value)}, str(run / layout.BEST))
     tensors, where = _read_source(str(experiment), "small_cnn")
     assert tensors["w"].tolist() == [2.0, 2.0] and "20260102-000000" in where
     empty = tmp_path / "runs" / "empty"

@@ -21,6 +21,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionbench import layout
 from visionbench.config import AugmentConfig
 from visionbench.data.base import DatasetInfo, TensorSplit
 from visionbench.data.loader import DeviceLoader, batch_slice, num_batches
@@ -79,14 +80,14 @@ def _our_frames(stderr: str) -> list[str]:
 
 
 def _run_dir(out: Path) -> Path:
-    (run,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
     return run
 
 
 def _result(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     final = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
-    return final, safetensors.torch.load_file(run / "checkpoints/best.safetensors")
+    return final, safetensors.torch.load_file(run / layout.BEST)
 
 
 def _rank_pids(launcher: subprocess.Popen, rank: int) -> list[int]:
@@ -135,7 +136,7 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path, one_process
     # SIGKILL rank 1 after the first checkpoint: rank 0 stops (one line, summary says failed), torchrun fails
     launcher = subprocess.Popen(_cmd(killed, 2), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     deadline = time.monotonic() + 120
-    while not list(killed.glob("*/*/checkpoints/last")) and time.monotonic() < deadline:
+    while not list(killed.glob(f"*/*/{layout.LAST}")) and time.monotonic() < deadline:
         assert launcher.poll() is None, "the run ended before its first checkpoint"
         time.sleep(0.02)
     (victim,) = _rank_pids(launcher, 1)
@@ -147,7 +148,7 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path, one_process
     assert len(ours) == 1, err[-2000:]  # rank 0's one line; torchrun's own report of the dead rank follows it
     assert not _our_frames(err), "no traceback from our code"
     run = _run_dir(killed)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "failed" and summary["final"].get("step", 0) < final_2["step"]
 
     resumed = subprocess.run(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,9 +101,9 @@ def test_checkpoint_replaced_by_a_directory_mid_run_is_one_line(tmp_path, capsys
     code = main(_train(tmp_path, "trainer.checkpoint_every_steps=2"))
     err = _one_line(capsys, code, "checkpoints/last: cannot write (Is a directory)")
     assert "the run stopped in epoch 1/2 at step 4; checkpoints/last is no longer a file" in err, err
-    (run,) = [p.parent for p in tmp_path.glob("*/*/config.yaml")]
+    (run,) = [p.parent for p in tmp_path.glob(f"*/*/{layout.CONFIG}")]
     _no_temp_files(run)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "failed" and summary["error"] == err.removeprefix("error: ")
 
 
@@ -130,7 +131,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_partial_f
         (run,) = [p.parent for p in disk.glob("runs/*/*/config.yaml")]
         _no_temp_files(disk)
         assert not (run / "checkpoints" / "last").exists()
-        assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+        assert json.loads((run / layout.SUMMARY).read_text())["status"] == "failed"
 
 
 def test_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(tmp_path, capsys):

@@ -65,6 +65,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import RunConfig, config_from_raw, load_config
 from visionbench.config import safe_load as config_yaml
@@ -760,7 +761,7 @@ def test_nan_regression_targets_are_refused_before_the_run(work, capsys, data):
 def _train(out: Path, *overrides: str) -> Path:
     argv = ["train", str(SMOKE), *sets(f"data.kwargs={TINY}", "trainer.epochs=1", "trainer.batch_size=16")]
     assert main([*argv, *sets("trainer.checkpoint_every_minutes=null", f"trainer.out_dir={out}", *overrides)]) == 0
-    (run,) = [p.parent for p in out.glob("*/*/summary.json")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.SUMMARY}")]
     return run
 
 
@@ -810,7 +811,7 @@ def _run_with_bad_last(work: Path, runs, data) -> tuple[Path, Path]:
     run, marker = folder / "run", folder / "pwned"
     shutil.copytree(own, run)
     last = run / "checkpoints" / "last"
-    last.write_bytes(data.draw(bad_checkpoint(last.read_bytes(), (other / "checkpoints/last").read_bytes(), marker)))
+    last.write_bytes(data.draw(bad_checkpoint(last.read_bytes(), (other / layout.LAST).read_bytes(), marker)))
     return run, marker
 
 
@@ -819,7 +820,7 @@ def _run_with_bad_last(work: Path, runs, data) -> tuple[Path, Path]:
 def test_bad_checkpoint_on_resume_is_one_line_and_leaves_the_run(work, runs, capsys, data):
     run, marker = _run_with_bad_last(work, runs, data)
     before = _digest(run)
-    expect_one_line_error(capsys, "checkpoint", ["train", run / "config.yaml", "--resume", run], markers=(marker,))
+    expect_one_line_error(capsys, "checkpoint", ["train", run / layout.CONFIG, "--resume", run], markers=(marker,))
     assert _digest(run) == before, "a refused resume must leave the run directory as it was"
 
 
@@ -874,8 +875,8 @@ def test_bad_best_weights_for_eval_and_predict_are_one_line(work, runs, capsys, 
     folder = scratch(work)
     run, marker = folder / "run", folder / "pwned"
     shutil.copytree(own, run)
-    best = run / "checkpoints" / "best.safetensors"
-    other_best = (other / "checkpoints" / "best.safetensors").read_bytes()
+    best = run / layout.BEST
+    other_best = (other / layout.BEST).read_bytes()
     best.write_bytes(data.draw(bad_safetensors(best.read_bytes(), other_best, marker), label="weights"))
     command = data.draw(st.sampled_from([["eval", run], ["predict", run, image]]), label="command")
     expect_one_line_error(capsys, "checkpoint", command, markers=(marker,), needle="best.safetensors")
@@ -887,8 +888,8 @@ def test_bad_pretrained_weights_are_one_line(work, runs, capsys, data):
     own, other, _ = runs
     folder = scratch(work)
     marker, out = folder / "pwned", folder / "runs"
-    valid = (own / "checkpoints" / "best.safetensors").read_bytes()
-    content = data.draw(bad_safetensors(valid, (other / "checkpoints" / "best.safetensors").read_bytes(), marker))
+    valid = (own / layout.BEST).read_bytes()
+    content = data.draw(bad_safetensors(valid, (other / layout.BEST).read_bytes(), marker))
     name = data.draw(st.sampled_from(["w.safetensors", "w.pt", "w.pth"]), label="file name")
     (folder / name).write_bytes(content)
     argv = ["train", SMOKE, *sets(f"data.kwargs={TINY}", f"model.pretrained={folder / name}", f"trainer.out_dir={out}")]
@@ -984,7 +985,7 @@ def test_a_bad_checkpoint_is_one_line_from_the_installed_command(work, runs):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=work)
     assert done.returncode == 2, done
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
-    assert "checkpoints/last" in done.stderr and "Traceback" not in done.stdout + done.stderr
+    assert layout.LAST in done.stderr and "Traceback" not in done.stdout + done.stderr
     assert not (work / "pwned").exists()
     TRIED["checkpoint"] += 1
 

@@ -30,10 +30,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 TINY = "{num_classes: 3, n_train: 48, n_test: 12, channels: 1, size: 16}"
-BEST, LAST = "checkpoints/best.safetensors", "checkpoints/last"
+BEST, LAST = layout.BEST, layout.LAST
 HIGHEST_OPSET = onnx.defs.onnx_opset_version()
 
 MINIMUM = {  # refused inputs per category; the generators also draw harmless variants, which are not counted
@@ -53,11 +54,11 @@ def runs(work):
     out = work / "infer-runs"
     argv = ["train", str(SMOKE), *sets(f"data.kwargs={TINY}", "trainer.epochs=1", "trainer.batch_size=16")]
     assert main([*argv, *sets("trainer.checkpoint_every_minutes=null", f"trainer.out_dir={out}")]) == 0
-    (run,) = [p.parent for p in out.glob("*/*/summary.json")]
+    (run,) = [p.parent for p in out.glob(f"*/*/{layout.SUMMARY}")]
     lr_find = work / "infer-lr-find"  # what lr-find leaves: its files beside a config.yaml
     lr_find.mkdir()
-    shutil.copy(run / "config.yaml", lr_find)
-    (lr_find / "lr_find.json").write_text("{}")
+    shutil.copy(run / layout.CONFIG, lr_find)
+    (lr_find / layout.LR_FIND_JSON).write_text("{}")
     return run, lr_find
 
 
@@ -190,7 +191,7 @@ def test_a_bit_flip_in_the_last_checkpoint_is_refused_or_changes_nothing(work, r
     except Exception:  # noqa: BLE001  (torch refuses it: any error type)
         harmless = False
     # the zip's padding, a local header field, the data descriptor: nothing a reader uses changed
-    _flipped_file_answers(capsys, "infer_checkpoint_flip", command, run / LAST, content, harmless, "checkpoints/last")
+    _flipped_file_answers(capsys, "infer_checkpoint_flip", command, run / LAST, content, harmless, layout.LAST)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def test_non_finite_weights_are_refused_naming_the_file(work, runs, capsys, data
     else:
         state.pop("sha256")
         torch.save(state, run / LAST)
-    command = data.draw(st.sampled_from([["predict", run, runs[1] / "config.yaml"], ["eval", run]]), label="command")
+    command = data.draw(st.sampled_from([["predict", run, runs[1] / layout.CONFIG], ["eval", run]]), label="command")
     if command[0] == "predict":  # an image to predict on (the config file would be refused for itself)
         image = run.parent / "probe.png"
         Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)
@@ -383,7 +384,7 @@ def forbidden_out(draw, run: Path, lr_find: Path, folder: Path) -> tuple[list, s
         (folder / name).mkdir()
         return [*export, "--out", folder / name, *overwrite], "is a folder"
     if kind == "run_file":
-        target = run / draw(st.sampled_from([BEST, LAST, "config.yaml", "summary.json", "metrics.csv"]))
+        target = run / draw(st.sampled_from([BEST, LAST, layout.CONFIG, layout.SUMMARY, layout.METRICS]))
         return [*export, "--out", target, "--overwrite"], "inside the run directory"
     if kind == "run_new":
         sub = draw(st.sampled_from(["", "checkpoints/", "plots/", f"{name}/"]))
@@ -400,7 +401,7 @@ def forbidden_out(draw, run: Path, lr_find: Path, folder: Path) -> tuple[list, s
         return [*lr, "--out", folder / name, *overwrite], "not empty and not an lr-find result"
     if kind == "lr_earlier":
         return [*lr, "--out", lr_find], "holds an earlier lr-find result; pass --overwrite"
-    return [*lr, "--out", run / draw(st.sampled_from(["config.yaml", "summary.json"])), *overwrite], "not a folder"
+    return [*lr, "--out", run / draw(st.sampled_from([layout.CONFIG, layout.SUMMARY])), *overwrite], "not a folder"
 
 
 @settings(FUZZ, max_examples=20)

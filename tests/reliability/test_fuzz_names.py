@@ -20,17 +20,18 @@ from fuzzing import FUZZ, TEXT, TRIED, WORDS, expect_one_line_error, scratch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionbench import layout
 from visionbench.cli.main import _one_line
 
 MINIMUM = {"not_a_run": 10, "hostile_name_arg": 12}
-LR_FIND_FILES = ("lr_find.json", "lr_find.csv", "lr_find.png", "config.yaml")
+LR_FIND_FILES = (layout.LR_FIND_JSON, layout.LR_FIND_CSV, layout.LR_FIND_PNG, layout.CONFIG)
 MARKUP = ("[red]", "[/x]", "[/]", "[bold]b[/bold]", "$\\foo{$", "<img src=x onerror=alert(1)>", "`|`", "\n", "\x1b[31m")
 
 
 def _run(folder) -> None:
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("model: {name: small_cnn}\n", encoding="utf-8")
-    (folder / "summary.json").write_text('{"status": "finished"}', encoding="utf-8")
+    (folder / layout.CONFIG).write_text("model: {name: small_cnn}\n", encoding="utf-8")
+    (folder / layout.SUMMARY).write_text('{"status": "finished"}', encoding="utf-8")
 
 
 @st.composite
@@ -50,7 +51,7 @@ def not_a_run(draw, root):
     inside = draw(st.sampled_from(["explain", "analysis", "plots", "checkpoints", "notes", "x"]))
     folder = run / inside
     folder.mkdir()
-    markers = draw(st.sets(st.sampled_from(["config.yaml", "summary.json"])))
+    markers = draw(st.sets(st.sampled_from([layout.CONFIG, layout.SUMMARY])))
     if inside in ("notes", "x") and not markers:
         markers = {"config.yaml"}  # any other folder inside a run is one only by its marker
     for name in markers:

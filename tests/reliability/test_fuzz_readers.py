@@ -44,6 +44,7 @@ from fuzzing import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import MAX_YAML_DEPTH, MAX_YAML_NODES, RunConfig
 from visionbench.search.space import MAX_GRID_CELLS
@@ -777,20 +778,20 @@ def _write_run(exp: Path, name: str, seed: int) -> Path:
     run = exp / name
     run.mkdir(parents=True)
     config = {"data": {"name": "mnist"}, "model": {"name": "small_cnn"}, "trainer": {"epochs": 1, "seed": seed}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))  # no metrics.csv: no figures to draw, a fast report
+    (run / layout.CONFIG).write_text(yaml.safe_dump(config))  # no metrics.csv: no figures to draw, a fast report
     final, best = {"epoch": 1, "test/acc1": 0.9}, {"epoch": 1, "val/acc1": 0.9, "test/acc1": 0.9}
     summary = {"status": "finished", "model": "small_cnn", "dataset": "mnist", "main_metric": "acc1", "mode": "max"}
     summary |= {"epochs": 1, "epochs_completed": 1, "final": final, "best": best, "seconds": {"total": 1.0}}
-    (run / "summary.json").write_text(json.dumps(summary))
+    (run / layout.SUMMARY).write_text(json.dumps(summary))
     return run
 
 
 @st.composite
 def unreadable_runs(draw) -> tuple[str, object]:
     """(file, how it is broken)."""
-    file = draw(st.sampled_from(["summary.json", "config.yaml"]))
+    file = draw(st.sampled_from([layout.SUMMARY, layout.CONFIG]))
     kind = draw(st.sampled_from(["deep", "fifo", "dev_zero", "directory", "huge", "bomb", "not_text"]))
-    if file == "summary.json" and kind == "bomb":
+    if file == layout.SUMMARY and kind == "bomb":
         kind = "deep"
     depth = draw(st.one_of(st.integers(max(MAX_JSON_DEPTH, MAX_YAML_DEPTH) + 1, 500), st.sampled_from([20000, 100000])))
     return file, (kind, depth)
@@ -811,12 +812,12 @@ def test_one_unreadable_run_is_a_marked_row_and_the_report_is_written(work, caps
         _make_special(bad, kind)
     elif kind == "huge":  # sparse: larger than the limit on disk's say-so, nothing written
         with open(bad, "wb") as f:
-            f.truncate((JSON_BYTES if file == "summary.json" else CONFIG_BYTES) + 1)
+            f.truncate((JSON_BYTES if file == layout.SUMMARY else CONFIG_BYTES) + 1)
     elif kind == "not_text":
-        bad.write_bytes(b"trainer: {experiment: caf\xe9}\n" if file == "config.yaml" else b'{"status": "caf\xe9"}')
+        bad.write_bytes(b"trainer: {experiment: caf\xe9}\n" if file == layout.CONFIG else b'{"status": "caf\xe9"}')
     elif kind == "bomb":
         bad.write_text(f"data: {{name: mnist}}\nbomb: {bomb[0]}\n")
-    elif file == "summary.json":
+    elif file == layout.SUMMARY:
         bad.write_text("[" * depth + "]" * depth)
     else:
         bad.write_text("data: " + "[" * depth + "]" * depth + "\n")

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visionbench.utils.io as io_module
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.engine.loop import Trainer
 
@@ -38,14 +39,14 @@ def _train(out: Path, *extra: str) -> list[str]:
 
 
 def _runs(out: Path) -> list[Path]:
-    return [p.parent for p in out.glob("*/*/config.yaml")]
+    return [p.parent for p in out.glob(f"*/*/{layout.CONFIG}")]
 
 
 def _nothing_half_written(out: Path) -> None:
     assert not list(out.rglob("*.tmp")), "a temp file of an atomic write was left behind"
     for path in out.rglob("*.json"):
         json.loads(path.read_text())  # every JSON file whole
-    for path in out.rglob("checkpoints/last"):
+    for path in out.rglob(layout.LAST):
         torch.load(path, weights_only=True)
 
 
@@ -53,10 +54,10 @@ def _nothing_half_written(out: Path) -> None:
 
 # (file name, how many times a run of RUN surely writes it)
 TARGETS = [
-    ("config.yaml", 1),
-    ("env.json", 1),
-    ("summary.json", 3),
-    ("metrics.csv", 2),
+    (layout.CONFIG, 1),
+    (layout.ENV, 1),
+    (layout.SUMMARY, 3),
+    (layout.METRICS, 2),
     ("last", 3),
     ("best.safetensors", 1),
 ]
@@ -161,11 +162,11 @@ def test_a_write_fault_anywhere_in_a_run_is_one_line_and_leaves_nothing_half_wri
     assert os.strerror(fault.errno) in line, line
     _nothing_half_written(out)
     runs = _runs(out)
-    if fault.name in ("config.yaml", "env.json") or (fault.name == "summary.json" and fault.occurrence == 1):
+    if fault.name in (layout.CONFIG, layout.ENV) or (fault.name == layout.SUMMARY and fault.occurrence == 1):
         assert not runs and not list(out.glob("*/*")), "a new run that could not write its first files is removed"
     else:
         (run,) = runs
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads((run / layout.SUMMARY).read_text())
         assert summary["status"] == "failed" and summary["error"] == line.removeprefix("error: "), summary
 
 
@@ -237,13 +238,13 @@ def test_a_stop_signal_at_any_step_ends_in_one_line_and_the_run_resumes(work, ca
     name = signal.Signals(signum).name
     assert err.startswith(f"interrupted by {name} ") and err.strip().endswith(f"visionbench train --resume {run}")
     assert "checkpoint written" in err, "the signal is acted on at the next step, where a checkpoint is consistent"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "interrupted"
-    ckpt = torch.load(run / "checkpoints/last", weights_only=True)
+    ckpt = torch.load(run / layout.LAST, weights_only=True)
     assert ckpt["train_state"]["step"] == step, "stopped right after the step the signal came in"
     _nothing_half_written(out)
     assert main(["train", "--resume", str(run)]) == 0
-    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((run / layout.SUMMARY).read_text())["status"] == "finished"
     capsys.readouterr()
     TRIED["stop_signal"] += 1
 

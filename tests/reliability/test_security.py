@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.data import cifar as cifar_module
 from visionbench.data.base import extract_tar
@@ -85,7 +86,7 @@ def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("security-run")
     argv = ["train", str(SMOKE), *sets(f"data.kwargs={TINY}", "trainer.epochs=1", "trainer.batch_size=16")]
     assert main([*argv, *sets("trainer.checkpoint_every_minutes=null", f"trainer.out_dir={out}")]) == 0
-    (found,) = [p.parent for p in out.glob("*/*/summary.json")]
+    (found,) = [p.parent for p in out.glob(f"*/*/{layout.SUMMARY}")]
     return found
 
 
@@ -135,7 +136,7 @@ def test_a_malicious_checkpoint_is_refused_on_resume_and_the_run_is_untouched(ow
     marker = own_run.parent / "pwned"
     (own_run / "checkpoints" / "last").write_bytes(_torch_payload(marker, kind, container))
     before = _digest(own_run)
-    refused_in_one_line(capsys, ["train", own_run / "config.yaml", "--resume", own_run], marker, "checkpoints/last")
+    refused_in_one_line(capsys, ["train", own_run / layout.CONFIG, "--resume", own_run], marker, layout.LAST)
     assert _digest(own_run) == before
 
 
@@ -147,13 +148,13 @@ def test_a_malicious_last_checkpoint_is_refused_by_eval_and_predict(own_run, tmp
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)
     argv = [command, own_run, *([image] if command == "predict" else []), "--weights", "last"]
-    refused_in_one_line(capsys, argv, marker, "checkpoints/last")
+    refused_in_one_line(capsys, argv, marker, layout.LAST)
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_a_pickle_in_place_of_the_best_weights_is_never_unpickled(own_run, tmp_path, capsys, command):
     marker = tmp_path / "pwned"
-    (own_run / "checkpoints" / "best.safetensors").write_bytes(_torch_payload(marker, "os.system", "zip"))
+    (own_run / layout.BEST).write_bytes(_torch_payload(marker, "os.system", "zip"))
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)
     argv = [command, own_run, *([image] if command == "predict" else [])]

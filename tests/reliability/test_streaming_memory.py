@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from visionbench import layout
+
 SIDE, N_TRAIN, N_TEST = 512, 1400, 64
 LIMIT = 2 * 2**30
 
@@ -77,7 +79,7 @@ def test_streaming_trains_a_dataset_that_cannot_be_held_under_2_gib_limits(tmp_p
     assert LIMIT - result["vm_data_after_imports"] < decoded, "the decoded images must not fit in the headroom"
     assert result["in_memory"] == "refused", "the limit must bind: holding the decoded images is refused"
 
-    (summary_path,) = (tmp_path / "runs").glob("*/*/summary.json")
+    (summary_path,) = (tmp_path / "runs").glob(f"*/*/{layout.SUMMARY}")
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "finished" and summary["final"]["step"] == N_TRAIN // 64
     assert 0.0 <= summary["final"]["test/acc1"] <= 1.0

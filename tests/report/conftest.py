@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from visionbench import layout
+
 
 def write_run(
     root: Path,
@@ -47,7 +49,7 @@ def write_run(
         "optim": {"name": "sgd", "lr": lr},
         "trainer": {"epochs": epochs, "seed": seed, "out_dir": str(root.parent), "experiment": root.name},
     }
-    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run / layout.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     header = ["epoch", "step", "elapsed_seconds", "lr", "train/loss", f"val/{metric}", "val/loss"]
     header += [f"test/{metric}", "test/loss"]
     rows = []
@@ -58,7 +60,7 @@ def write_run(
         if epoch == completed and status == "finished":
             row |= {f"test/{metric}": value, "test/loss": 1.2 / epoch}
         rows.append(row)
-    with open(run / "metrics.csv", "w", newline="") as f:
+    with open(run / layout.METRICS, "w", newline="") as f:
         writer = csv.DictWriter(f, header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -86,7 +88,7 @@ def write_run(
         "seconds": {"data": 1.0, "train": seconds - 3, "eval": 2.0, "total": seconds},
         "error": error,
     }
-    (run / "summary.json").write_text(json.dumps(record, indent=2))
+    (run / layout.SUMMARY).write_text(json.dumps(record, indent=2))
     return run
 
 
@@ -110,5 +112,5 @@ def experiment(tmp_path: Path) -> Path:
     write_run(exp, "20260101-100300-resnet18-fashion-mnist", dataset="fashion-mnist", status="failed", completed=1,
               error=error, **common)  # fmt: skip
     vit = write_run(exp, "20260101-100400-vit_tiny-mnist", model="vit_tiny")
-    (vit / "summary.json").write_text('{"status": "fini')  # killed while writing, without our atomic write
+    (vit / layout.SUMMARY).write_text('{"status": "fini')  # killed while writing, without our atomic write
     return exp

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from visionbench import layout
 from visionbench.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -143,11 +144,13 @@ def test_report_renders_in_headless_chromium_without_errors_and_sorts(
 ) -> None:
     cls = experiment / "20260101-100002-small_cnn-mnist"
     confusion = {"class_names": ["0", "1", "2"], "rows_true_cols_pred": [[9, 1, 0], [2, 8, 0], [0, 1, 9]]}
-    (cls / "confusion_matrix_test.json").write_text(json.dumps(confusion))
+    (cls / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion))
     make_run(experiment, "20260101-100500-small_cnn-mosaic", dataset="mosaic", metric="map", value=0.7,
              test_details={"per_class_ap": {"bag": 0.7, "shoe": None, "coat": 0.6}})  # fmt: skip
     reg = make_run(experiment, "20260101-100600-small_cnn-lens", dataset="lens", metric="mae", mode="min", value=0.1)
-    (reg / "predictions_test.csv").write_text("true,pred\n" + "".join(f"{i},{i + 0.1}\n" for i in range(20)))
+    (reg / layout.artifact(layout.PREDICTIONS, suffix=".csv")).write_text(
+        "true,pred\n" + "".join(f"{i},{i + 0.1}\n" for i in range(20))
+    )
     _, html = write_report([experiment], shot_dir)
 
     # 1. Errors and sorting, through the probe in a copy of the page.

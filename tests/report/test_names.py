@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from PIL import Image
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.report import Section, plots, write_report
 from visionbench.report.page import _JS
@@ -161,7 +162,7 @@ def _png(path: Path) -> Path:
 
 def _prepared_figures(run_dir: Path) -> list[Path]:
     """Stands for plots.PLOTTERS: the figures are prepared PNGs (drawing is tested below), the captions are not."""
-    return sorted((run_dir / plots.PLOTS).glob("*.png"))
+    return sorted((run_dir / layout.PLOTS).glob("*.png"))
 
 
 @settings(NAMES, max_examples=6)
@@ -183,9 +184,9 @@ def test_every_name_in_report_md_and_report_html_is_text_in_its_place(tmp_path_f
     good = make_run(exp, n["run"], model=n["model"], dataset=n["dataset"], metric=n["metric"])
     failed = {"status": "failed", "completed": 1, "error": n["error"]}
     bad = make_run(exp, "2-failed", model=n["model"], dataset="b", metric=n["metric"], **failed)
-    _png(good / plots.PLOTS / "curves.png")
-    _png(good / "explain" / n["folder"] / f"{n['figure']}.png")
-    section_png = _png(root / "out" / "plots" / f"{n['figure']}.png")
+    _png(good / layout.PLOTS / "curves.png")
+    _png(good / layout.EXPLAIN / n["folder"] / f"{n['figure']}.png")
+    section_png = _png(root / "out" / layout.PLOTS / f"{n['figure']}.png")
     section = Section(
         n["section"],
         paragraphs=[n["paragraph"]],
@@ -236,7 +237,7 @@ def test_every_name_in_report_md_and_report_html_is_text_in_its_place(tmp_path_f
     _assert_in(page, "figcaption", f"{n['figure']}.png", exact=True)  # the section's figure
     assert _normal(f"{n['folder']} {n['figure']} of {n['run']}") in [_normal(a) for a in page.attrs("img", "alt")]
     assert _normal(f"curves of {n['run']}") in [_normal(a) for a in page.attrs("img", "alt")]
-    configs = [(run / "config.yaml").read_text(encoding="utf-8") for run in (good, bad)]
+    configs = [(run / layout.CONFIG).read_text(encoding="utf-8") for run in (good, bad)]
     assert sorted(page.text["pre"]) == sorted(configs), "each config.yaml as written"
 
 
@@ -308,8 +309,8 @@ def test_run_figures_draw_class_metric_run_and_column_names_as_written(
     k = len(classes)
     matrix = [[5 if i == j else 1 for j in range(k)] for i in range(k)]
     confusion = {"class_names": classes, "rows_true_cols_pred": matrix}
-    (run_dir / "confusion_matrix_test.json").write_text(json.dumps(confusion), encoding="utf-8")
-    with open(run_dir / "predictions_test.csv", "w", newline="", encoding="utf-8") as f:
+    (run_dir / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion), encoding="utf-8")
+    with open(run_dir / layout.artifact(layout.PREDICTIONS, suffix=".csv"), "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([[f"true_{column}", f"pred_{column}"], [0.1, 0.2], [0.5, 0.4], [0.9, 1.0]])
 
     with _drawn() as (figures, parsed):
@@ -321,7 +322,7 @@ def test_run_figures_draw_class_metric_run_and_column_names_as_written(
     assert _tick_texts(confusion_ax, "x") == shown and _tick_texts(confusion_ax, "y") == shown
     assert _tick_texts(per_class_ax, "y") == shown
     assert figures[0].axes[1].get_title() == storable(metric) and figures[0].get_suptitle() == storable(run)
-    _assert_svgs(run_dir / plots.PLOTS)
+    _assert_svgs(run_dir / layout.PLOTS)
 
 
 @settings(NAMES, max_examples=4)
@@ -354,7 +355,7 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
     curve = Curve(lrs, [2.0 - 0.01 * i for i in range(60)], [2.0 - 0.01 * i for i in range(60)], "end", 1.0)
 
     with _drawn() as (figures, parsed):
-        save_grids(out / "explain", torch.rand(2, 1, 8, 8), panels, {"wrong": torch.rand(2, 8, 8)}, title)
+        save_grids(out / layout.EXPLAIN, torch.rand(2, 1, 8, 8), panels, {"wrong": torch.rand(2, 8, 8)}, title)
         _plot_embeddings(out / "embeddings.png", {"pca": points, "tsne": points}, torch.tensor([0, 1] * 3), classes)
         search_sections(study, "val/acc1", out)
         png = _plot(curve, {"valley": 1e-4}, title)
@@ -369,7 +370,7 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
     assert lr_find.axes[0].get_title() == storable(f"lr range test: {title}")
     log_ticks = [t for t in lr_find.axes[0].get_xticklabels() if t.get_text()]
     assert log_ticks and all(t.get_parse_math() for t in log_ticks), "a log axis keeps its 10^x math text"
-    _assert_svgs(out / "explain")
+    _assert_svgs(out / layout.EXPLAIN)
 
 
 def test_a_name_with_control_characters_is_drawn_with_replacement_characters_and_the_svg_stays_xml(
@@ -378,11 +379,11 @@ def test_a_name_with_control_characters_is_drawn_with_replacement_characters_and
     run_dir = make_run(tmp_path, "run")
     classes = ["a\x01b", "c\x1bd", "e\udcfff"]  # the last: a file name that is not UTF-8, as Python decodes it
     confusion = {"class_names": classes, "rows_true_cols_pred": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}
-    (run_dir / "confusion_matrix_test.json").write_text(json.dumps(confusion), encoding="utf-8")
+    (run_dir / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion), encoding="utf-8")
     with _drawn() as (figures, _):
         plots.plot_confusion(run_dir)
     assert _tick_texts(figures[0].axes[0], "x") == ["a\ufffdb", "c\ufffdd", "e\ufffdf"]
-    _assert_svgs(run_dir / plots.PLOTS)
+    _assert_svgs(run_dir / layout.PLOTS)
 
 
 def test_a_class_name_of_100000_characters_is_drawn_cut_in_the_middle(tmp_path: Path, make_run) -> None:
@@ -390,7 +391,7 @@ def test_a_class_name_of_100000_characters_is_drawn_cut_in_the_middle(tmp_path: 
     run_dir = make_run(tmp_path, "run")
     long = "[red]" + "x" * 100_000 + "$\\foo{$"
     confusion = {"class_names": [long, "b"], "rows_true_cols_pred": [[1, 0], [0, 1]]}
-    (run_dir / "confusion_matrix_test.json").write_text(json.dumps(confusion), encoding="utf-8")
+    (run_dir / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion), encoding="utf-8")
     with _drawn() as (figures, _):
         plots.plot_confusion(run_dir)
     label = _tick_texts(figures[0].axes[0], "x")[0]
@@ -432,7 +433,9 @@ def test_data_info_prints_class_names_as_written(tmp_path: Path, capsys) -> None
 # --- which folders are runs ---------------------------------------------------------------------------------------
 
 
-def _lr_find_output(folder: Path, files: tuple[str, ...] = ("lr_find.json", "lr_find.csv", "config.yaml")) -> Path:
+def _lr_find_output(
+    folder: Path, files: tuple[str, ...] = (layout.LR_FIND_JSON, layout.LR_FIND_CSV, layout.CONFIG)
+) -> Path:
     folder.mkdir(parents=True)
     for name in files:
         (folder / name).write_text("{}" if name.endswith(".json") else "lr,loss\n", encoding="utf-8")
@@ -443,7 +446,7 @@ def test_lr_find_outputs_are_not_runs_whatever_their_name(tmp_path: Path, make_r
     exp = tmp_path / "runs" / "exp"
     make_run(exp, "20260101-100000-small_cnn-mnist")
     _lr_find_output(exp / "lr_find-20260101-100500-small_cnn-mnist")
-    _lr_find_output(exp / "my-sweep", ("lr_find.csv", "config.yaml"))  # --out chose the name
+    _lr_find_output(exp / "my-sweep", (layout.LR_FIND_CSV, layout.CONFIG))  # --out chose the name
     for path in (exp, tmp_path / "runs"):
         assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 0
         out, err = capsys.readouterr()
@@ -472,17 +475,17 @@ def test_a_study_folder_explain_and_analysis_folders_are_not_runs(tmp_path: Path
         make_run(study, f"trial-{i:04d}", seed=i)
     (study / "study.db").write_bytes(b"SQLite format 3\x00")
     (study / "report.md").write_text("# visionbench search: grid\n", encoding="utf-8")
-    _png(study / "plots" / "optimization_history.png")
+    _png(study / layout.PLOTS / "optimization_history.png")
     for sub in ("explain/gradcam-test", "analysis", "plots", "checkpoints", "notes"):
         (run / sub).mkdir(parents=True, exist_ok=True)
-    (run / "explain" / "gradcam-test" / "panels.json").write_text("{}", encoding="utf-8")
-    (run / "analysis" / "config.yaml").write_text("stray: copy\n", encoding="utf-8")
-    (run / "notes" / "summary.json").write_text("{}", encoding="utf-8")
+    (run / layout.EXPLAIN / "gradcam-test" / "panels.json").write_text("{}", encoding="utf-8")
+    (run / layout.ANALYSIS / layout.CONFIG).write_text("stray: copy\n", encoding="utf-8")
+    (run / "notes" / layout.SUMMARY).write_text("{}", encoding="utf-8")
     assert main(["report", str(exp), "--out", str(tmp_path / "out")]) == 0
     assert "3 runs: 3 finished." in capsys.readouterr().out, "the run and the two trials"
     assert main(["report", str(study)]) == 0
     assert "2 runs: 2 finished." in capsys.readouterr().out
-    for folder in (run / "analysis", run / "explain", run / "notes"):
+    for folder in (run / layout.ANALYSIS, run / layout.EXPLAIN, run / "notes"):
         assert main(["report", str(folder)]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err == [f"error: {folder}: a folder inside the run {run}, not a run: report the run itself"], err
@@ -515,9 +518,11 @@ def test_training_on_classes_named_like_markup_ends_with_its_figures_and_a_safe_
     config.write_text(json.dumps({"data": data, "model": {"name": "small_cnn"}, "trainer": trainer}))
     assert main(["train", str(config)]) == 0, capsys.readouterr().err
     (run,) = (tmp_path / "runs" / "[red] $x$").iterdir()
-    confusion = json.loads((run / "confusion_matrix_test.json").read_text(encoding="utf-8"))
+    confusion = json.loads((run / layout.artifact(layout.CONFUSION_MATRIX)).read_text(encoding="utf-8"))
     assert confusion["class_names"] == sorted(classes)
-    assert (run / "plots" / "confusion_matrix.png").is_file() and (run / "plots" / "confusion_matrix.svg").is_file()
+    assert (run / layout.PLOTS / "confusion_matrix.png").is_file() and (
+        run / layout.PLOTS / "confusion_matrix.svg"
+    ).is_file()
     capsys.readouterr()
     assert main(["report", str(run.parent)]) == 0
     page = _Page(COMMONMARK.render((run.parent / "report.md").read_text(encoding="utf-8")))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.report import write_report
 from visionbench.report.tables import md_text
@@ -21,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_html_is_self_contained_with_sortable_tables_figures_and_configs(experiment: Path, tmp_path: Path) -> None:
     run = experiment / "20260101-100000-small_cnn-mnist"
     confusion = {"class_names": ["0", "1"], "rows_true_cols_pred": [[9, 1], [2, 8]]}
-    (run / "confusion_matrix_test.json").write_text(json.dumps(confusion))
+    (run / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion))
     md_path, html_path = write_report([experiment], tmp_path / "out", rows="model.name")
     assert (md_path, html_path) == (tmp_path / "out" / "report.md", tmp_path / "out" / "report.html")
     page = html_path.read_text()
@@ -41,7 +42,7 @@ def test_html_is_self_contained_with_sortable_tables_figures_and_configs(experim
     assert len(images) == 8, len(images)
     assert all(base64.b64decode(data)[:8] == PNG_MAGIC for data in images)
     for stem in ("curves", "confusion_matrix"):
-        assert (run / "plots" / f"{stem}.png").is_file() and (run / "plots" / f"{stem}.svg").is_file()
+        assert (run / layout.PLOTS / f"{stem}.png").is_file() and (run / layout.PLOTS / f"{stem}.svg").is_file()
 
     assert page.count("<details><summary>config.yaml</summary>") == 7
     assert "name: small_cnn" in page and "experiment: exp" in page, "each run's config.yaml is on the page"
@@ -114,7 +115,7 @@ def test_a_corrupt_summary_among_good_runs_is_an_unreadable_row(tmp_path: Path, 
     exp = tmp_path / "exp"
     make_run(exp, "20260101-a-small_cnn-mnist")
     bad = make_run(exp, "20260101-b-small_cnn-mnist")
-    summary = bad / "summary.json"
+    summary = bad / layout.SUMMARY
     summary.write_bytes(content) if isinstance(content, bytes) else summary.write_text(content)
     assert main(["report", str(exp)]) == 0, capsys.readouterr().err
     last = (exp / "report.md").read_text().rstrip().splitlines()[-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from visionbench import layout
 from visionbench.errors import UserError
 from visionbench.report.plots import plot_confusion, plot_run
 
@@ -17,7 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _assert_figures(run: Path, stems: set[str]) -> None:
-    plots = run / "plots"
+    plots = run / layout.PLOTS
     figures = {p.stem for p in plots.glob("*.png")}
     assert figures == stems, figures
     for stem in stems:
@@ -32,11 +33,11 @@ def test_classification_run_gets_curves_confusion_matrix_and_per_class_auroc(tmp
     names = ["T-shirt/top", "Trouser", "Pullover"]
     run = make_run(tmp_path, "cls", test_details={"per_class_auroc": dict(zip(names, [0.99, 1.0, None], strict=True))})
     confusion = {"class_names": names, "rows_true_cols_pred": [[90, 2, 8], [1, 99, 0], [12, 0, 88]]}
-    (run / "confusion_matrix_test.json").write_text(json.dumps(confusion))
+    (run / layout.artifact(layout.CONFUSION_MATRIX)).write_text(json.dumps(confusion))
     pngs = plot_run(run)
     assert [p.name for p in pngs] == ["curves.png", "confusion_matrix.png", "per_class_auroc.png"]
     _assert_figures(run, {"curves", "confusion_matrix", "per_class_auroc"})
-    with open(run / "plots" / "curves.csv", newline="") as f:
+    with open(run / layout.PLOTS / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["epoch", "train/loss", "val/loss", "test/loss", "val/acc1", "test/acc1"]
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[-1]["test/acc1"] == "0.9", rows
@@ -53,28 +54,30 @@ def test_multilabel_run_gets_per_class_ap_bars_with_unscored_classes(tmp_path: P
 def test_regression_run_gets_predicted_against_true(tmp_path: Path, make_run) -> None:
     run = make_run(tmp_path, "reg", dataset="lens", metric="mae", mode="min", value=0.12, task="RegressionTask")
     lines = ["true,pred"] + [f"{i / 10},{i / 10 + 0.05 * (-1) ** i}" for i in range(40)]
-    (run / "predictions_test.csv").write_text("\n".join(lines) + "\n")
+    (run / layout.artifact(layout.PREDICTIONS, suffix=".csv")).write_text("\n".join(lines) + "\n")
     plot_run(run)
     _assert_figures(run, {"curves", "pred_vs_true"})
-    assert (run / "plots" / "curves.csv").read_text().splitlines()[
+    assert (run / layout.PLOTS / "curves.csv").read_text().splitlines()[
         0
     ] == "epoch,train/loss,val/loss,test/loss,val/mae,test/mae"
 
 
 def test_figures_are_a_pure_function_of_the_run_files(tmp_path: Path, make_run) -> None:
     run = make_run(tmp_path, "again", test_details={"per_class_auroc": {"a": 0.5, "b": 0.75}})
-    first = {p: p.read_bytes() for p in (run / "plots").glob("*")} if plot_run(run) else {}
+    first = {p: p.read_bytes() for p in (run / layout.PLOTS).glob("*")} if plot_run(run) else {}
     plot_run(run)
-    assert first and {p: p.read_bytes() for p in (run / "plots").glob("*")} == first, "redrawn byte for byte"
+    assert first and {p: p.read_bytes() for p in (run / layout.PLOTS).glob("*")} == first, "redrawn byte for byte"
 
 
 def test_a_run_without_epochs_or_artifacts_has_no_figures(tmp_path: Path, make_run) -> None:
     run = make_run(tmp_path, "early", status="running", completed=0)
-    assert plot_run(run) == [] and not (run / "plots").exists()
+    assert plot_run(run) == [] and not (run / layout.PLOTS).exists()
 
 
 def test_a_corrupt_confusion_matrix_is_a_user_error_naming_the_file(tmp_path: Path, make_run) -> None:
     run = make_run(tmp_path, "bad")
-    (run / "confusion_matrix_test.json").write_text('{"class_names": ["a", "b"], "rows_true_cols_pred": [[1, 2]]}')
+    (run / layout.artifact(layout.CONFUSION_MATRIX)).write_text(
+        '{"class_names": ["a", "b"], "rows_true_cols_pred": [[1, 2]]}'
+    )
     with pytest.raises(UserError, match="confusion_matrix_test.json"):
         plot_confusion(run)

@@ -18,6 +18,7 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
+from visionbench import layout
 from visionbench.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,15 +82,15 @@ def test_grid_runs_every_cell_once_and_writes_the_report(tmp_path, capsys):
     ), "every grid cell exactly once"
     for t in complete:  # each trial is an ordinary run directory with the trial's overrides in its config
         run = Path(t.user_attrs["run_dir"])
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads((run / layout.SUMMARY).read_text())
         assert summary["status"] == "finished"
         assert t.value == summary["final"]["val/acc1"]
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg = yaml.safe_load((run / layout.CONFIG).read_text())
         assert cfg["optim"]["lr"] == t.params["optim.lr"] and cfg["trainer"]["seed"] == t.params["trainer.seed"]
     md = (study_dir / "report.md").read_text()
     for heading in ("## Best trials", "## Parameter importances", "## Optimisation history", "## Runs"):
         assert heading in md, heading
-    assert (study_dir / "plots" / "optimization_history.png").stat().st_size > 1000
+    assert (study_dir / layout.PLOTS / "optimization_history.png").stat().st_size > 1000
     html = (study_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "Best trials" in html
     out = capsys.readouterr().out
@@ -156,7 +157,7 @@ def test_pruner_stops_bad_trials_from_per_epoch_reports(tmp_path, pruner):
     assert pruned, "a trial that learns nothing is pruned"
     for t in pruned:
         assert t.user_attrs["pruned_by"] == "pruner" and len(t.intermediate_values) < 4
-        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / layout.SUMMARY).read_text())
         assert summary["status"] == "pruned" and summary["epochs_completed"] < 4
 
 
@@ -179,7 +180,7 @@ def test_compound_scaling_enumerates_the_variants_that_fit_the_budget(tmp_path, 
     study = _study(f"sqlite:///{tmp_path / 'runs/base/grid/study.db'}")
     assert sorted(t.params["scaling.phi"] for t in study.trials) == [0, 1], "only the variants that fit are searched"
     for t in study.trials:
-        cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
+        cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / layout.CONFIG).read_text())
         assert cfg["data"]["image_size"] == {0: 16, 1: 20}[t.params["scaling.phi"]]
         assert t.user_attrs["params"] <= 200000
 

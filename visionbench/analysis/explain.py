@@ -18,8 +18,6 @@ from visionbench.analysis.attribution import attribute, to_maps
 from visionbench.errors import UserError
 from visionbench.utils.io import write_json
 
-EXPLAIN = "explain"
-
 
 @dataclasses.dataclass
 class Panel:

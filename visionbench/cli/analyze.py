@@ -8,9 +8,8 @@ from pathlib import Path
 
 import typer
 
+from visionbench import layout
 from visionbench.errors import UserError
-
-ANALYSIS = "analysis"
 
 
 def analyze(
@@ -43,7 +42,7 @@ def analyze(
     std = torch.tensor(run.info.std or (1.0,))
     pixels = (x * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
     ev = S.Evaluator(run.model, run.task, mean, std)
-    out_dir = run_dir / ANALYSIS
+    out_dir = run_dir / layout.ANALYSIS
     out_dir.mkdir(exist_ok=True)
     metric = run.task.main_metric
     print(f"{len(x)} {split} images of {run_dir}")

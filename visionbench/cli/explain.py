@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from visionbench import layout
 from visionbench.errors import UserError
 
 
@@ -28,7 +29,7 @@ def explain(
     import torch
 
     from visionbench.analysis.attribution import check_method
-    from visionbench.analysis.explain import EXPLAIN, explain_groups, save_grids, select
+    from visionbench.analysis.explain import explain_groups, save_grids, select
     from visionbench.cli.predict import check_finite_outputs, load_run, split_images
 
     if target not in ("predicted", "true"):
@@ -53,7 +54,7 @@ def explain(
     mean = torch.tensor(run.info.mean or (0.0,))[:, None, None]
     std = torch.tensor(run.info.std or (1.0,))[:, None, None]
     display = (images * std + mean).clamp(0, 1) if run.info.name != "deeplense" else images
-    out_dir = run_dir / EXPLAIN / f"{method}-{split}"
+    out_dir = run_dir / layout.EXPLAIN / f"{method}-{split}"
     paths = save_grids(out_dir, display, groups, maps, f"{method} ({target} targets), {split}")
     for name, panels in groups.items():
         print(f"{name}: {len(panels)} images")

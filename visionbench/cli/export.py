@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import typer
 
+from visionbench import layout
 from visionbench.errors import UserError, first_line
 
 FORMATS = ("onnx",)
@@ -39,13 +40,12 @@ RTOL, ATOL = 1e-3, 1e-4
 EXAMPLE_BATCH, CHECK_BATCH = 2, 3  # different sizes, so that the check exercises the dynamic batch axis
 EXPORTER_OPSET = 18  # torch.onnx's TORCHLIB_OPSET: what the dynamo exporter writes without converting
 MIN_OPSET = 7  # onnxruntime runs opsets from 7 on (torch.onnx's ONNX_MIN_OPSET too)
-EXPORT_DIR = "export"
 
 
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `visionbench train`."),
     format_: str = typer.Option(..., "--format", help=f"Output format: {', '.join(FORMATS)}."),
-    weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
+    weights: str = typer.Option("best", help=f"best ({layout.BEST}) or last ({layout.LAST})."),
     out: Path | None = typer.Option(None, help="Output file (default: RUN_DIR/export/model.onnx)."),
     opset: int = typer.Option(EXPORTER_OPSET, help="ONNX opset version (18 is the exporter's own)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
@@ -68,7 +68,7 @@ def export(
             f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {highest} (the exporter writes "
             f"{EXPORTER_OPSET}; onnx {onnx.__version__} converts to the others when the model's operators allow)"
         )
-    default = run_dir / EXPORT_DIR / "model.onnx"
+    default = run_dir / layout.EXPORT / "model.onnx"
     out = check_out(out if out is not None else default, run_dir, overwrite or out is None)
     run = load_run(run_dir, weights)
     C, H, W = run.info.input_size
@@ -152,17 +152,16 @@ def check_out(out: Path, run_dir: Path, overwrite: bool) -> Path:
     Raises:
         UserError: naming `--out` and why.
     """
-    from visionbench.engine.rundir import enclosing_run_dir
 
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; expected a file path (e.g. {out / 'model.onnx'})")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
-    inside = enclosing_run_dir(out)
-    own = run_dir.resolve() / EXPORT_DIR
+    inside = layout.enclosing_run_dir(out)
+    own = run_dir.resolve() / layout.EXPORT
     if inside is not None and own not in (out.parent.resolve() / out.name).parents:
         raise UserError(
             f"--out {out}: inside the run directory {inside}; export writes into a run directory only under its own "
-            f"{EXPORT_DIR}/ folder (the default)"
+            f"{layout.EXPORT}/ folder (the default)"
         )
     return out

@@ -30,6 +30,7 @@ import torch
 import typer
 from torch import nn
 
+from visionbench import layout
 from visionbench.errors import UserError, first_line
 
 if TYPE_CHECKING:  # the CLI imports the heavy modules inside the commands
@@ -61,7 +62,7 @@ def split_images(run: LoadedRun, split: str, limit: int) -> tuple[torch.Tensor, 
         UserError: the run has no such split (a validation split of a run with val_fraction 0).
     """
     from visionbench.data import build_datasets
-    from visionbench.engine.train import eval_loader
+    from visionbench.engine.assembly import eval_loader
 
     cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
     data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))
@@ -89,17 +90,17 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     """
     from visionbench.config import load_config
     from visionbench.data import build_datasets
+    from visionbench.engine.assembly import create_run_model
     from visionbench.engine.checkpoint import load_run_weights
-    from visionbench.engine.train import create_run_model
     from visionbench.tasks import build_task
     from visionbench.utils.io import read_json
 
     if weights not in WEIGHTS:
         raise UserError(f"--weights: expected best or last, got {weights!r}")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    summary_path = run_dir / "summary.json"
+    if not (run_dir / layout.CONFIG).is_file():
+        raise UserError(f"{run_dir}: not a run directory (no {layout.CONFIG})")
+    cfg = load_config(run_dir / layout.CONFIG)
+    summary_path = run_dir / layout.SUMMARY
     summary = read_json(summary_path) if summary_path.is_file() else {}
     if not isinstance(summary, dict):
         raise UserError(f"{summary_path}: expected a JSON object")
@@ -303,7 +304,7 @@ def predict(
         help="Image files (PNG, JPEG, anything Pillow reads) or .npy arrays; a folder stands for the image files "
         "directly in it.",
     ),
-    weights: str = typer.Option("best", help="best (checkpoints/best.safetensors) or last (checkpoints/last)."),
+    weights: str = typer.Option("best", help=f"best ({layout.BEST}) or last ({layout.LAST})."),
     top_k: int = typer.Option(5, "--top-k", help="Classification: the K most probable classes (all: K >= classes)."),
     json_lines: bool = typer.Option(False, "--json", help="One JSON object per image instead of a table."),
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from visionbench import layout
 from visionbench.config import load_config
 from visionbench.errors import UserError
 
@@ -17,7 +18,7 @@ _START = time.monotonic()  # "elapsed since the command started" counts from imp
 
 def train(
     config: Path | None = typer.Argument(
-        None, help="YAML config file (optional with --resume RUN_DIR: the run's own config.yaml is used)."
+        None, help=f"YAML config file (optional with --resume RUN_DIR: the run's own {layout.CONFIG} is used)."
     ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
     resume: str | None = typer.Option(None, "--resume", help="'auto' (newest unfinished run) or a run directory."),
@@ -38,7 +39,7 @@ def train(
             resume_dir = rundir.find_resumable(cfg)
         else:
             resume_dir = Path(resume)
-        stored_path = resume_dir / "config.yaml"
+        stored_path = resume_dir / layout.CONFIG
         stored = load_config(stored_path)
         # the run's own config, with what the command line asks; only keys that do not change what the run
         # measures (progress display, threads, checkpoint cadence, ...) may differ from the stored ones
@@ -51,7 +52,7 @@ def train(
             given = "--set" if config is None else f"{config} with --set" if set_ else str(config)
             raise UserError(
                 f"--resume {resume_dir}: the run was started with other values for {', '.join(differ)} "
-                f"(its config.yaml differs from {given}); to continue it as it was started: "
+                f"(its {layout.CONFIG} differs from {given}); to continue it as it was started: "
                 f"visionbench train --resume {shlex.quote(str(resume_dir))}"
             )
         cfg = rundir.with_run_settings(stored, cfg)

@@ -31,6 +31,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from visionbench import layout
 from visionbench.errors import UserError, first_line
 from visionbench.utils.io import atomic_open, write_bytes
 
@@ -271,12 +272,11 @@ def _plain(value: Any) -> Any:
 def load_run_weights(run_dir: Path, model: nn.Module, weights: str = "best") -> None:
     """A run directory's `best` weights (safetensors) or its `last` checkpoint's (the EMA weights when it kept an
     EMA, as evaluation used them) into `model`; a missing or foreign file is a one-line UserError."""
-    from visionbench.engine import rundir
 
     if weights == "best":
-        load_weights(run_dir / rundir.BEST, model)
+        load_weights(run_dir / layout.BEST, model)
         return
-    path = run_dir / rundir.LAST
+    path = run_dir / layout.LAST
     ckpt = load_checkpoint(path)
     state = ckpt.get("ema") or ckpt.get("model")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):

@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from visionbench import layout
 from visionbench.config import RunConfig, _short, config_from_raw, load_config, read_config_file
 from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
@@ -108,7 +109,7 @@ def cell_state(cell: Cell) -> str:
         return "new"
     if rundir.read_summary(cell.run_dir).get("status") == "finished":
         return "finished"
-    return "resumable" if (cell.run_dir / rundir.LAST).is_file() else "new"
+    return "resumable" if (cell.run_dir / layout.LAST).is_file() else "new"
 
 
 def stale_cells(cells: list[Cell]) -> list[tuple[Cell, list[str]]]:
@@ -121,9 +122,9 @@ def stale_cells(cells: list[Cell]) -> list[tuple[Cell, list[str]]]:
         if cell_state(cell) == "new":
             continue
         try:
-            differ = rundir.config_changes(cell.cfg, load_config(cell.run_dir / "config.yaml"))
+            differ = rundir.config_changes(cell.cfg, load_config(cell.run_dir / layout.CONFIG))
         except UserError as e:
-            differ = [f"its config.yaml ({first_line(e, 120)})"]
+            differ = [f"its {layout.CONFIG} ({first_line(e, 120)})"]
         if differ:
             stale.append((cell, differ))
     return stale
@@ -141,7 +142,7 @@ def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None, callbacks: 
     try:
         state = "new" if cell.changed else cell_state(cell)
         if state != "new":
-            stored = load_config(cell.run_dir / "config.yaml")
+            stored = load_config(cell.run_dir / layout.CONFIG)
             differ = rundir.config_changes(cell.cfg, stored)
             if differ:
                 raise UserError(

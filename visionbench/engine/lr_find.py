@@ -42,15 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionbench import layout
 from visionbench.config import RunConfig, TrainerConfig
 from visionbench.data import build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
+from visionbench.engine.assembly import build_mix, build_model, check_budget, prepare_transfer
 from visionbench.engine.checkpoint import rng_state, set_rng_state
 from visionbench.engine.loop import TrainingDiverged
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import autocast, resolve_device, seed_everything
-from visionbench.engine.train import build_mix, build_model, check_budget, prepare_transfer
 from visionbench.errors import UserError
 from visionbench.tasks import build_task
 from visionbench.tasks.base import Task
@@ -266,7 +267,7 @@ def lr_find(
     task.fit_targets(data.train.targets)
     model, params, _ = build_model(cfg, data)
     check_budget(cfg, params)
-    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
+    mix = build_mix(cfg, task, data.info)
     head, frozen = prepare_transfer(cfg, model, resumed=False)
     loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, tcfg.channels_last)
     if hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
@@ -294,9 +295,6 @@ def lr_find(
     return LRFindResult(curve, suggestions, files)
 
 
-RESULT_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json", "config.yaml")
-
-
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an `--out` that lr-find would write over without being asked: a file, a folder inside a training
     run (or another lr-find folder), a non-empty folder that is not an lr-find result, or an lr-find result
@@ -307,7 +305,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    inside = rundir.enclosing_run_dir(out)
+    inside = layout.enclosing_run_dir(out)
     if inside is not None:
         raise UserError(f"--out {out}: inside the run directory {inside}; give a folder of its own")
     if not out.is_dir():
@@ -318,11 +316,11 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: cannot list the folder ({e.strerror or e})") from None
     if not entries:
         return
-    if "lr_find.json" in entries and entries <= set(RESULT_FILES):
+    if layout.LR_FIND_JSON in entries and entries <= set(layout.LR_FIND_FILES):
         if not overwrite:
             raise UserError(f"--out {out}: holds an earlier lr-find result; pass --overwrite to replace it")
         return
-    if rundir.is_run_dir(out):
+    if layout.is_run_dir(out):
         raise UserError(f"--out {out}: a training run's directory; lr-find writes into a new or empty folder")
     raise UserError(
         f"--out {out}: a folder that is not empty and not an lr-find result (holds e.g. {sorted(entries)[0]!r}); "
@@ -339,7 +337,7 @@ def write_result(
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["lr", "loss", "smoothed_loss"])
     writer.writerows(zip(curve.lrs, curve.losses, curve.smoothed, strict=True))
-    files = {"csv": out / "lr_find.csv", "png": out / "lr_find.png", "json": out / "lr_find.json"}
+    files = {"csv": out / layout.LR_FIND_CSV, "png": out / layout.LR_FIND_PNG, "json": out / layout.LR_FIND_JSON}
     write_text(files["csv"], buf.getvalue())
     summary = {
         **settings,

@@ -1,7 +1,5 @@
-"""The run directory: `runs/<experiment>/<YYYYmmdd-HHMMSS>-<model>-<dataset>/` and the files in it.
-
-Layout: `config.yaml` (resolved), `env.json`, `metrics.csv` (one row per epoch), `summary.json`,
-`checkpoints/last` (full state), `checkpoints/best.safetensors`, plus task artifacts (confusion matrix ...).
+"""Writing a run directory (its format: `visionbench/layout.py`): a fresh folder, the config, the environment,
+metrics and summary, and which config keys may differ between a run and the config that meets it again.
 Every file is written atomically, so a kill never leaves a half-written one.
 """
 
@@ -20,12 +18,10 @@ from typing import Any
 import torch
 
 import visionbench
+from visionbench import layout
 from visionbench.config import RunConfig, config_diff, dump_config
 from visionbench.errors import UserError
 from visionbench.utils.io import read_json, write_json, write_text
-
-LAST = "checkpoints/last"
-BEST = "checkpoints/best.safetensors"
 
 # Settings of how a run is carried out, not of what it measures: where it is written, how it reports, how often it
 # checkpoints, how many CPU threads it uses, where its data files are found. They may differ between a run and the
@@ -63,28 +59,11 @@ def new_run_dir(cfg: RunConfig, prefix: str = "") -> Path:
     raise RuntimeError(f"could not create a run directory under {parent}")
 
 
-# Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
-# folder that happens to hold a config.yaml
-RUN_MARKERS = ("summary.json", "env.json", "checkpoints", "lr_find.json")
-
-
-def is_run_dir(folder: Path) -> bool:
-    """A folder written by `train` or `lr-find`: other commands must not write into it."""
-    return (folder / "config.yaml").is_file() and any((folder / name).exists() for name in RUN_MARKERS)
-
-
-def enclosing_run_dir(path: Path) -> Path | None:
-    """The run directory that `path` (which need not exist) lies in, if any; the last component is not resolved,
-    so a link there is not followed."""
-    target = path.parent.resolve() / path.name
-    return next((folder for folder in target.parents if is_run_dir(folder)), None)
-
-
 def find_resumable(cfg: RunConfig) -> Path:
     """The newest run of `cfg`'s experiment that has a checkpoint and did not finish."""
     parent = Path(cfg.trainer.out_dir) / (cfg.trainer.experiment or "default")
     for path in sorted(parent.glob("*/"), reverse=True):
-        if (path / LAST).exists() and read_summary(path).get("status") != "finished":
+        if (path / layout.LAST).exists() and read_summary(path).get("status") != "finished":
             return path
     raise UserError(f"--resume auto: no unfinished run with a checkpoint under {parent}")
 
@@ -93,7 +72,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     """summary.json as a dict; {} when it is missing or unreadable (a run that died early), read with read_json's
     bounds, so a FIFO, a huge or a deeply nested file cannot hang or crash the caller."""
     try:
-        summary = read_json(run_dir / "summary.json", what="summary.json")
+        summary = read_json(run_dir / layout.SUMMARY, what=layout.SUMMARY)
     except UserError:
         return {}
     return summary if isinstance(summary, dict) else {}
@@ -117,7 +96,7 @@ def with_run_settings(stored: RunConfig, new: RunConfig) -> RunConfig:
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    write_text(run_dir / "config.yaml", dump_config(cfg))
+    write_text(run_dir / layout.CONFIG, dump_config(cfg))
 
 
 def write_env(run_dir: Path, cfg: RunConfig, device: torch.device) -> None:
@@ -139,7 +118,7 @@ def write_env(run_dir: Path, cfg: RunConfig, device: torch.device) -> None:
             env[name] = __import__(name).__version__
         except ImportError:
             env[name] = None
-    write_json(run_dir / "env.json", env)
+    write_json(run_dir / layout.ENV, env)
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -149,11 +128,11 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(run_dir / "metrics.csv", buf.getvalue())
+    write_text(run_dir / layout.METRICS, buf.getvalue())
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / layout.SUMMARY, summary)
 
 
 def _git_state() -> dict[str, Any]:

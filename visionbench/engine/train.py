@@ -24,10 +24,12 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from visionbench import layout
 from visionbench.config import RunConfig
-from visionbench.data import DatasetInfo, Datasets, augment_placement, build_datasets, build_loader
+from visionbench.data import Datasets, augment_placement, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
+from visionbench.engine.assembly import build_mix, build_model, check_budget, eval_loader, prepare_transfer
 from visionbench.engine.callbacks import make_progress
 from visionbench.engine.checkpoint import (
     first_non_finite,
@@ -51,85 +53,12 @@ from visionbench.engine.runtime import (
     seed_everything,
 )
 from visionbench.engine.schedule import TimeBudget, build_scheduler
-from visionbench.engine.transfer import Unfreeze, freeze_names, head_parameter_names, load_pretrained, set_frozen
+from visionbench.engine.transfer import Unfreeze
 from visionbench.errors import UserError, first_line
-from visionbench.models import create_model, inspect_model
 from visionbench.tasks import build_task
 from visionbench.utils import interrupts
 from visionbench.utils.interrupts import Interrupted, signal_name
 from visionbench.utils.io import FolderGone, WriteFailed, keep_folder, write_json, write_text
-
-
-def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
-    """The configured model for a dataset's input size and outputs (random init, no check run)."""
-    C, H, W = info.input_size
-    return create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
-
-
-def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, int]:
-    """The configured model for `data`, checked against the input size; returns (model, params, flops)."""
-    model = create_run_model(cfg, data.info)
-    params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
-    return model, params, flops
-
-
-def build_mix(cfg: RunConfig, task_kind: str, num_classes: int):
-    """timm's Mixup for augment.mixup_alpha / cutmix_alpha (classification only; whole batches, on the device)."""
-    aug = cfg.data.augment
-    if not (aug.mixup_alpha or aug.cutmix_alpha):
-        return None
-    if task_kind != "classification":
-        raise UserError(f"data.augment.mixup_alpha / cutmix_alpha: classification only, this task is {task_kind}")
-    if cfg.trainer.batch_size % 2:
-        raise UserError(
-            f"trainer.batch_size: mixup/cutmix pair images, expected an even size, got {cfg.trainer.batch_size}"
-        )
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha,
-        prob=aug.mix_prob,
-        switch_prob=aug.mix_switch_prob,
-        mode="batch",
-        label_smoothing=0.0,  # the task applies task.label_smoothing to the mixed targets
-        num_classes=num_classes,
-    )
-
-
-def check_budget(cfg: RunConfig, params: int) -> None:
-    """model.max_params: refuse an over-budget model before anything is trained or written."""
-    budget = cfg.model.max_params
-    if budget is not None and params > budget:
-        raise UserError(
-            f"model.max_params: {cfg.model.name} has {params:,} parameters, over the budget of {int(budget):,}"
-        )
-
-
-def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> tuple[set[str], list[str]]:
-    """Load model.pretrained (not on a resume: the checkpoint has the weights) and apply model.freeze.
-
-    Returns the head's parameter names (for optim.backbone_lr_scale) and the frozen parameter names.
-    """
-    mcfg, tcfg = cfg.model, cfg.trainer
-    if tcfg.unfreeze_at_epoch is not None and not mcfg.freeze:
-        raise UserError("trainer.unfreeze_at_epoch: needs model.freeze (there is nothing frozen to unfreeze)")
-    needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0 or mcfg.pretrained
-    head = head_parameter_names(model) if needs_head else set()  # found once: it deep-copies the model
-    if mcfg.pretrained and not resumed:
-        load_pretrained(model, mcfg.pretrained, mcfg.name, head)
-    frozen = freeze_names(model, mcfg.freeze, head) if mcfg.freeze else []
-    if frozen:
-        set_frozen(model, frozen, frozen=True)
-    return head, frozen
-
-
-def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
-    """The loader of a split for evaluation: in order, no augmentation (this rank's part under DDP)."""
-    tcfg = cfg.trainer
-    return build_loader(
-        data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last, shard=shard
-    )
 
 
 def train(
@@ -164,9 +93,9 @@ def train(
     task.fit_targets(data.train.targets)
     model, params, flops = build_model(cfg, data)
     check_budget(cfg, params)
-    mix = build_mix(cfg, data.info.task, data.info.num_outputs)
+    mix = build_mix(cfg, task, data.info)
     head, frozen = prepare_transfer(cfg, model, resumed=resume_dir is not None)
-    ckpt = load_checkpoint(resume_dir / rundir.LAST) if resume_dir is not None else None
+    ckpt = load_checkpoint(resume_dir / layout.LAST) if resume_dir is not None else None
     summary_writer = tensorboard_writer_class() if tcfg.tensorboard else None
 
     # 2. Data onto the device, model, optimisation.
@@ -227,7 +156,7 @@ def train(
             set_rng_state(ckpt["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # ours, but from another model or optimizer
             raise UserError(
-                f"{resume_dir / rundir.LAST}: checkpoint does not match this run ({first_line(e)})"
+                f"{resume_dir / layout.LAST}: checkpoint does not match this run ({first_line(e)})"
             ) from None
 
     saved: dict[str, int] = {}  # where the newest checkpoint on disk stands: what a resume would continue from
@@ -296,7 +225,7 @@ def train(
             if better:
                 st.best_value, st.best_epoch = value, row["epoch"]
                 if main_rank:
-                    save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
+                    save_weights(run_dir / layout.BEST, trainer.eval_model, {"epoch": str(row["epoch"])})
         if main_rank:
             rundir.write_metrics(run_dir, st.rows)
         summary("running", row, _best_row(st))
@@ -308,7 +237,7 @@ def train(
         if world == 1:  # a finite loss can still leave inf weights behind; such a checkpoint is no good one
             _check_finite_weights(payload, st)
         payload["train_state"]["elapsed_offset"] = st.elapsed_offset + time.monotonic() - start
-        save_checkpoint(run_dir / rundir.LAST, {**payload, "rng": rng_state()})
+        save_checkpoint(run_dir / layout.LAST, {**payload, "rng": rng_state()})
         saved.clear()
         saved.update(_position(st))
 
@@ -320,8 +249,8 @@ def train(
     def how_to_continue() -> str:
         if not saved:
             return "no checkpoint was written, so there is nothing to resume: run the same command again"
-        if not (run_dir / rundir.LAST).is_file():
-            return f"{rundir.LAST} is no longer a file, so there is nothing to resume: run the same command again"
+        if not (run_dir / layout.LAST).is_file():
+            return f"{layout.LAST} is no longer a file, so there is nothing to resume: run the same command again"
         return f"continue with: visionbench train --resume {shlex.quote(str(run_dir))}"
 
     def record(status: str, message: str) -> None:
@@ -353,7 +282,7 @@ def train(
             return FolderGone(f"{e} ({where()})")
         if isinstance(e, TrainingDiverged):
             kept = (
-                f"the last good checkpoint ({rundir.LAST}, epoch {saved['epoch'] + 1}, step {saved['step']}) is kept"
+                f"the last good checkpoint ({layout.LAST}, epoch {saved['epoch'] + 1}, step {saved['step']}) is kept"
                 if saved
                 else "no checkpoint was written"
             )
@@ -373,7 +302,7 @@ def train(
         if main_rank:
             rundir.write_env(run_dir, cfg, device)
         if summary_writer is not None and main_rank:
-            trainer.writer = summary_writer(log_dir=str(run_dir / "tensorboard"), purge_step=state.epoch + 1)
+            trainer.writer = summary_writer(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=state.epoch + 1)
         summary("running", state.rows[-1] if state.rows else {}, _best_row(state))
     except BaseException:
         folder.close()
@@ -404,14 +333,14 @@ def train(
             _write_artifacts(run_dir, task.artifacts(*trainer.outputs["test"]))
         details.update(task.details(*trainer.outputs["test"]))
         if best_key is None and main_rank:  # no validation split: the best weights are the final ones
-            save_weights(run_dir / rundir.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
+            save_weights(run_dir / layout.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
         if best_key is None or state.best_epoch == state.epoch:
             best = {"epoch": state.epoch, **{k: v for k, v in final.items() if "/" in k}}
         else:
             if world > 1:
                 dist.barrier()  # rank 0 has written the best weights that every rank reads now
             best_model = copy.deepcopy(trainer.eval_model)
-            load_weights(run_dir / rundir.BEST, best_model)
+            load_weights(run_dir / layout.BEST, best_model)
             metrics, _, _ = evaluate(best_model, test_loader, task, device, tcfg)
             best = {**_best_row(state), **{f"test/{k}": v for k, v in metrics.items()}}
         state.seconds["eval"] += time.monotonic() - t_eval
@@ -526,8 +455,8 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
     for name, value in artifacts.items():
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        if name == "confusion_matrix":
-            write_json(run_dir / f"{name}_test.json", value)
+        if name == layout.CONFUSION_MATRIX:
+            write_json(run_dir / layout.artifact(name), value)
             writer.writerow(["true\\pred", *value["class_names"]])
             for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"], strict=True):
                 writer.writerow([cls, *counts])
@@ -535,6 +464,6 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
             writer.writerow(list(value))
             writer.writerows(zip(*value.values(), strict=True))
         else:
-            write_json(run_dir / f"{name}_test.json", value)
+            write_json(run_dir / layout.artifact(name), value)
             continue
-        write_text(run_dir / f"{name}_test.csv", buf.getvalue())
+        write_text(run_dir / layout.artifact(name, suffix=".csv"), buf.getvalue())

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visionbench import layout
 from visionbench.errors import UserError, first_line
 
 # registered zoo names built from a timm architecture -> that architecture (for model.pretrained: timm)
@@ -81,11 +82,11 @@ def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor],
             ) from None
         return reference.state_dict(), f"timm weights of {timm_name}"
     path = Path(source).expanduser()
-    if path.is_dir() and not (path / "config.yaml").is_file():
+    if path.is_dir() and not (path / layout.CONFIG).is_file():
         path = _newest_finished_run(path)
     if path.is_dir():
-        weights = path / "checkpoints" / "best.safetensors"
-        if not (path / "config.yaml").is_file() or not weights.is_file():
+        weights = path / layout.BEST
+        if not (path / layout.CONFIG).is_file() or not weights.is_file():
             raise UserError(f"model.pretrained: {path} is not a visionbench run directory with {weights.name}")
         path = weights
     if path.suffix != ".safetensors":

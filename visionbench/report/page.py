@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from visionbench import layout
 from visionbench.errors import UserError, first_line
 from visionbench.report import plots
 from visionbench.report.tables import (
@@ -54,8 +55,6 @@ class Section:
 
 
 REPORT_MD = "report.md"
-EXPLAIN = "explain"  # the folder `visionbench explain` writes in a run (analysis/explain.py)
-ANALYSIS = "analysis"  # the folder `visionbench analyze` writes in a run (cli/analyze.py)
 REPORT_HTML = "report.html"
 _STATUS_ORDER = ("finished", "running", "failed", UNREADABLE)
 
@@ -133,8 +132,8 @@ def _draw(run_dir: Path) -> tuple[list[Path], list[str]]:
             paths += plotter(run_dir)
         except (UserError, OSError, ValueError) as e:
             problems.append(f"{plotter.__name__}: {first_line(e)}")
-    paths += sorted((run_dir / ANALYSIS).glob("*.png"))  # `visionbench analyze`'s figures, when there are any
-    paths += sorted((run_dir / EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
+    paths += sorted((run_dir / layout.ANALYSIS).glob("*.png"))  # `visionbench analyze`'s figures, when there are any
+    paths += sorted((run_dir / layout.EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
     return paths, problems
 
 
@@ -261,10 +260,12 @@ def _html_table(table: Table, table_id: str) -> str:
 
 
 def _figure_html(png: Path, run_dir: Path) -> str:
-    if png.parent.name != plots.PLOTS:  # an explain grid: its path inside the run
+    if png.parent.name != layout.PLOTS:  # an explain grid: its path inside the run
         return _embed(png, png.relative_to(run_dir).as_posix(), f"{png.parent.name} {png.stem} of {run_dir.name}")
-    files = [png.name, png.with_suffix(".svg").name] + (["curves.csv"] if png.name == "curves.png" else [])
-    return _embed(png, f"{plots.PLOTS}/" + ", ".join(files), f"{png.stem} of {run_dir.name}")
+    files = [png.name, png.with_suffix(".svg").name] + (
+        [f"{layout.CURVES}.csv"] if png.name == f"{layout.CURVES}.png" else []
+    )
+    return _embed(png, f"{layout.PLOTS}/" + ", ".join(files), f"{png.stem} of {run_dir.name}")
 
 
 def _embed(png: Path, caption: str, alt: str | None = None) -> str:
@@ -288,8 +289,8 @@ def _run_section(index: int, rec: dict[str, Any], figures: tuple[list[Path], lis
     if paths:
         parts.append('<div class="figures">' + "".join(_figure_html(p, run_dir) for p in paths) + "</div>")
     try:  # shown as text whatever it holds (an alias bomb is harmless unparsed), but only a bounded regular file
-        config = read_text(run_dir / "config.yaml", "config.yaml", CONFIG_BYTES)
-        parts.append(f"<details><summary>config.yaml</summary><pre>{_esc(config)}</pre></details>")
+        config = read_text(run_dir / layout.CONFIG, layout.CONFIG, CONFIG_BYTES)
+        parts.append(f"<details><summary>{layout.CONFIG}</summary><pre>{_esc(config)}</pre></details>")
     except UnreadableFile as e:
         parts.append(f'<p class="problem">{_esc(e.reason)}</p>')
     return "\n".join(parts) + "</section>"

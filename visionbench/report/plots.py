@@ -15,11 +15,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from visionbench import layout
 from visionbench.errors import UserError
 from visionbench.utils.io import read_json, write_bytes, write_text
 from visionbench.utils.names import literal_text, missing_glyphs_quiet
 
-PLOTS = "plots"
 ANNOTATE_MAX_CLASSES = 20  # counts printed in confusion-matrix cells up to this many classes
 TICKS_MAX_CLASSES = 40  # class names on the axes up to this many classes
 
@@ -79,7 +79,7 @@ def _save(fig, path: Path) -> Path:
 def _main_metric(run_dir: Path) -> str:
     """summary.json's main metric; `loss` while there is no readable summary (a run that died early)."""
     try:
-        return read_json(run_dir / "summary.json").get("main_metric", "loss")
+        return read_json(run_dir / layout.SUMMARY).get("main_metric", "loss")
     except (UserError, AttributeError):
         return "loss"
 
@@ -87,7 +87,7 @@ def _main_metric(run_dir: Path) -> str:
 def plot_curves(run_dir: Path) -> list[Path]:
     """Loss per epoch (train, val, test) and the run's main metric per epoch, as `curves.png`/`.svg`, with the
     plotted columns of metrics.csv as `curves.csv`; nothing when there is no epoch yet."""
-    metrics_csv = run_dir / "metrics.csv"
+    metrics_csv = run_dir / layout.METRICS
     if not metrics_csv.is_file():
         return []
     _, rows = _read_rows(metrics_csv)
@@ -118,14 +118,14 @@ def plot_curves(run_dir: Path) -> list[Path]:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(plotted)
     writer.writerows([row.get(k, "") for k in plotted] for row in rows)  # the values as metrics.csv has them
-    write_text(run_dir / PLOTS / "curves.csv", buf.getvalue())
-    return [_save(fig, run_dir / PLOTS / "curves.png")]
+    write_text(run_dir / layout.PLOTS / f"{layout.CURVES}.csv", buf.getvalue())
+    return [_save(fig, run_dir / layout.PLOTS / f"{layout.CURVES}.png")]
 
 
 def plot_confusion(run_dir: Path) -> list[Path]:
     """The test confusion matrix, coloured by the fraction of each true class (row), with counts in the cells up
     to `ANNOTATE_MAX_CLASSES` classes; nothing unless the run is a classification."""
-    path = run_dir / "confusion_matrix_test.json"
+    path = run_dir / layout.artifact(layout.CONFUSION_MATRIX)
     if not path.is_file():
         return []
     data = read_json(path)
@@ -156,7 +156,7 @@ def plot_confusion(run_dir: Path) -> list[Path]:
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(f"{run_dir.name}\ntest confusion matrix, accuracy {100 * accuracy:.2f} %", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    return [_save(fig, run_dir / PLOTS / "confusion_matrix.png")]
+    return [_save(fig, run_dir / layout.PLOTS / f"{layout.CONFUSION_MATRIX}.png")]
 
 
 def _per_class_figure(values: dict[str, Any], metric: str, run_name: str):
@@ -184,7 +184,7 @@ def plot_per_class(run_dir: Path) -> list[Path]:
     """Bars of the per-class test AP (multi-label) or AUROC (classification with `task.auroc`) that summary.json
     keeps under `test_details`; nothing when it has none."""
     try:
-        details = read_json(run_dir / "summary.json").get("test_details") or {}
+        details = read_json(run_dir / layout.SUMMARY).get("test_details") or {}
     except (UserError, AttributeError):
         return []
     if not isinstance(details, dict):
@@ -194,13 +194,13 @@ def plot_per_class(run_dir: Path) -> list[Path]:
         values = details.get(key)
         if isinstance(values, dict) and values:
             fig = _per_class_figure(values, metric, run_dir.name)
-            paths.append(_save(fig, run_dir / PLOTS / f"{key}.png"))
+            paths.append(_save(fig, run_dir / layout.PLOTS / f"{key}.png"))
     return paths
 
 
 def plot_predictions(run_dir: Path) -> list[Path]:
     """Predicted against true test values with the y = x line and the MAE; nothing unless the run is a regression."""
-    path = run_dir / "predictions_test.csv"
+    path = run_dir / layout.artifact(layout.PREDICTIONS, suffix=".csv")
     if not path.is_file():
         return []
     columns = _numeric_columns(_read_rows(path)[1])
@@ -219,7 +219,7 @@ def plot_predictions(run_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
     fig.suptitle(run_dir.name, fontsize=9)
-    return [_save(fig, run_dir / PLOTS / "pred_vs_true.png")]
+    return [_save(fig, run_dir / layout.PLOTS / "pred_vs_true.png")]
 
 
 PLOTTERS = (plot_curves, plot_confusion, plot_per_class, plot_predictions)

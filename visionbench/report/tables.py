@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from visionbench import layout
 from visionbench.config import YAMLLimitError, safe_load, yaml_problem
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import CONFIG_BYTES, UnreadableFile, read_text
@@ -32,7 +33,6 @@ from visionbench.utils.names import storable
 
 log = logging.getLogger(__name__)
 
-RUN_MARKERS = ("summary.json", "config.yaml")  # config.yaml alone: a run that died before its first summary
 UNREADABLE = "unreadable"
 DEFAULT_ROWS = ("model.name",)
 # Keys that do not change what a run measures: the seeds (their spread is a cell's ±) and where output goes.
@@ -82,16 +82,14 @@ class Table:
 # lr_find.json, lr_find.csv and lr_find.png), told by those files rather than by its `lr_find-` name, which --out
 # can change; and any folder inside a run (explain/, analysis/, plots/, checkpoints/ or the user's own): runs do not
 # nest. A search's study folder (report.md, study.db, plots/) holds no marker itself; its trials are runs.
-LR_FIND_MARKERS = ("lr_find.json", "lr_find.csv")
-RUN_SUBFOLDERS = ("explain", "analysis", "plots", "checkpoints")
 
 
 def _has_marker(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in RUN_MARKERS)
+    return any((path / marker).is_file() for marker in layout.REPORTABLE)
 
 
 def _is_lr_find(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in LR_FIND_MARKERS)
+    return any((path / marker).is_file() for marker in layout.LR_FIND_MARKERS)
 
 
 def _in_run(path: Path) -> bool:
@@ -107,8 +105,8 @@ def _not_a_run(path: Path) -> str | None:
     if not path.is_dir():
         return None
     if _is_lr_find(path):
-        return "the output of `visionbench lr-find` (lr_find.json, lr_find.csv, lr_find.png), not a training run"
-    if (_has_marker(path) or path.name in RUN_SUBFOLDERS) and _in_run(path):
+        return f"the output of `visionbench lr-find` ({', '.join(layout.LR_FIND_FILES[:3])}), not a training run"
+    if (_has_marker(path) or path.name in layout.RUN_SUBFOLDERS) and _in_run(path):
         return f"a folder inside the run {path.resolve().parent}, not a run: report the run itself"
     return None
 
@@ -130,7 +128,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         elif (what := _not_a_run(path)) is not None:
             skipped.append(f"{path}: {what}")
         elif path.is_dir():
-            found = {p.parent for m in RUN_MARKERS for pattern in (f"*/{m}", f"*/*/{m}") for p in path.glob(pattern)}
+            found = {
+                p.parent for m in layout.REPORTABLE for pattern in (f"*/{m}", f"*/*/{m}") for p in path.glob(pattern)
+            }
             runs.update(dict.fromkeys(sorted(p for p in found if _is_run(p))))
             lr_finds += sum(1 for p in found if p.is_dir() and _is_lr_find(p))
         elif path.exists():
@@ -142,26 +142,29 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         ignored = f" ({lr_finds} lr-find output{'s' if lr_finds > 1 else ''} ignored)" if lr_finds else ""
         raise UserError(
-            f"no run directories (with summary.json or config.yaml) under {', '.join(map(str, paths))}{ignored}"
+            f"no run directories (with {layout.SUMMARY} or {layout.CONFIG}) under {', '.join(map(str, paths))}{ignored}"
         )
     for line in skipped:
         log.warning("skipped %s", line)
     return list(runs)
 
 
+NO_CONFIG = f"no {layout.CONFIG}"
+
+
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """config.yaml as a dict, and the reason when it cannot be read ({} then); read with the config reader's
     bounds (regular file, size, alias expansion, depth)."""
     try:
-        config = safe_load(read_text(run_dir / "config.yaml", "config.yaml", CONFIG_BYTES))
+        config = safe_load(read_text(run_dir / layout.CONFIG, layout.CONFIG, CONFIG_BYTES))
     except UnreadableFile as e:
-        return {}, "no config.yaml" if e.missing else e.reason
+        return {}, NO_CONFIG if e.missing else e.reason
     except YAMLLimitError as e:
-        return {}, f"config.yaml refused{yaml_problem(e)}"
+        return {}, f"{layout.CONFIG} refused{yaml_problem(e)}"
     except yaml.YAMLError as e:
-        return {}, f"config.yaml is not YAML ({first_line(e, 80)})"
+        return {}, f"{layout.CONFIG} is not YAML ({first_line(e, 80)})"
     if not isinstance(config, dict):
-        return {}, "config.yaml is not a mapping"
+        return {}, f"{layout.CONFIG} is not a mapping"
     return config, None
 
 
@@ -177,15 +180,15 @@ def load_record(run_dir: Path) -> dict[str, Any]:
     base: dict[str, Any] = {"run_dir": str(run_dir)}
     extra: dict[str, Any] = {"config": config, **({"config_error": config_error} if config_error else {})}
     try:
-        summary = read_json(run_dir / "summary.json", what="summary.json")
+        summary = read_json(run_dir / layout.SUMMARY, what=layout.SUMMARY)
     except UnreadableFile as e:
-        return {**base, "status": UNREADABLE, "error": "no summary.json" if e.missing else e.reason, **extra}
+        return {**base, "status": UNREADABLE, "error": f"no {layout.SUMMARY}" if e.missing else e.reason, **extra}
     if not isinstance(summary, dict):
-        return {**base, "status": UNREADABLE, "error": "summary.json is not a JSON object", **extra}
+        return {**base, "status": UNREADABLE, "error": f"{layout.SUMMARY} is not a JSON object", **extra}
     for key in ("final", "best", "seconds", "test_details"):  # what the tables and figures index into
         if summary.get(key) is not None and not isinstance(summary[key], dict):
-            return {**base, "status": UNREADABLE, "error": f"summary.json: `{key}` is not an object", **extra}
-    if config_error and config_error != "no config.yaml":  # a wrong config would put the run in the wrong cell
+            return {**base, "status": UNREADABLE, "error": f"{layout.SUMMARY}: `{key}` is not an object", **extra}
+    if config_error and config_error != NO_CONFIG:  # a wrong config would put the run in the wrong cell
         return {**base, **summary, "status": UNREADABLE, "error": config_error, **extra}
     return {**base, **summary, "status": str(summary.get("status", "unknown")), **extra}
 
@@ -242,7 +245,7 @@ def check_keys(records: list[dict[str, Any]], keys: list[str], option: str) -> N
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
-            raise UserError(f"{option} {key}: no run's config.yaml has this key{hint}")
+            raise UserError(f"{option} {key}: no run's {layout.CONFIG} has this key{hint}")
 
 
 def default_columns(records: list[dict[str, Any]], row_keys: list[str]) -> list[str]:
@@ -452,7 +455,7 @@ def pivot_tables(records: list[dict[str, Any]], row_keys: list[str], col_keys: l
         what = (
             f"test/{metric}" + (" (%)" if _is_percent(metric) else "")
             if metric
-            else "runs without a readable summary.json"
+            else f"runs without a readable {layout.SUMMARY}"
         )
         title = f"{what}: {shape}"
         tables.append(

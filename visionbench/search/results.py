@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from visionbench import layout
 from visionbench.errors import first_line
 from visionbench.report import Section, write_report
 from visionbench.report.plots import _pyplot, _save
@@ -129,9 +130,7 @@ def _figure(plot, study, path: Path, **kwargs) -> Path | None:
 def search_sections(study, metric: str, out_dir: Path) -> list[Section]:
     import optuna.visualization.matplotlib as vis
 
-    from visionbench.report.plots import PLOTS
-
-    plots = out_dir / PLOTS
+    plots = out_dir / layout.PLOTS
     plots.mkdir(parents=True, exist_ok=True)
     sections = [
         Section("Search", paragraphs=[f"Study {study.study_name!r}, {counts_line(study)}."] + _best_line(study))

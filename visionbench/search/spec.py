@@ -195,7 +195,7 @@ def input_size(cfg: RunConfig, info) -> tuple[int, int, int]:
 
 def measure(cfg: RunConfig, info) -> tuple[int, int]:
     """(params, FLOPs per image) of a config's model, on the meta device: no weights allocated, nothing trained."""
-    from visionbench.engine.train import create_run_model
+    from visionbench.engine.assembly import create_run_model
     from visionbench.models import inspect_on_meta
 
     size = input_size(cfg, info)

@@ -20,10 +20,12 @@ class Task(nn.Module):
     Attributes:
         main_metric: the metric name that picks the best checkpoint (e.g. `acc1`).
         mode: `max` or `min`: which direction of `main_metric` is better.
+        mixes_images: whether mixup / cutmix can blend this task's targets.
     """
 
     main_metric: str = "loss"
     mode: str = "min"
+    mixes_images: bool = False  # mixup / cutmix apply: one class per image, whose one-hot targets can be blended
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns a dict with `loss` (scalar) and `output` (activated predictions), as timm's TrainingTask."""

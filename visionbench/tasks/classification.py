@@ -70,6 +70,7 @@ class _MacroAUROC(Metric):
 class ClassificationTask(Task):
     main_metric = "acc1"
     mode = "max"
+    mixes_images = True
 
     def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False):
         super().__init__()

@@ -1,0 +1,69 @@
+"""The run directory's format: the name of every file and folder in it, in one place.
+
+A run directory is `runs/<experiment>/<YYYYmmdd-HHMMSS>-<model>-<dataset>/`. `train` writes the resolved `config.yaml`,
+`env.json`, `metrics.csv` (one row per epoch), `summary.json`, `checkpoints/last` (everything a bit-identical resume
+needs), `checkpoints/best.safetensors` and the task's test artifacts (`confusion_matrix_test.json`,
+`predictions_test.csv` ...); `report` adds `plots/`, `explain` adds `explain/<method>-<split>/`, `analyze` adds
+`analysis/`, `eval` adds `eval-<split>-<tta>-<weights>.json`, `export` writes under `export/`. `lr-find` writes its own
+folder of `lr_find.*` files beside a `config.yaml`.
+
+The writer (engine), the readers (report, inference, transfer, compare) and the tests name these files through this
+module only. It sits beside `config.py`, below engine and report, and imports nothing of visionbench.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.yaml"
+ENV = "env.json"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LAST = f"{CHECKPOINTS}/last"
+BEST = f"{CHECKPOINTS}/best.safetensors"
+TENSORBOARD = "tensorboard"
+PLOTS = "plots"
+EXPLAIN = "explain"
+ANALYSIS = "analysis"
+EXPORT = "export"
+
+LR_FIND_CSV = "lr_find.csv"
+LR_FIND_PNG = "lr_find.png"
+LR_FIND_JSON = "lr_find.json"
+LR_FIND_FILES = (LR_FIND_JSON, LR_FIND_CSV, LR_FIND_PNG, CONFIG)  # all that an lr-find folder holds
+
+# Task artifacts of the final model on a split: `<name>_<split>.json`, or `.csv` for a table of columns
+CONFUSION_MATRIX = "confusion_matrix"
+PREDICTIONS = "predictions"
+CURVES = "curves"  # plots/curves.png and the values it shows, plots/curves.csv
+
+# Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
+# folder that happens to hold a config.yaml
+WRITTEN_BY_RUNS = (SUMMARY, ENV, CHECKPOINTS, LR_FIND_JSON)
+# What `report` takes for a run: a summary, or a config.yaml alone (a run that died before its first summary)
+REPORTABLE = (SUMMARY, CONFIG)
+LR_FIND_MARKERS = (LR_FIND_JSON, LR_FIND_CSV)
+RUN_SUBFOLDERS = (EXPLAIN, ANALYSIS, PLOTS, CHECKPOINTS)
+
+
+def artifact(name: str, split: str = "test", suffix: str = ".json") -> str:
+    """The file of a task artifact on a split: `confusion_matrix_test.json`, `predictions_test.csv` ..."""
+    return f"{name}_{split}{suffix}"
+
+
+def eval_result(split: str, tta: str, weights: str) -> str:
+    """The file `visionbench eval` writes: one per split, test-time augmentation and weights."""
+    return f"eval-{split}-{tta}-{weights}.json"
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder written by `train` or `lr-find`: other commands must not write into it."""
+    return (folder / CONFIG).is_file() and any((folder / name).exists() for name in WRITTEN_BY_RUNS)
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The run directory that `path` (which need not exist) lies in, if any; the last component is not resolved,
+    so a link there is not followed."""
+    target = path.parent.resolve() / path.name
+    return next((folder for folder in target.parents if is_run_dir(folder)), None)
