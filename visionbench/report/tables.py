@@ -88,6 +88,13 @@ def default_columns(records: list[dict[str, Any]], row_keys: list[str]) -> list[
     return ["data.name"] if "data.name" not in row_keys else ["model.name"]
 
 
+def matrix_axes(keys: list[str]) -> tuple[str | None, str | None]:
+    """`rows` and `cols` of the report of a matrix over `keys`: the first key's values are the rows, the others'
+    the columns; a seed (any pooled key) is no axis: the runs that differ only in it share a cell, mean ± std."""
+    measured = [k for k in keys if k not in POOLED_KEYS]
+    return (measured[0] if measured else None), (",".join(measured[1:]) or None)
+
+
 def latest_per_cell(
     records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] | None = None
 ) -> list[dict[str, Any]]:
