@@ -13,8 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from visionbench.cli.models import parse_size
-from visionbench.models import create_model
+from visionbench.models import create_model, parse_size
 from visionbench.registry import MODELS
 
 

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visionbench import layout
-from visionbench.cli.main import _one_line
+from visionbench.errors import one_line
 
 MINIMUM = {"not_a_run": 10, "hostile_name_arg": 12}
 LR_FIND_FILES = (layout.LR_FIND_JSON, layout.LR_FIND_CSV, layout.LR_FIND_PNG, layout.CONFIG)
@@ -79,7 +79,7 @@ def hostile_names(draw) -> str:
 def test_a_hostile_name_in_an_argument_is_shown_as_written(work, capsys, name, command):
     if command == "report":
         path = scratch(work) / name.replace("/", "∕")
-        expect_one_line_error(capsys, "hostile_name_arg", ["report", path], needle=_one_line(str(path)))
+        expect_one_line_error(capsys, "hostile_name_arg", ["report", path], needle=one_line(str(path)))
     elif command == "data info":
         expect_one_line_error(capsys, "hostile_name_arg", ["data", "info", f"zz{name}"])
     else:

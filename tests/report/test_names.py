@@ -412,7 +412,7 @@ def test_models_prints_model_names_and_messages_as_written(capsys, model_names) 
         raise UserError(name)
 
     with mock.patch.object(MODELS, "list", lambda pattern="*": model_names):
-        with mock.patch("visionbench.models.create_model", create_model):
+        with mock.patch("visionbench.models._catalog.create_model", create_model):
             assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in model_names:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from visionbench.cli.main import main
-from visionbench.report.tables import default_columns, find_runs, load_record, pivot_tables, to_markdown
+from visionbench.report.records import find_runs, load_record
+from visionbench.report.tables import default_columns, pivot_tables, to_markdown
 
 EXPERIMENT_MD = """\
 # visionbench report

@@ -28,7 +28,32 @@ def compare(
 
     cells, keys = read_matrix(config, set_ or [])
     experiment = cells[0].run_dir.parent
-    stale = stale_cells(cells)
+    _mark_stale(stale_cells(cells), rerun_changed)
+    print(f"{len(cells)} cells ({' x '.join(keys)}) in {experiment}")
+    from visionbench.report import write_report
+    from visionbench.report.plots import plot_run
+    from visionbench.report.tables import matrix_axes
+
+    try:
+        outcomes = run_cells(cells, jobs or default_jobs(), after=plot_run)
+    except Interrupted as e:
+        again = [config, *(a for s in set_ or [] for a in ("--set", s))]
+        again += [*(["--jobs", str(jobs)] if jobs else []), *(["--rerun-changed"] if rerun_changed else [])]
+        raise _interrupted(e.signum, [cell_state(c) for c in cells], again) from None
+    failed = [o for o in outcomes if o.status == "failed"]
+    rows, cols = matrix_axes(keys)
+    md, html = write_report([experiment], experiment, rows=rows, cols=cols)
+    print(f"report: {md}\nreport: {html}")
+    if failed:
+        print(f"{len(failed)} of {len(cells)} cells failed:")
+        for o in failed:
+            print(f"  {o.cell.label}: {o.error}")
+        return 1
+    return 0
+
+
+def _mark_stale(stale: list, rerun_changed: bool) -> None:
+    """Refuse cells that ran before with another config, or mark them to be trained again with --rerun-changed."""
     if stale and not rerun_changed:
         cell, differ = stale[0]
         more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
@@ -39,33 +64,13 @@ def compare(
         )
     for cell, differ in stale:
         cell.changed = tuple(differ)
-    print(f"{len(cells)} cells ({' x '.join(keys)}) in {experiment}")
-    from visionbench.report import write_report
-    from visionbench.report.plots import plot_run
-    from visionbench.report.tables import POOLED_KEYS
 
-    try:
-        outcomes = run_cells(cells, jobs or default_jobs(), after=plot_run)
-    except Interrupted as e:
-        states = [cell_state(c) for c in cells]
-        again = [config, *(a for s in set_ or [] for a in ("--set", s))]
-        again += [*(["--jobs", str(jobs)] if jobs else []), *(["--rerun-changed"] if rerun_changed else [])]
-        raise Interrupted(
-            e.signum,
-            f"compare interrupted by {signal_name(e.signum)}: {states.count('finished')} of {len(cells)} cells "
-            f"finished, {states.count('resumable')} resume from a checkpoint; continue with: visionbench compare "
-            + shlex.join(map(str, again)),
-        ) from None
-    failed = [o for o in outcomes if o.status == "failed"]
 
-    # a seed (any of the report's pooled keys) is no axis: the runs that differ only in it share a cell, mean ± std
-    measured = [k for k in keys if k not in POOLED_KEYS]
-    rows, cols = (measured[0] if measured else None), (",".join(measured[1:]) or None)
-    md, html = write_report([experiment], experiment, rows=rows, cols=cols)
-    print(f"report: {md}\nreport: {html}")
-    if failed:
-        print(f"{len(failed)} of {len(cells)} cells failed:")
-        for o in failed:
-            print(f"  {o.cell.label}: {o.error}")
-        return 1
-    return 0
+def _interrupted(signum: int, states: list[str], again: list) -> Interrupted:
+    """The interrupt's line: what is done, what resumes, and the command that continues."""
+    return Interrupted(
+        signum,
+        f"compare interrupted by {signal_name(signum)}: {states.count('finished')} of {len(states)} cells "
+        f"finished, {states.count('resumable')} resume from a checkpoint; continue with: visionbench compare "
+        + shlex.join(map(str, again)),
+    )

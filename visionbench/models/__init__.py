@@ -2,5 +2,14 @@
 
 from visionbench.models import cnn_t, cvt, fastnet, resnet_cfg, small_cnn, zoo  # noqa: F401  (registration side effects)
 from visionbench.models._builder import count_params, create_model, inspect_model, inspect_on_meta
+from visionbench.models._catalog import ModelFigures, measure_models, parse_size
 
-__all__ = ["create_model", "count_params", "inspect_model", "inspect_on_meta"]
+__all__ = [
+    "ModelFigures",
+    "create_model",
+    "count_params",
+    "inspect_model",
+    "inspect_on_meta",
+    "measure_models",
+    "parse_size",
+]

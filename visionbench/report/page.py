@@ -20,17 +20,13 @@ from urllib.parse import quote
 from visionbench import layout
 from visionbench.errors import UserError, first_line
 from visionbench.report import plots
+from visionbench.report.records import UNREADABLE, check_keys, find_runs, is_readable, load_record
 from visionbench.report.tables import (
     DEFAULT_ROWS,
-    UNREADABLE,
     Table,
     cell_key,
-    check_keys,
     default_columns,
-    find_runs,
-    is_readable,
     latest_per_cell,
-    load_record,
     md_paragraph,
     md_text,
     pivot_tables,

@@ -174,7 +174,7 @@ def _best_line(study) -> list[str]:
 def write_search_report(study, metric: str, study_dir: Path, keys: list[str]) -> tuple[Path, Path] | None:
     """report.md and report.html in the study folder; None when no trial has a run directory yet."""
     from visionbench.errors import UserError
-    from visionbench.report.tables import find_runs
+    from visionbench.report.records import find_runs
 
     try:
         find_runs([study_dir])

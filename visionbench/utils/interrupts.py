@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -189,3 +189,15 @@ def stop_processes(procs: list, grace_seconds: float) -> None:
                 with contextlib.suppress(OSError, ValueError):
                     p.kill()
                 p.join()
+
+
+def piped_status(run: Callable[[], int]) -> int:
+    """`run()`'s exit status once stdout is flushed, or SIGPIPE's when the reader of stdout left: `visionbench ... |
+    head` then ends quietly, as `yes | head` does."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the interpreter's exit
+        code = 128 + 13  # the status of a process ended by SIGPIPE
+    return code
