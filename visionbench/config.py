@@ -214,8 +214,15 @@ class AugmentConfig(Section):
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness, contrast and saturation strength
 
 
+def _default_dataset() -> str:
+    """The dataset of a config that names none: chosen by the data layer (imported only when it is needed)."""
+    from visionbench.data import DEFAULT_DATASET
+
+    return DEFAULT_DATASET
+
+
 class DataConfig(Section):
-    name: str = "fashion-mnist"
+    name: str = Field(default_factory=_default_dataset)
     root: str | None = None  # searched first, then $VISIONBENCH_DATA, ~/.cache/visionbench, system folders
     subset: int | None = Field(None, ge=1)  # use only the first N training images
     test_subset: int | None = Field(None, ge=1)  # evaluate on the first N test images only (quick searches)

@@ -13,7 +13,7 @@ app = typer.Typer(help="Dataset commands.", no_args_is_help=True)
 
 @app.command("info")
 def info(
-    name: str = typer.Argument(..., help="A registered dataset name, e.g. fashion-mnist."),
+    name: str = typer.Argument(..., help="A registered dataset name (a misspelt one gets the closest names)."),
     root: str | None = typer.Option(None, help="Folder searched first for the files."),
     download: bool = typer.Option(False, help="Download the files when they are missing."),
 ) -> None:

@@ -12,6 +12,8 @@ from visionbench.data.stream import needs_worker_transform, worker_transform
 from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
 
+DEFAULT_DATASET = "fashion-mnist"  # a config's data.name when it names none
+
 __all__ = [
     "Datasets",
     "DatasetInfo",
