@@ -1,7 +1,8 @@
 """Attribution figures on a Fashion-MNIST run: the model-randomisation sanity check and time / peak memory for
 1,000 test images per method.
 
-Trains `configs/fashion_mnist/small_cnn.yaml` for `--epochs` (or takes `--run`), then for every method:
+Trains `configs/fashion_mnist/small_cnn.yaml` for `--epochs` (or takes `--run`), then for every registered method
+that applies to the run's model:
 - the sanity check of Adebayo et al. (NeurIPS 2018): mean |Spearman rank correlation| between the maps of the
   trained model and of the same architecture with every layer re-initialised, over `--sanity-images` test images
   (low = the maps depend on what the model learned);
@@ -26,7 +27,6 @@ from pathlib import Path
 from visionbench import layout
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("saliency", "smoothgrad", "integrated_gradients", "deeplift", "gradcam", "gradcam++")
 
 
 def _test_split(run_dir: Path, n: int):
@@ -67,7 +67,7 @@ def sanity(run_dir: Path, n: int) -> dict[str, float]:
     import torch
     from scipy.stats import spearmanr
 
-    from visionbench.analysis.attribution import attribute, to_maps
+    from visionbench.analysis.attribution import ATTRIBUTIONS, attribute, to_maps
     from visionbench.engine.assembly import create_run_model
 
     run, images, targets = _test_split(run_dir, n)
@@ -80,7 +80,7 @@ def sanity(run_dir: Path, n: int) -> dict[str, float]:
             m.reset_parameters()
     random.eval()
     out = {}
-    for method in METHODS:
+    for method in [m for m in ATTRIBUTIONS.list() if ATTRIBUTIONS.get(m).applies_to(run.model)]:
         torch.manual_seed(0)
         a = to_maps(attribute(run.model, images, preds, method))
         torch.manual_seed(0)
@@ -117,7 +117,7 @@ def main() -> None:
         print(f"  {method:22s} {rho:.3f}")
     print(f"\n{args.images} test images, internal batches of {args.batch_size}, one process per method")
     print(f"  {'method':22s} {'seconds':>8s} {'peak RSS':>10s}")
-    for method in ("none", *METHODS):
+    for method in ("none", *rhos):
         cmd = [sys.executable, __file__, "--child", str(run_dir), method, "--images", str(args.images)]
         cmd += ["--batch-size", str(args.batch_size)]
         line = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""A small name -> builder registry shared by models, datasets, tasks, optimizers and schedules.
+"""A small name -> builder registry shared by models, datasets, tasks, optimizers, schedules and attribution methods.
 
 Duplicate names raise (as torchvision's `models/_api.py` does); a miss suggests the closest names.
 """
@@ -61,3 +61,4 @@ DATASETS = Registry("dataset")
 TASKS = Registry("task")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
+ATTRIBUTIONS = Registry("attribution method")

@@ -1,8 +1,12 @@
 """Attributions beyond shapes: the model-randomisation sanity check, IG completeness, batching, hooks on error,
-and `visionbench explain` on a trained run (grids, the report link, bad input)."""
+and `visionbench explain` on a trained run (grids, the report link, bad input).
+
+The registry is the test matrix: every registered method runs on the trained CNN, or on a tiny ViT where it refuses
+the CNN (attention rollout), so a new method is tested by registering it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,8 +15,9 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+import visionbench.analysis.attribution
 from visionbench import layout
-from visionbench.analysis.attribution import IG_STEPS, METHODS, attribute, to_maps
+from visionbench.analysis.attribution import ATTRIBUTIONS, attribute, integrated_gradients, to_maps
 from visionbench.cli.main import main
 from visionbench.config import config_from_raw
 from visionbench.models import create_model
@@ -24,7 +29,7 @@ BASE = {
     "trainer": {"epochs": 4, "batch_size": 64, "checkpoint_every_minutes": None, "progress": "lines"},
     "optim": {"lr": 0.05},
 }  # fmt: skip
-CNN_METHODS = [m for m in METHODS if m != "attention_rollout"]
+METHODS = ATTRIBUTIONS.list()
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,11 @@ def _test_images(loaded, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 def _tiny_vit() -> nn.Module:
     torch.manual_seed(0)
     return create_model("vit", 4, in_chans=1, img_size=(28, 28), patch_size=4, embed_dim=32, depth=2, num_heads=2)
+
+
+def _model_for(method: str, cnn: nn.Module) -> nn.Module:
+    """`cnn`, or a tiny ViT where the method refuses it."""
+    return cnn if ATTRIBUTIONS.get(method).applies_to(cnn) else _tiny_vit().eval()
 
 
 def _hooks(model: nn.Module) -> int:
@@ -100,16 +110,16 @@ def test_integrated_gradients_sum_to_the_output_difference(loaded):
     diff = out - base
     error = (total - diff).abs()
     assert (error <= 0.02 * diff.abs() + 1e-3).all(), (
-        f"IG with {IG_STEPS} steps: sums {total.tolist()} vs output differences {diff.tolist()}"
+        f"IG with {integrated_gradients.STEPS} steps: sums {total.tolist()} vs output differences {diff.tolist()}"
     )
 
 
 # --- batching, ranges, hooks --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "smoothgrad"])  # SmoothGrad draws noise per batch
+@pytest.mark.parametrize("method", [m for m in METHODS if not ATTRIBUTIONS.get(m).stochastic])  # noise per batch
 def test_batched_and_unbatched_attributions_are_equal(loaded, method):
-    model = _tiny_vit().eval() if method == "attention_rollout" else loaded.model
+    model = _model_for(method, loaded.model)
     images, targets = _images(6), torch.tensor([0, 1, 2, 3, 0, 1])
     whole = attribute(model, images, targets, method, batch_size=6)
     one_by_one = attribute(model, images, targets, method, batch_size=1)
@@ -118,10 +128,41 @@ def test_batched_and_unbatched_attributions_are_equal(loaded, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_maps_have_the_input_size_and_lie_in_0_1(loaded, method):
-    model = _tiny_vit().eval() if method == "attention_rollout" else loaded.model
+    model = _model_for(method, loaded.model)
     maps = to_maps(attribute(model, _images(5), torch.tensor([0, 1, 2, 3, 0]), method, batch_size=2))
     assert maps.shape == (5, 28, 28)
     assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_attributions_repeat_exactly_under_the_same_seed(loaded, method):
+    model = _model_for(method, loaded.model)
+    images, targets = _images(4), torch.tensor([0, 1, 2, 3])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(attribute(model, images, targets, method, batch_size=2))
+    assert torch.isfinite(runs[0]).all(), f"{method} gives non-finite attributions"
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0, msg=f"{method} differs between two seeded calls")
+    assert torch.equal(images, _images(4)), f"{method} changed its input images"
+
+
+def test_every_module_of_the_package_registers_a_method():
+    package = Path(visionbench.analysis.attribution.__file__).parent
+    registered = {ATTRIBUTIONS.get(name).__module__ for name in METHODS}
+    for path in sorted(package.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module = f"visionbench.analysis.attribution.{path.stem}"
+        importlib.import_module(module)
+        assert module in registered, f"{path.name} registers no method (missing @ATTRIBUTIONS.register, or the import?)"
+
+
+def test_explain_help_names_every_registered_method(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # the help on one line
+    assert main(["explain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(METHODS) in out, out
 
 
 class _Boom(nn.Module):
@@ -130,13 +171,9 @@ class _Boom(nn.Module):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_hooks_removed_when_the_model_raises(loaded, method):
-    if method == "attention_rollout":
-        model = _tiny_vit().eval()
-        model.head = _Boom()
-    else:
-        model = create_model("small_cnn", 4, in_chans=1, img_size=(28, 28)).eval()
-        model.fc = _Boom()  # the classifier: after the features (and the Grad-CAM layer) have run
+def test_hooks_removed_when_the_model_raises(method):
+    model = _model_for(method, create_model("small_cnn", 4, in_chans=1, img_size=(28, 28)).eval())
+    setattr(model, "head" if hasattr(model, "head") else "fc", _Boom())  # the classifier: after the CAM layer
     fused = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
     with pytest.raises(RuntimeError, match="boom inside the model"):
         attribute(model, _images(2), torch.tensor([0, 1]), method)
@@ -164,7 +201,7 @@ def test_explain_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys)
     cases = [
         (["--method", "attention_rollout"], "has no attention layers"),
         (["--method", "gradcam", "--classes", "sandal"], "--classes: no class 'sandal'"),
-        (["--method", "lime"], "--method 'lime': expected one of"),
+        (["--method", "lime"], f"--method 'lime': expected one of {', '.join(METHODS)}"),
     ]
     for args, expected in cases:
         assert main(["explain", str(trained_run), *args]) == 2

@@ -7,16 +7,13 @@ from pathlib import Path
 import typer
 
 from visionbench import layout
+from visionbench.analysis.attribution import ATTRIBUTIONS
 from visionbench.errors import UserError
 
 
 def explain(
     run_dir: Path = typer.Argument(..., help="A run directory written by `visionbench train`."),
-    method: str = typer.Option(
-        ...,
-        "--method",
-        help="saliency, smoothgrad, integrated_gradients, deeplift, gradcam, gradcam++, attention_rollout",
-    ),
+    method: str = typer.Option(..., "--method", help=", ".join(ATTRIBUTIONS.list())),
     n: int = typer.Option(16, "--n", min=1, help="Images per group (correct, wrong, or each class)."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names: one grid per class."),

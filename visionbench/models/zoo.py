@@ -120,6 +120,14 @@ def _patch_check(name: str, img_size: tuple[int, int], patch_size: int) -> None:
         raise ValueError(f"{name}: img_size {H}x{W} is not a multiple of patch_size {patch_size}")
 
 
+def _vit(num_outputs: int, in_chans: int, img_size: tuple[int, int], depth: int, **kwargs) -> nn.Module:
+    """timm's VisionTransformer given the model contract, Grad-CAM at the last block's first norm (its tokens)."""
+    model = VisionTransformer(
+        img_size=tuple(img_size), in_chans=in_chans, num_classes=num_outputs, depth=depth, **kwargs
+    )
+    return give_contract(model, in_chans, img_size, cam_layer=f"blocks.{depth - 1}.norm1")
+
+
 @MODELS.register("vit")
 def vit(
     num_outputs: int,
@@ -135,19 +143,10 @@ def vit(
 ):
     """ViT (Dosovitskiy et al., 2021) on timm's VisionTransformer: class token, learned position embedding."""
     _patch_check("vit", img_size, patch_size)
-    model = VisionTransformer(
-        img_size=tuple(img_size),
-        patch_size=patch_size,
-        in_chans=in_chans,
-        num_classes=num_outputs,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        drop_rate=drop_rate,
-        drop_path_rate=drop_path_rate,
+    model_args = dict(patch_size=patch_size, embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    return _vit(
+        num_outputs, in_chans, img_size, depth, drop_rate=drop_rate, drop_path_rate=drop_path_rate, **model_args
     )
-    return give_contract(model, in_chans, img_size, cam_layer=f"blocks.{depth - 1}.norm1")
 
 
 @MODELS.register("vit_r50_hybrid")
@@ -201,18 +200,8 @@ def cnn_vit(
             **{k: v for k, v in kwargs.items() if k in ("bias", "dynamic_img_pad", "output_fmt", "strict_img_size")},
         )
 
-    model = VisionTransformer(
-        img_size=tuple(img_size),
-        patch_size=1,
-        in_chans=in_chans,
-        num_classes=num_outputs,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        drop_path_rate=drop_path_rate,
-        embed_layer=embed,
-    )
-    return give_contract(model, in_chans, img_size, cam_layer=f"blocks.{depth - 1}.norm1")
+    model_args = dict(embed_dim=embed_dim, num_heads=num_heads, drop_path_rate=drop_path_rate, embed_layer=embed)
+    return _vit(num_outputs, in_chans, img_size, depth, patch_size=1, **model_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------

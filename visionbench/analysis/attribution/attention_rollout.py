@@ -4,7 +4,8 @@ Each layer's attention, averaged over heads, plus the identity for the residual 
 multiplied through the layers; the class token's row (or, without a prefix token, the mean row) over the patch
 tokens is the map. The attention probabilities are caught where timm's `Attention` computes them explicitly: its
 fused kernel is switched off for the call (and always switched back), and a forward hook on `attn_drop`, whose
-input is the softmaxed attention (B, heads, N, N), records it. Hooks are removed in a `finally`.
+input is the softmaxed attention (B, heads, N, N), records it. Hooks are removed in a `finally`. The maps do not
+depend on the target: rollout follows the class token, not one output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionbench.analysis.attribution._base import Attribution
 from visionbench.analysis.tokens import token_grid
+from visionbench.registry import ATTRIBUTIONS
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -87,3 +90,15 @@ def rollout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     low = maps.flatten(1).amin(1)[:, None, None]
     high = maps.flatten(1).amax(1)[:, None, None]
     return (maps - low) / (high - low).clamp(min=1e-12)
+
+
+@ATTRIBUTIONS.register("attention_rollout")
+class AttentionRollout(Attribution):
+    refusal = "has no attention layers (ViT, CvT and the hybrids have); use gradcam or a gradient method"
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return bool(attention_modules(model))
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return rollout(self.model, images)
