@@ -322,7 +322,7 @@ class TrainerConfig(Section):
 
 
 class RunConfig(Section):
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # built when needed: its default dataset is the data layer's
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     optim: OptimConfig = OptimConfig()
