@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from visionbench.data import cifar, mnist, voc
+from visionbench.data import sources
 
 
 @pytest.fixture(autouse=True)
@@ -17,6 +17,5 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_network(url: str, *args: object, **kwargs: object) -> None:
         raise AssertionError(f"test tried to download {url}")
 
-    for module in (cifar, mnist, voc):
-        monkeypatch.setattr(module, "download", no_network)
+    monkeypatch.setattr(sources, "download", no_network)
     return tmp_path

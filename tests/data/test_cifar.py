@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from visionbench.data import cifar as cifar_module
-from visionbench.data.base import extract_tar
+from visionbench.data import sources
 from visionbench.data.cifar import CIFAR10, CIFAR100, cifar10, cifar100, read_cifar_batch, write_cifar_batch
+from visionbench.data.sources import extract_tar
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
@@ -341,7 +342,7 @@ def test_download_verifies_extracts_and_loads(tmp_path: Path, monkeypatch: pytes
         dest.write_bytes(tarball.read_bytes())
         return dest
 
-    monkeypatch.setattr(cifar_module, "download", fake_download)
+    monkeypatch.setattr(sources, "download", fake_download)
     raw = cifar10(root=str(tmp_path / "nowhere"), download=True)
     assert len(raw.train) == 10 and len(raw.test) == 2
     assert fetched == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", CIFAR10.archive_md5, 10.0)]
@@ -358,7 +359,7 @@ def test_download_of_a_hostile_archive_is_refused(tmp_path: Path, monkeypatch: p
         dest.write_bytes(hostile.read_bytes())
         return dest
 
-    monkeypatch.setattr(cifar_module, "download", fake_download)
+    monkeypatch.setattr(sources, "download", fake_download)
     with pytest.raises(UserError, match="refused to extract member '../../evil'"):
         cifar100(root=str(tmp_path / "nowhere"), download=True)
     assert not (tmp_path / "xdg-cache" / "evil").exists() and not (tmp_path / "evil").exists()
@@ -368,7 +369,7 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mon
     def offline(url: str, dest: Path, md5: str | None = None, timeout: float = 30.0) -> Path:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(cifar_module, "download", offline)
+    monkeypatch.setattr(sources, "download", offline)
     with pytest.raises(UserError, match="network is unreachable") as info:
         cifar100(root=str(tmp_path / "nowhere"), download=True)
     assert str(tmp_path / "nowhere") in str(info.value) and "cifar-100-python" in str(info.value)

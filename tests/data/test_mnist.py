@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from visionbench.data import mnist as mnist_module
+from visionbench.data import sources
 from visionbench.data.mnist import FASHION_MNIST_CLASSES, fashion_mnist, mnist, read_idx, write_idx
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
@@ -244,7 +245,7 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mon
         calls.append((url, timeout))
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(mnist_module, "download", offline)
+    monkeypatch.setattr(sources, "download", offline)
     with pytest.raises(UserError, match="network is unreachable") as info:
         mnist(root=str(tmp_path / "nowhere"), download=True)
     assert str(tmp_path / "nowhere") in str(info.value)
@@ -263,7 +264,7 @@ def test_download_fetches_official_files_into_cache(tmp_path: Path, monkeypatch:
         dest.write_bytes((source / url.rsplit("/", 1)[1]).read_bytes())
         return dest
 
-    monkeypatch.setattr(mnist_module, "download", fake_download)
+    monkeypatch.setattr(sources, "download", fake_download)
     raw = mnist(root=None, download=True)
     cache = tmp_path / "xdg-cache" / "visionbench" / "mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{f}.gz" for f in FILES)

@@ -22,13 +22,14 @@ from PIL import Image
 from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import AugmentConfig, load_config
-from visionbench.data import base as base_module
+from visionbench.data import sources
 from visionbench.data import voc as voc_module
 from visionbench.data.voc import VOC2007, VOC_CLASSES, VocArchive, parse_annotation, voc2007, voc2012
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
 C = {name: i for i, name in enumerate(VOC_CLASSES)}
+REAL_DOWNLOAD = sources.download  # taken before conftest's guard replaces it
 
 # image id -> objects as (class, difficult); difficult None leaves the <difficult> element out (as some 2012 files do)
 OBJECTS: dict[str, list[tuple[str, int | None]]] = {
@@ -367,9 +368,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[
     def local_download(url: str, dest: Path, md5: str | None = None, timeout: float = 30.0) -> Path:
         assert url.startswith(folder.as_uri()), url
         fetched.append(url.rsplit("/", 1)[1])
-        return base_module.download(url, dest, md5=md5, timeout=timeout)
+        return REAL_DOWNLOAD(url, dest, md5=md5, timeout=timeout)
 
-    monkeypatch.setattr(voc_module, "download", local_download)
+    monkeypatch.setattr(sources, "download", local_download)
     return folder, fetched
 
 
@@ -442,7 +443,7 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mon
         assert (url, md5, timeout) == (VOC2007.base_url + "VOCtrainval_06-Nov-2007.tar", VOC2007.archives[0].md5, 10.0)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(voc_module, "download", offline)
+    monkeypatch.setattr(sources, "download", offline)
     with pytest.raises(UserError) as info:
         voc2007(root=str(tmp_path / "nowhere"), download=True)
     message = _one_line(info)

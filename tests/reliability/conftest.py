@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from fuzzing import TRIED
 
-from visionbench.data import cifar as cifar_module
-from visionbench.data import mnist as mnist_module
-from visionbench.data import voc as voc_module
+from visionbench.data import sources
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +20,7 @@ def work(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("VISIONBENCH_DATA", raising=False)
         mp.chdir(folder)
-        for module in (cifar_module, mnist_module, voc_module):
-            mp.setattr(module, "download", no_network)
+        mp.setattr(sources, "download", no_network)
         yield folder
 
 

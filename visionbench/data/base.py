@@ -1,4 +1,4 @@
-"""What every dataset builder returns, where data files are looked up, and the train/val/test carving.
+"""What every dataset builder returns, and the train/val/test carving (where its files come from: `download.py`).
 
 A dataset family is one file in `data/` with a registered builder:
 
@@ -13,23 +13,11 @@ train split, so no builder repeats that logic.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import logging
-import os
-import tarfile
 import unicodedata
-import urllib.request
-import zlib
-from pathlib import Path
 
 import torch
 
 from visionbench.errors import UserError
-from visionbench.utils.io import atomic_open
-
-log = logging.getLogger(__name__)
-
-SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +93,20 @@ class RawDataset:
     train: TensorSplit | FileSplit
     test: TensorSplit | FileSplit
     info: DatasetInfo
+
+
+# A dataset streamed from disk is resized by the loader (data.image_size), which also sets the input size that
+# build_datasets reports: the size here is a placeholder. It is normalised with ImageNet's statistics, not its own.
+STREAMED_INPUT_SIZE = (3, 224, 224)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def streamed_info(name: str, task: str, class_names: tuple[str, ...]) -> DatasetInfo:
+    """The DatasetInfo of a dataset streamed from disk (image folders, CSV manifests, Pascal VOC)."""
+    return DatasetInfo(
+        name, task, len(class_names), class_names, STREAMED_INPUT_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
 
 
 def class_name_problem(name: str) -> str | None:
@@ -215,97 +217,3 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     mean = total / count
     std = ((squares / count - mean.square()) * count / max(1, count - 1)).clamp_min(0).sqrt()
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.clamp_min(1e-3).tolist())
-
-
-def search_dirs(name: str, root: str | os.PathLike | None) -> list[Path]:
-    """Folders searched for a dataset's files, in order: data.root, $VISIONBENCH_DATA, the cache, system dirs.
-
-    Each base folder is tried as given and with the dataset's name appended (`$VISIONBENCH_DATA/fashion-mnist`).
-    """
-    bases = [Path(root).expanduser()] if root else []
-    if os.environ.get("VISIONBENCH_DATA"):
-        bases.append(Path(os.environ["VISIONBENCH_DATA"]).expanduser())
-    bases.append(cache_dir())
-    dirs: list[Path] = []
-    for base in bases:
-        dirs += [base, base / name]
-    dirs += SYSTEM_DIRS.get(name, [])
-    return list(dict.fromkeys(dirs))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visionbench"
-
-
-def download(url: str, dest: Path, md5: str | None = None, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest` atomically, checking the md5 when given. Network errors raise OSError."""
-    log.info("downloading %s -> %s", url, dest)
-    digest = hashlib.md5()
-    with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest, "wb") as f:
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            f.write(chunk)
-        if md5 and digest.hexdigest() != md5:
-            raise UserError(f"{url}: downloaded file has md5 {digest.hexdigest()}, expected {md5}")
-    return dest
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Extract a (compressed) tar archive into `dest`, refusing any member that could escape it.
-
-    Every member is checked before anything is written: an absolute name, a `..` component, a link (symbolic or
-    hard), a device or fifo, or a path that resolves outside `dest` raises, because a tarball downloaded from the
-    internet is foreign input (CVE-2007-4559). The extraction then runs under tarfile's "data" filter as a second
-    line of defence.
-
-    Args:
-        archive: a tar file, plain or compressed (gzip, bzip2, xz).
-        dest: the folder to extract into, created when missing.
-
-    Raises:
-        UserError: the archive is unreadable or a member was refused; it names the archive and the member.
-    """
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                reason = _unsafe_member(member, root)
-                if reason:
-                    raise UserError(f"{archive}: refused to extract member {member.name!r}: {reason}")
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
-                tar.extractall(root, members=members, filter="data")
-            else:  # pragma: no cover - every member was already checked above
-                tar.extractall(root, members=members)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        detail = " ".join(str(exc).split())  # tarfile's ReadError spans several lines; a UserError is one
-        if isinstance(exc, getattr(tarfile, "FilterError", ())):  # the "data" filter exists from 3.11.4 on
-            raise UserError(f"{archive}: refused to extract: {detail}") from None
-        raise UserError(f"{archive}: cannot extract ({detail}); expected a tar archive") from None
-
-
-def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
-    """Why a tar member must not be extracted under `root`, or None when it is a plain file or folder inside it."""
-    name = member.name.replace("\\", "/")
-    if name.startswith("/") or Path(name).is_absolute():
-        return "absolute path"
-    if ".." in name.split("/"):
-        return "path contains '..'"
-    if member.issym() or member.islnk():
-        return f"is a link to {member.linkname!r}"
-    if not (member.isfile() or member.isdir()):
-        return "not a regular file or folder (device, fifo or other special member)"
-    target = (root / name).resolve()
-    if target != root and root not in target.parents:
-        return f"would land outside {root}"
-    return None

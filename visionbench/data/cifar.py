@@ -31,17 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionbench.data.base import (
-    DatasetInfo,
-    RawDataset,
-    TensorSplit,
-    cache_dir,
-    class_name_problem,
-    download,
-    extract_tar,
-    md5sum,
-    search_dirs,
-)
+from visionbench.data import sources
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, class_name_problem
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import ARRAY_FILE_BYTES, read_bytes
@@ -52,8 +43,6 @@ log = logging.getLogger(__name__)
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 IMAGE_SHAPE = (3, 32, 32)
-# Short, so that a machine without network fails in seconds instead of hanging.
-DOWNLOAD_TIMEOUT_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,27 +182,26 @@ def _class_names(meta: dict[Any, Any], key: str, path: Path, count: int) -> tupl
 # Lookup and download
 
 
-def _find_folder(layout: CifarLayout, root: str | os.PathLike | None) -> tuple[Path | None, list[Path]]:
-    """The first folder holding every file of `layout`, and the folders searched."""
+def _candidates(layout: CifarLayout, root: str | os.PathLike | None) -> list[Path]:
+    """The folders that may hold `layout`'s files: under each search dir, its own folder, or the dir itself (data.root
+    may point straight at the batches)."""
     candidates = []
-    for base in search_dirs(layout.name, root):
-        candidates += [base / layout.folder, base]  # base itself: data.root may point straight at the batches
-    candidates = list(dict.fromkeys(candidates))
-    for folder in candidates:
-        if all((folder / f).exists() for f in layout.files):
-            return folder, candidates
-    return None, candidates
+    for base in sources.search_dirs(layout.name, root):
+        candidates += [base / layout.folder, base]
+    return list(dict.fromkeys(candidates))
 
 
-def _download(layout: CifarLayout) -> Path:
+def _fetch(layout: CifarLayout) -> Path:
     """Fetch and verify the archive, unpack it under the cache, and return the dataset folder."""
-    dest = cache_dir() / layout.name
+    dest = sources.cache_dir() / layout.name
     archive = dest / layout.archive
-    if not (archive.is_file() and md5sum(archive) == layout.archive_md5):
-        download(BASE_URL + layout.archive, archive, md5=layout.archive_md5, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+    if not (archive.is_file() and sources.md5sum(archive) == layout.archive_md5):
+        sources.download(
+            BASE_URL + layout.archive, archive, md5=layout.archive_md5, timeout=sources.DOWNLOAD_TIMEOUT_SECONDS
+        )
     # Unpack beside the target and rename, so an interrupted extraction never leaves a half folder that looks real.
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
-        extract_tar(archive, Path(tmp))
+        sources.extract_tar(archive, Path(tmp))
         unpacked = Path(tmp) / layout.folder
         if not all((unpacked / f).is_file() for f in layout.files):
             raise UserError(f"{archive}: expected {layout.folder}/ with {', '.join(layout.files)}")
@@ -226,18 +214,17 @@ def _download(layout: CifarLayout) -> Path:
 
 
 def _locate(layout: CifarLayout, root: str | os.PathLike | None, allow_download: bool) -> Path:
-    folder, searched = _find_folder(layout, root)
-    if folder is not None:
-        return folder
-    reason = "downloading is off (download=False)"
-    if allow_download:
-        try:
-            return _download(layout)
-        except (OSError, UserError) as exc:  # URLError and timeouts are OSErrors; bad md5 or archive are UserErrors
-            reason = f"download of {BASE_URL + layout.archive} failed: {' '.join(str(exc).split())}"
-    raise UserError(
-        f"{layout.name}: files not found; put {layout.folder}/ ({', '.join(layout.files)}), unpacked from "
-        f"{layout.archive}, in one of: {', '.join(map(str, searched))} ({reason})"
+    candidates = _candidates(layout, root)
+    return sources.locate_or_download(
+        find=lambda: next((f for f in candidates if all((f / name).exists() for name in layout.files)), None),
+        fetch=lambda: _fetch(layout),
+        allow_download=allow_download,
+        searched=candidates,
+        source=f"of {BASE_URL + layout.archive}",
+        wanted=lambda: (
+            f"{layout.name}: files not found; put {layout.folder}/ ({', '.join(layout.files)}), unpacked from "
+            f"{layout.archive},"
+        ),
     )
 
 

@@ -33,34 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, FileSplit, RawDataset, class_name_problem
+from visionbench.data.base import FileSplit, RawDataset, class_name_problem, streamed_info
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import CSV_BYTES, IMAGE_FILE_BYTES, UnreadableFile, check_regular, open_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".npy")
-# The streaming loader resizes every image; (3, 224, 224) is a placeholder and the statistics are ImageNet's.
-INPUT_SIZE = (3, 224, 224)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_TEST_FRACTION = 0.2
 
 # Normalised header -> task kind.
 CSV_HEADERS = {("path", "label"): "classification", ("path", "labels"): "multilabel", ("path", "target"): "regression"}
 _EXPECTED_HEADERS = "path,label (classification), path,labels (multilabel) or path,target (regression)"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _info(name: str, task: str, class_names: tuple[str, ...]) -> DatasetInfo:
-    return DatasetInfo(
-        name=name,
-        task=task,
-        num_outputs=len(class_names),
-        class_names=class_names,
-        input_size=INPUT_SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
 
 
 def carve_test(split: FileSplit, fraction: float, seed: int, source: str | os.PathLike) -> tuple[FileSplit, FileSplit]:
@@ -195,7 +179,7 @@ def image_folder(
     else:
         fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
         train, test = carve_test(train, fraction, seed, train_path)
-    return RawDataset(train=train, test=test, info=_info("image_folder", "classification", tuple(class_names)))
+    return RawDataset(train=train, test=test, info=streamed_info("image_folder", "classification", tuple(class_names)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,5 +393,5 @@ def csv_manifest(
                     f"{train_manifest.path}; expected no image in both the train and the test manifest"
                 )
         test_split = FileSplit(test_manifest.files, _targets(test_manifest, class_names, known))
-    info = _info("csv_manifest", train_manifest.task, class_names)
+    info = streamed_info("csv_manifest", train_manifest.task, class_names)
     return RawDataset(train=train_split, test=test_split, info=info)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from visionbench.data.base import cache_dir
+from visionbench.data.sources import cache_dir
 from visionbench.errors import UserError
 from visionbench.utils.io import read_json, write_json
 

@@ -26,15 +26,8 @@ from typing import IO
 import numpy as np
 import torch
 
-from visionbench.data.base import (
-    DatasetInfo,
-    RawDataset,
-    TensorSplit,
-    cache_dir,
-    download,
-    search_dirs,
-    select_classes,
-)
+from visionbench.data import sources
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, select_classes
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import ARRAY_FILE_BYTES, open_regular, size_text
@@ -85,9 +78,6 @@ SOURCES = {
         },
     ),
 }
-
-# Short, so that a machine without network fails in seconds rather than hanging on each of four files.
-DOWNLOAD_TIMEOUT_SECONDS = 10.0
 
 _IDX_UINT8 = 0x08
 # The largest idx payload read: EMNIST ByClass, the largest MNIST-like set, is 814k x 28 x 28 = 638 MB.
@@ -195,11 +185,10 @@ def _read_upto(f: IO[bytes], path: Path, n: int) -> bytearray:
     return out
 
 
-def _find_files(name: str, root: str | os.PathLike | None) -> tuple[dict[str, Path] | None, list[Path]]:
-    """The first searched folder holding all four files, as {stem: path}, and the folders searched."""
-    dirs = search_dirs(name, root)
+def _find_files(folders: list[Path]) -> dict[str, Path] | None:
+    """The four files, as {stem: path}, of the first folder holding them all."""
     stems = [stem for pair in SPLIT_FILES.values() for stem in pair]
-    for folder in dirs:
+    for folder in folders:
         found = {}
         for stem in stems:
             # Uncompressed first: it is what a user who unpacked the files meant, and it skips the gzip decode. Not
@@ -210,36 +199,33 @@ def _find_files(name: str, root: str | os.PathLike | None) -> tuple[dict[str, Pa
                 break
             found[stem] = hit
         else:
-            return found, dirs
-    return None, dirs
+            return found
+    return None
 
 
-def _download(name: str) -> None:
+def _fetch(name: str, folders: list[Path]) -> dict[str, Path]:
+    """Fetch the missing `.gz` files into the cache, then find all four again."""
     base_url, md5s = SOURCES[name]
-    dest = cache_dir() / name
+    dest = sources.cache_dir() / name
     for filename, md5 in md5s.items():
         if not (dest / filename).is_file():
-            download(base_url + filename, dest / filename, md5=md5, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+            sources.download(base_url + filename, dest / filename, md5=md5, timeout=sources.DOWNLOAD_TIMEOUT_SECONDS)
+    files = _find_files(folders)
+    if files is None:
+        raise sources.NotProvided(f"downloaded into {dest} but the files are still incomplete")
+    return files
 
 
 def _locate(name: str, root: str | os.PathLike | None, allow_download: bool) -> dict[str, Path]:
-    files, dirs = _find_files(name, root)
-    if files is not None:
-        return files
-    reason = "downloading is off (download=False)"
-    if allow_download:
-        try:
-            _download(name)
-        except (OSError, UserError) as exc:  # URLError and timeouts are OSErrors; a bad md5 is a UserError
-            reason = f"download from {SOURCES[name][0]} failed: {' '.join(str(exc).split())}"
-        else:
-            files, _ = _find_files(name, root)
-            if files is not None:
-                return files
-            reason = f"downloaded into {cache_dir() / name} but the files are still incomplete"
+    folders = sources.search_dirs(name, root)
     names = ", ".join(f"{stem}[.gz]" for pair in SPLIT_FILES.values() for stem in pair)
-    raise UserError(
-        f"{name}: files not found; put {names} in one of: {', '.join(map(str, dirs))} ({reason})",
+    return sources.locate_or_download(
+        find=lambda: _find_files(folders),
+        fetch=lambda: _fetch(name, folders),
+        allow_download=allow_download,
+        searched=folders,
+        source=f"from {SOURCES[name][0]}",
+        wanted=lambda: f"{name}: files not found; put {names}",
     )
 
 

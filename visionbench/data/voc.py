@@ -29,16 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import (
-    DatasetInfo,
-    FileSplit,
-    RawDataset,
-    cache_dir,
-    download,
-    extract_tar,
-    md5sum,
-    search_dirs,
-)
+from visionbench.data import sources
+from visionbench.data.base import FileSplit, RawDataset, streamed_info
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import IMAGE_FILE_BYTES, LIST_BYTES, XML_BYTES, check_regular, read_bytes, read_text
@@ -69,14 +61,6 @@ VOC_CLASSES = (
 )
 _CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 
-# The streaming loader resizes every image; (3, 224, 224) is a placeholder and the statistics are ImageNet's.
-INPUT_SIZE = (3, 224, 224)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Short, so that a machine without network fails in seconds instead of hanging.
-DOWNLOAD_TIMEOUT_SECONDS = 10.0
-
 # An image id is a file stem: no separators and no leading dot, so a list file can never point outside the folder.
 _IMAGE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -106,28 +90,17 @@ class VocYear:
         return next((a for a in self.archives if image_set in a.image_sets), None)
 
 
-VOC2007 = VocYear(
-    name="voc2007",
-    folder="VOC2007",
-    base_url="http://host.robots.ox.ac.uk/pascal/VOC/voc2007/",
-    archives=(
-        VocArchive("VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64", ("train", "val", "trainval")),
-        VocArchive("VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f", ("test",)),
-    ),
-    default_train_set="trainval",
-    default_test_set="test",
+VOC_SITE = "http://host.robots.ox.ac.uk/pascal/VOC/"
+TRAINVAL_SETS = ("train", "val", "trainval")
+VOC2007_ARCHIVES = (
+    VocArchive("VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64", TRAINVAL_SETS),
+    VocArchive("VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f", ("test",)),
 )
-VOC2012 = VocYear(
-    name="voc2012",
-    folder="VOC2012",
-    base_url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-    archives=(
-        VocArchive("VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd", ("train", "val", "trainval")),
-    ),
-    default_train_set="train",  # val is part of trainval, and val is the test set
-    default_test_set="val",
-    withheld_sets=("test",),
-)
+VOC2012_ARCHIVES = (VocArchive("VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd", TRAINVAL_SETS),)
+# Fields: name, folder, base URL, archives, default train and test sets, withheld sets. 2012 tests on val, so it
+# trains on train (its trainval holds val); its test annotations are not public.
+VOC2007 = VocYear("voc2007", "VOC2007", VOC_SITE + "voc2007/", VOC2007_ARCHIVES, "trainval", "test")
+VOC2012 = VocYear("voc2012", "VOC2012", VOC_SITE + "voc2012/", VOC2012_ARCHIVES, "train", "val", ("test",))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,21 +176,16 @@ def _has_layout(folder: Path) -> bool:
 def _candidates(spec: VocYear, root: str | os.PathLike | None) -> list[Path]:
     """Folders that may be VOCyyyy: under each search dir, as VOCdevkit's parent, as VOCdevkit, or VOCyyyy itself."""
     folders = []
-    for base in search_dirs(spec.name, root):
+    for base in sources.search_dirs(spec.name, root):
         folders += [base / "VOCdevkit" / spec.folder, base / spec.folder, base]
     return list(dict.fromkeys(folders))
 
 
-def _find(spec: VocYear, root: str | os.PathLike | None, image_set: str) -> tuple[Path | None, Path | None, list[Path]]:
-    """The first VOC folder holding `image_set`'s list, the first VOC folder seen at all, and the folders searched."""
-    candidates = _candidates(spec, root)
-    first_voc = None
-    for folder in candidates:
-        if _has_layout(folder):
-            if _main_list(folder, image_set).exists():
-                return folder, folder, candidates
-            first_voc = first_voc or folder
-    return None, first_voc, candidates
+def _first_voc(candidates: list[Path], image_set: str | None = None) -> Path | None:
+    """The first folder with VOC's layout (and, when given, `image_set`'s list)."""
+    return next(
+        (f for f in candidates if _has_layout(f) and (image_set is None or _main_list(f, image_set).exists())), None
+    )
 
 
 def _merge_tree(src: Path, dst: Path) -> None:
@@ -237,15 +205,20 @@ def _merge_tree(src: Path, dst: Path) -> None:
         os.replace(file, target)
 
 
-def _download(spec: VocYear, archive: VocArchive) -> Path:
-    """Fetch and verify `archive`, unpack it into the cache, and return the VOCyyyy folder."""
-    dest = cache_dir() / spec.name
+def _fetch(spec: VocYear, image_set: str) -> Path:
+    """Fetch and verify the archive providing `image_set`, unpack it into the cache, and return the VOCyyyy folder."""
+    archive = spec.archive_for(image_set)
+    if archive is None:
+        raise sources.NotProvided(f"no official archive provides {image_set}.txt")
+    dest = sources.cache_dir() / spec.name
     path = dest / archive.filename
-    if not (path.is_file() and md5sum(path) == archive.md5):
-        download(spec.base_url + archive.filename, path, md5=archive.md5, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+    if not (path.is_file() and sources.md5sum(path) == archive.md5):
+        sources.download(
+            spec.base_url + archive.filename, path, md5=archive.md5, timeout=sources.DOWNLOAD_TIMEOUT_SECONDS
+        )
     final = dest / "VOCdevkit" / spec.folder
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
-        extract_tar(path, tmp)
+        sources.extract_tar(path, tmp)
         unpacked = Path(tmp) / "VOCdevkit" / spec.folder
         if not _has_layout(unpacked):
             raise UserError(
@@ -253,31 +226,31 @@ def _download(spec: VocYear, archive: VocArchive) -> Path:
             )
         _merge_tree(unpacked, final)
     path.unlink()
+    if not _main_list(final, image_set).is_file():
+        raise sources.NotProvided(f"{archive.filename} unpacked into {final} but holds no {image_set}.txt")
     return final
 
 
 def _locate(spec: VocYear, root: str | os.PathLike | None, image_set: str, allow_download: bool) -> Path:
-    folder, first_voc, searched = _find(spec, root, image_set)
-    if folder is not None:
-        return folder
+    candidates = _candidates(spec, root)
     archive = spec.archive_for(image_set)
-    reason = "downloading is off (download=False)"
-    if allow_download and archive is None:
-        reason = f"no official archive provides {image_set}.txt"
-    elif allow_download:
-        try:
-            folder = _download(spec, archive)
-        except (OSError, UserError) as exc:  # URLError and timeouts are OSErrors; bad md5 or archive are UserErrors
-            reason = f"download of {spec.base_url + archive.filename} failed: {' '.join(str(exc).split())}"
-        else:
-            if _main_list(folder, image_set).is_file():
-                return folder
-            reason = f"{archive.filename} unpacked into {folder} but holds no {image_set}.txt"
-    missing = _main_list(first_voc, image_set) if first_voc else f"ImageSets/Main/{image_set}.txt"
-    source = f", unpacked from {archive.filename}," if archive else ""
-    raise UserError(
-        f"{spec.name}: {missing} not found; put VOCdevkit/{spec.folder}/ (JPEGImages, Annotations, ImageSets/Main)"
-        f"{source} in one of: {', '.join(map(str, searched))} ({reason})"
+
+    def wanted() -> str:
+        first_voc = _first_voc(candidates)
+        missing = _main_list(first_voc, image_set) if first_voc else f"ImageSets/Main/{image_set}.txt"
+        source = f", unpacked from {archive.filename}," if archive else ""
+        return (
+            f"{spec.name}: {missing} not found; put VOCdevkit/{spec.folder}/ (JPEGImages, Annotations, "
+            f"ImageSets/Main){source}"
+        )
+
+    return sources.locate_or_download(
+        find=lambda: _first_voc(candidates, image_set),
+        fetch=lambda: _fetch(spec, image_set),
+        allow_download=allow_download,
+        searched=candidates,
+        source=f"of {spec.base_url + archive.filename}" if archive else "",
+        wanted=wanted,
     )
 
 
@@ -391,16 +364,9 @@ def load_voc(
             f"{spec.name}: {len(shared)} images of test_set={test_set!r} are also in train_set={train_set!r} "
             f"(e.g. {example}); expected lists with no image in common"
         )
-    info = DatasetInfo(
-        name=spec.name,
-        task="multilabel",
-        num_outputs=len(VOC_CLASSES),
-        class_names=VOC_CLASSES,
-        input_size=INPUT_SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+    return RawDataset(
+        train=splits["train"], test=splits["test"], info=streamed_info(spec.name, "multilabel", VOC_CLASSES)
     )
-    return RawDataset(train=splits["train"], test=splits["test"], info=info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,25 +374,14 @@ def load_voc(
 
 
 @DATASETS.register("voc2007")
-def voc2007(
-    root: str | None = None,
-    download: bool = True,
-    train_set: str | None = None,
-    test_set: str | None = None,
-    include_difficult: bool = False,
-) -> RawDataset:
-    """Pascal VOC 2007 multi-label (Everingham et al. 2010): 5,011 trainval / 4,952 test images, 20 classes."""
-    return load_voc(VOC2007, root, download, train_set, test_set, include_difficult)
+def voc2007(root: str | None = None, download: bool = True, **kwargs) -> RawDataset:
+    """Pascal VOC 2007 multi-label (Everingham et al. 2010): 5,011 trainval / 4,952 test images, 20 classes;
+    `kwargs` are load_voc's (train_set, test_set, include_difficult)."""
+    return load_voc(VOC2007, root, download, **kwargs)
 
 
 @DATASETS.register("voc2012")
-def voc2012(
-    root: str | None = None,
-    download: bool = True,
-    train_set: str | None = None,
-    test_set: str | None = None,
-    include_difficult: bool = False,
-) -> RawDataset:
+def voc2012(root: str | None = None, download: bool = True, **kwargs) -> RawDataset:
     """Pascal VOC 2012 multi-label: 5,717 train / 5,823 val images, 20 classes; trains on train and tests on val by
-    default."""
-    return load_voc(VOC2012, root, download, train_set, test_set, include_difficult)
+    default; `kwargs` as voc2007's."""
+    return load_voc(VOC2012, root, download, **kwargs)
