@@ -176,7 +176,7 @@ class Preprocess:
         """One file as a (C, H, W) float32 tensor, standardised as the run's evaluation batches are."""
         from torchvision.transforms.v2 import functional as TF
 
-        from visionbench.data.base import read_image_file, scale_image
+        from visionbench.data.image_file import read_image_file, scale_image
         from visionbench.data.transforms import normalize
 
         C, H, W = self.info.input_size
