@@ -30,17 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _test_split(run_dir: Path, n: int):
-    import torch
-
-    from visionbench.cli.predict import load_run
-    from visionbench.data import build_datasets
-    from visionbench.engine.assembly import eval_loader
+    from visionbench.engine.inference import load_run, split_images
 
     run = load_run(run_dir)
-    cfg = run.cfg.model_copy(update={"trainer": run.cfg.trainer.model_copy(update={"channels_last": False})})
-    data = build_datasets(cfg.data.model_copy(update={"test_subset": n}))
-    xs, ys = zip(*eval_loader(data, "test", cfg, torch.device("cpu")), strict=True)
-    return run, torch.cat(xs).float().contiguous()[:n], torch.cat(ys)[:n]
+    return run, *split_images(run, "test", n)
 
 
 def child(run_dir: Path, method: str, n: int, batch_size: int) -> None:

@@ -43,7 +43,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    from visionbench.cli.predict import load_run
+    from visionbench.engine.inference import load_run
 
     return load_run(trained_run)
 

@@ -55,7 +55,7 @@ def test_analyze_writes_every_part_and_the_report_shows_them(run_dir, capsys):
 
 
 def test_invariants_of_the_transforms(run_dir):
-    from visionbench.cli.predict import load_run
+    from visionbench.engine.inference import load_run
 
     run = load_run(run_dir)
     ev = S.Evaluator(run.model, run.task, torch.tensor(run.info.mean), torch.tensor(run.info.std))
@@ -71,7 +71,7 @@ def test_invariants_of_the_transforms(run_dir):
 
 
 def test_effective_receptive_field_is_zero_outside_the_units_reach(run_dir):
-    from visionbench.cli.predict import load_run
+    from visionbench.engine.inference import load_run
 
     run = load_run(run_dir)
     erf = S.effective_receptive_field(run.model, torch.randn(8, 1, 28, 28))
@@ -90,3 +90,24 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, expected):
     assert main(["analyze", str(run_dir), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_consistency_decides_with_the_tasks_threshold():
+    """A label at probability 0.32 (0.28 once shifted in from the zero border) changes its decision at threshold
+    0.3 and not at logit > 0 (0.5), which analyze once used whatever the run's threshold."""
+    from visionbench.data.base import DatasetInfo
+    from visionbench.tasks import create_task
+
+    class Stub:  # the outputs are each image's mean pixel: a shift pads zeros and lowers it
+        def __init__(self, threshold):
+            self.task = create_task(
+                "multilabel", DatasetInfo("t", "multilabel", 1, ("a",), (1, 8, 8)), threshold=threshold
+            )
+
+        def outputs(self, pixels):
+            return pixels.mean((2, 3))
+
+    pixels = torch.stack([torch.full((1, 8, 8), 0.32), torch.full((1, 8, 8), 0.9)])
+    at_03 = {r["transform"]: r["value"] for r in S.consistency(Stub(0.3), pixels)}
+    assert at_03["hflip"] == 1.0 and all(v == 0.5 for k, v in at_03.items() if k != "hflip"), at_03
+    assert all(r["value"] == 1.0 for r in S.consistency(Stub(0.5), pixels)), "0.32 and 0.28 are both negative"

@@ -220,6 +220,16 @@ def test_predict_deeplense_min_max_scales_each_image_and_reads_release_files(tmp
         assert prediction["label"] == "log10_m_a" and -26 < prediction["value"] < -20, "in dex, not standardised"
         assert prediction["value"] == pytest.approx(value, abs=1e-4)
 
+    old = tmp_path / "old_run"  # written before data_info held the dataset's conventions: they come from data/
+    shutil.copytree(run, old)
+    summary = json.loads((old / layout.SUMMARY).read_text())
+    assert (
+        summary["data_info"].pop("per_image_minmax") is True
+        and summary["data_info"].pop("display_denormalized") is False
+    )
+    (old / layout.SUMMARY).write_text(json.dumps(summary))
+    assert _predict_json(capsys, str(old), str(folder / "axion_sim_0.npy"), str(tmp_path / "plain.npy")) == records
+
 
 def _one_line_error(capsys, code: int, needle: str) -> None:
     captured = capsys.readouterr()

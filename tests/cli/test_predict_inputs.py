@@ -18,10 +18,10 @@ from PIL import Image
 
 from visionbench import layout
 from visionbench.cli.main import main
-from visionbench.cli.predict import Preprocess, load_run
 from visionbench.data.base import FileSplit
 from visionbench.data.stream import StreamLoader
 from visionbench.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from visionbench.engine.inference import Preprocess, load_run
 
 CLASSES = ("[/x]", "[red]", "plain")  # rich markup: "[/x]" crashed the table, "[red]" printed as nothing
 
@@ -245,8 +245,8 @@ def test_eval_says_where_it_wrote_and_writes_strict_json(run, capsys):
 def test_analyze_plots_class_names_with_dollar_signs_as_text(tmp_path, monkeypatch):
     """matplotlib reads "$...$" as math text; a class named like `$\\foo{$` made the embeddings plot raise. The
     legend shows each name as written (an escape of our own on top of the figure's literal text showed `\\$`)."""
-    from visionbench.cli.analyze import _plot_embeddings
     from visionbench.report import plots
+    from visionbench.report.plots import plot_embeddings
 
     drawn = []
     save = plots._save
@@ -260,6 +260,6 @@ def test_analyze_plots_class_names_with_dollar_signs_as_text(tmp_path, monkeypat
     names = ("$\\foo{$", "[red]")
     points = torch.randn(6, 2)
     path = tmp_path / "embeddings.png"
-    _plot_embeddings(path, {"pca": points, "tsne": points}, torch.tensor([0, 1, 0, 1, 0, 1]), names)
+    plot_embeddings(path, {"pca": points, "tsne": points}, torch.tensor([0, 1, 0, 1, 0, 1]), names)
     assert path.is_file() and path.stat().st_size > 0
     assert drawn == list(names), drawn

@@ -339,8 +339,8 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
     from optuna.distributions import FloatDistribution
 
     from visionbench.analysis.explain import Panel, save_grids
-    from visionbench.cli.analyze import _plot_embeddings
     from visionbench.engine.lr_find import Curve, _plot
+    from visionbench.report.plots import plot_embeddings
     from visionbench.search.results import search_sections
 
     out = tmp_path_factory.mktemp("other")
@@ -356,7 +356,7 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
 
     with _drawn() as (figures, parsed):
         save_grids(out / layout.EXPLAIN, torch.rand(2, 1, 8, 8), panels, {"wrong": torch.rand(2, 8, 8)}, title)
-        _plot_embeddings(out / "embeddings.png", {"pca": points, "tsne": points}, torch.tensor([0, 1] * 3), classes)
+        plot_embeddings(out / "embeddings.png", {"pca": points, "tsne": points}, torch.tensor([0, 1] * 3), classes)
         search_sections(study, "val/acc1", out)
         png = _plot(curve, {"valley": 1e-4}, title)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

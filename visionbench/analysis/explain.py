@@ -2,8 +2,9 @@
 and save image grids with the maps overlaid as PNG in `<run>/explain/<method>-<split>/`, which the run's report
 shows.
 
-Targets: the predicted class (default) or the true one for classification; every label predicted or true for
-multi-label (one panel per image and label); output 0, the regressed value itself, for regression.
+The run's task picks the targets (`Task.explain_targets`): the predicted class (default) or the true one for
+classification; every label predicted (over the task's threshold) or true for multi-label (one panel per image and
+label); output 0, the regressed value itself, for regression.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from visionbench.analysis.attribution import attribute, to_maps
 from visionbench.errors import UserError
 from visionbench.utils.io import write_json
+
+if TYPE_CHECKING:
+    from visionbench.tasks import Task
 
 
 @dataclasses.dataclass
@@ -28,53 +33,27 @@ class Panel:
     caption: str
 
 
+def wanted_classes(classes: str | None, names: tuple[str, ...]) -> list[str] | None:
+    """`--classes` (comma-separated class names) as a list, or None for every class.
+
+    Raises:
+        UserError: a name that is not one of `names`.
+    """
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    unknown = [c for c in wanted or () if c not in names]
+    if unknown:
+        raise UserError(f"--classes: no class {unknown[0]!r}; the classes are {', '.join(names)}")
+    return wanted
+
+
 def select(
-    kind: str,
-    preds: torch.Tensor,
-    targets: torch.Tensor,
-    class_names: tuple[str, ...],
-    n: int,
-    classes: list[str] | None,
-    target: str,
+    task: Task, outputs: torch.Tensor, targets: torch.Tensor, n: int, classes: list[str] | None, target: str
 ) -> dict[str, list[Panel]]:
-    """Groups of panels: `correct` and `wrong` (classification), or one group per class in `classes`; `labels`
-    (multi-label); `samples` (regression)."""
-    names = list(class_names)
-    if classes:
-        unknown = [c for c in classes if c not in names]
-        if unknown:
-            raise UserError(f"--classes: no class {unknown[0]!r}; the classes are {', '.join(names)}")
-    if kind == "regression":
-        panels = []
-        for i in range(min(n, len(preds))):
-            true, pred = float(targets[i].reshape(-1)[0]), float(preds[i].reshape(-1)[0])
-            panels.append(Panel(i, 0, f"#{i} true {true:.3g}, pred {pred:.3g}"))
-        return {"samples": panels}
-    if kind == "multilabel":
-        panels = []
-        for i in range(len(preds)):
-            labels = (preds[i] > 0) | (targets[i] > 0.5) if target == "predicted" else targets[i] > 0.5
-            for j in labels.nonzero().flatten().tolist():
-                if classes and names[j] not in classes:
-                    continue
-                mark = "true" if targets[i, j] > 0.5 else "false"
-                panels.append(Panel(i, j, f"#{i} {names[j]} ({mark} label, p={float(torch.sigmoid(preds[i, j])):.2f})"))
-            if len(panels) >= n:
-                break
-        return {"labels": panels[:n]}
-    pred, true = preds.argmax(1), targets.long()
-
-    def panel(i: int) -> Panel:
-        t = int(pred[i] if target == "predicted" else true[i])
-        return Panel(i, t, f"#{i} true {names[true[i]]}, pred {names[pred[i]]}")
-
-    if classes:
-        return {
-            f"class-{c}": [panel(i) for i in (true == names.index(c)).nonzero().flatten()[:n].tolist()] for c in classes
-        }
-    right = (pred == true).nonzero().flatten()[:n].tolist()
-    wrong = (pred != true).nonzero().flatten()[:n].tolist()
-    return {"correct": [panel(i) for i in right], "wrong": [panel(i) for i in wrong]}
+    """Groups of at most `n` panels, as the task picks them from a split's activated outputs and targets
+    (`Task.explain_targets`): `correct` and `wrong` predictions or one group per class in `classes`
+    (classification), `labels` (multi-label), `samples` (regression). `target`: `predicted` or `true`."""
+    groups = task.explain_targets(outputs, targets, n, classes, predicted=target == "predicted")
+    return {name: [Panel(*panel) for panel in panels] for name, panels in groups.items()}
 
 
 def explain_groups(

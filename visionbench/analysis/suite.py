@@ -2,8 +2,8 @@
 
 - `robustness`: the task's main metric under Gaussian noise, Gaussian blur and contrast reduction at 5 severities
   each (after Hendrycks & Dietterich's ImageNet-C corruptions), applied in pixel space [0, 1] before standardising.
-- `consistency`: how often the prediction stays the same under a horizontal flip and under shifts of 1 and 2 pixels
-  (zero-padded), in four directions.
+- `consistency`: how often the prediction (the task's decision, with its threshold) stays the same under a horizontal
+  flip and under shifts of 1 and 2 pixels (zero-padded), in four directions.
 - `frequency`: the metric when only the low spatial frequencies (a centred disc of the 2-D FFT) or only the high
   ones are kept, at several radii (as fractions of the Nyquist radius).
 - `pca`: the penultimate features projected on 2 principal components and embedded with t-SNE (scikit-learn),
@@ -11,20 +11,31 @@
 - `erf`: the effective receptive field (Luo et al., 2016): |d (centre unit of the Grad-CAM layer) / d input|,
   averaged over images.
 
-Each part returns rows for a table and draws a figure into `<run>/analysis/`, which the run's report shows.
+Each part returns rows for a table and draws a figure into `<run>/analysis/`, which the run's report shows;
+`run_suite` runs the parts asked for on a loaded run and writes their tables and figures.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionbench import layout
 from visionbench.analysis.tokens import reshape_transform
+from visionbench.errors import UserError
 from visionbench.models._builder import resolve_module
+
+if TYPE_CHECKING:
+    from visionbench.engine.inference import LoadedRun
 
 SUITES = ("robustness", "consistency", "frequency", "pca", "erf")
 NOISE_STD = (0.04, 0.08, 0.12, 0.18, 0.26)  # pixel units
@@ -36,7 +47,7 @@ FREQ_RADII = (0.1, 0.2, 0.3, 0.5, 0.7)  # fractions of the Nyquist radius
 
 class Evaluator:
     """The run's model and metric on pixel-space images: `score(pixels)` standardises, predicts in batches and
-    returns the task's main metric; `predict(pixels)` returns the outputs."""
+    returns the task's main metric; `predict(pixels)` returns the raw outputs, `outputs(pixels)` the activated ones."""
 
     def __init__(self, model: nn.Module, task, mean: torch.Tensor, std: torch.Tensor, batch_size: int = 256):
         self.model, self.task, self.batch_size = model.eval(), task, batch_size
@@ -46,6 +57,10 @@ class Evaluator:
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
         return torch.cat([self.model(x[i : i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)])
+
+    def outputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The task's activated outputs (probabilities, values in target units)."""
+        return self.task.activate(self.predict(pixels))
 
     def score(self, pixels: torch.Tensor, targets: torch.Tensor) -> float:
         metrics = self.task.metrics()
@@ -81,29 +96,18 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., top : top + H, left : left + W]
 
 
-def _labels(outputs: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "classification":
-        return outputs.argmax(1)
-    if kind == "multilabel":
-        return outputs > 0
-    return outputs
-
-
-def consistency(ev: Evaluator, pixels: torch.Tensor, kind: str) -> list[dict]:
-    """Fraction of images whose prediction is unchanged (regression: mean |change| of the output)."""
-    base = _labels(ev.predict(pixels), kind)
+def consistency(ev: Evaluator, pixels: torch.Tensor) -> list[dict]:
+    """How far the task's decision (`Task.decide`: the class, the positive labels, the values) stays the same
+    under each transform (`Task.agreement`: the fraction unchanged; regression: the mean |change| of the output)."""
+    task = ev.task
+    base = task.decide(ev.outputs(pixels))
     variants = {"hflip": pixels.flip(-1)}
     for s in SHIFTS:
         for name, (dy, dx) in {"right": (0, s), "left": (0, -s), "down": (s, 0), "up": (-s, 0)}.items():
             variants[f"shift_{name}_{s}px"] = _shift(pixels, dy, dx)
     rows = []
     for name, x in variants.items():
-        other = _labels(ev.predict(x), kind)
-        if kind == "regression":
-            value, what = float((other - base).abs().mean()), "mean |change|"
-        else:
-            same = (other == base) if kind == "classification" else (other == base).all(1)
-            value, what = float(same.float().mean()), "unchanged"
+        value, what = task.agreement(base, task.decide(ev.outputs(x)))
         rows.append({"transform": name, "value": value, "measure": what})
     return rows
 
@@ -164,3 +168,74 @@ def effective_receptive_field(model: nn.Module, x: torch.Tensor, batch_size: int
     finally:
         handle.remove()
     return total / total.max().clamp(min=1e-12)
+
+
+def check_parts(suite: str) -> list[str]:
+    """`--suite` (comma-separated) as the list of parts to run.
+
+    Raises:
+        UserError: an unknown part, or none at all.
+    """
+    parts = [p.strip() for p in suite.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in SUITES]
+    if unknown or not parts:
+        raise UserError(f"--suite {unknown[0] if unknown else suite!r}: expected some of {', '.join(SUITES)}")
+    return parts
+
+
+@dataclasses.dataclass
+class Result:
+    """What one part wrote: a table (its rows and CSV), or a figure alone (`rows` None)."""
+
+    title: str
+    path: Path
+    rows: list[dict] | None = None
+
+
+def run_suite(
+    run: LoadedRun, run_dir: Path, images: torch.Tensor, targets: torch.Tensor, parts: list[str]
+) -> Iterator[Result]:
+    """The `parts` of the suite, in SUITES' order, on a split's standardised images and targets: each table and
+    figure written into `<run_dir>/analysis/`, each result yielded as soon as its table is written.
+
+    Raises:
+        UserError: `pca` on a run whose targets are not one class per image (its points are coloured by class).
+    """
+    from visionbench.engine.inference import pixels as to_pixels
+    from visionbench.report import plots
+
+    task, metric, out_dir = run.task, run.task.main_metric, run_dir / layout.ANALYSIS
+    ev = Evaluator(run.model, task, torch.tensor(run.info.mean or (0.0,)), torch.tensor(run.info.std or (1.0,)))
+    pixels = to_pixels(run.info, images)
+    out_dir.mkdir(exist_ok=True)
+    if "robustness" in parts:
+        rows = robustness(ev, pixels, targets)
+        yield _table(out_dir / "robustness.csv", rows, f"robustness ({metric})")
+        plots.plot_metric_lines(out_dir / "robustness.png", rows, "corruption", "severity", metric, "Robustness")
+    if "consistency" in parts:
+        yield _table(out_dir / "consistency.csv", consistency(ev, pixels), "consistency")
+    if "frequency" in parts:
+        rows = frequency(ev, pixels, targets)
+        yield _table(out_dir / "frequency.csv", rows, f"frequency filtering ({metric})")
+        plots.plot_metric_lines(out_dir / "frequency.png", rows, "filter", "radius", metric, "Frequency filtering")
+    if "pca" in parts:
+        if not task.class_targets:
+            raise UserError(f"--suite pca: colours points by class; {run_dir} is a {task.name} run")
+        emb = embeddings(penultimate(run.model, images))
+        yield Result(
+            "embeddings", plots.plot_embeddings(out_dir / "embeddings.png", emb, targets, run.info.class_names)
+        )
+    if "erf" in parts:
+        erf = effective_receptive_field(run.model, images[: min(len(images), 256)])
+        yield Result("effective receptive field", plots.plot_erf(out_dir / "erf.png", erf, run.model.cam_layer))
+
+
+def _table(path: Path, rows: list[dict], title: str) -> Result:
+    from visionbench.utils.io import write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+    return Result(title, path, rows)

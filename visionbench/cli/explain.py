@@ -23,36 +23,23 @@ def explain(
     scan: int = typer.Option(2000, "--scan", min=1, help="Images of the split searched for the groups."),
 ) -> None:
     """Attribution maps over image grids (correct and wrong predictions, or per class), saved as PNG in the run."""
-    import torch
-
     from visionbench.analysis.attribution import check_method
-    from visionbench.analysis.explain import explain_groups, save_grids, select
-    from visionbench.cli.predict import check_finite_outputs, load_run, split_images
+    from visionbench.analysis.explain import explain_groups, save_grids, select, wanted_classes
+    from visionbench.engine.inference import check_split, display_images, load_run, split_images, split_outputs
 
     if target not in ("predicted", "true"):
         raise UserError(f"--target: expected predicted or true, got {target!r}")
-    if split not in ("train", "val", "test"):
-        raise UserError(f"--split: expected train, val or test, got {split!r}")
+    check_split(split)
     run = load_run(run_dir, weights)
     check_method(method, run.model, run.cfg.model.name)
-    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    if wanted:  # before any data is read
-        unknown = [c for c in wanted if c not in run.info.class_names]
-        if unknown:
-            raise UserError(f"--classes: no class {unknown[0]!r}; the classes are {', '.join(run.info.class_names)}")
+    wanted = wanted_classes(classes, run.info.class_names)  # before any data is read
     images, targets = split_images(run, split, scan)
-    with torch.inference_mode():
-        preds = torch.cat([run.model(images[i : i + 256]) for i in range(0, len(images), 256)]).float()
-        if run.kind == "regression":
-            preds = run.task.activate(preds)  # in target units, as the captions show them
-    check_finite_outputs(preds, [f"{run_dir}: {split} image {i}" for i in range(len(preds))])
-    groups = select(run.kind, preds, targets, run.info.class_names, n, wanted, target)
+    _, outputs = split_outputs(run, images, f"{run_dir}: {split}")
+    groups = select(run.task, outputs, targets, n, wanted, target)
     maps = explain_groups(run.model, images, groups, method, batch_size)
-    mean = torch.tensor(run.info.mean or (0.0,))[:, None, None]
-    std = torch.tensor(run.info.std or (1.0,))[:, None, None]
-    display = (images * std + mean).clamp(0, 1) if run.info.name != "deeplense" else images
     out_dir = run_dir / layout.EXPLAIN / f"{method}-{split}"
-    paths = save_grids(out_dir, display, groups, maps, f"{method} ({target} targets), {split}")
+    title = f"{method} ({target} targets), {split}"
+    paths = save_grids(out_dir, display_images(run.info, images), groups, maps, title)
     for name, panels in groups.items():
         print(f"{name}: {len(panels)} images")
     for path in paths:

@@ -31,6 +31,29 @@ class DatasetInfo:
     input_size: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...] = ()  # per channel, in [0, 1] units; filled from the train split
     std: tuple[float, ...] = ()
+    # Conventions a few datasets change (see CONVENTIONS): values of no fixed range (not grey levels) that are
+    # scaled to [0, 1] one image at a time before standardising, and figures that show the images as the model sees
+    # them instead of un-standardised to [0, 1]
+    per_image_minmax: bool = False
+    display_denormalized: bool = True
+
+
+# What a registered dataset sets differently from DatasetInfo's defaults, by dataset name (its file fills it in). A
+# DatasetInfo saved before a field existed (summary.json's `data_info` of an older run) takes it from here.
+CONVENTIONS: dict[str, dict[str, bool]] = {}
+
+
+def saved_info(fields: dict) -> DatasetInfo:
+    """A DatasetInfo from its saved fields (JSON: lists for tuples); a field the save predates takes the dataset's
+    registered convention, else DatasetInfo's default.
+
+    Raises:
+        TypeError, AttributeError: `fields` is not what `vars(info)` wrote (unknown or missing keys, not a dict).
+    """
+    import visionbench.data  # noqa: F401  (every dataset file registers its conventions)
+
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return DatasetInfo(**{**CONVENTIONS.get(values.get("name"), {}), **values})
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, class_name_problem
+from visionbench.data.base import CONVENTIONS, DatasetInfo, RawDataset, TensorSplit, class_name_problem
 from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import (
@@ -44,7 +44,11 @@ from visionbench.utils.safe_pickle import ArrayUnpickler, PickleBomb, RefusedGlo
 
 log = logging.getLogger(__name__)
 
+NAME = "deeplense"
 TARGET_NAME = "log10_m_a"
+# Pixel values are lensed flux of no fixed range, min-max scaled per image (the DeepLense preprocessing); figures show
+# the images as the model sees them
+CONVENTIONS[NAME] = {"per_image_minmax": True, "display_denormalized": False}
 
 
 def minmax(images: np.ndarray, chunk: int = 2048) -> torch.Tensor:
@@ -161,18 +165,18 @@ def _plain_image(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str, tuple[str, ...]]:
-    """A DeepLense release folder: (images, targets, task, class names)."""
+def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...] | None]:
+    """A DeepLense release folder: (images, targets, class names; None for a regression folder)."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
     if subdirs:
         for d in subdirs:
             if problem := class_name_problem(d.name):
                 raise UserError(f"{folder}: the class folder {os.fsencode(d.name)!r} {problem}; rename the folder")
         groups = [(i, sorted(d.glob("*.npy"))) for i, d in enumerate(subdirs)]
-        task, names = "classification", tuple(d.name for d in subdirs)
+        classes = tuple(d.name for d in subdirs)
     else:
         groups = [(None, sorted(folder.glob("*.npy")))]
-        task, names = "regression", (TARGET_NAME,)
+        classes = None
     images, targets = [], []
     for cls, files in groups:
         for path in files:
@@ -192,11 +196,11 @@ def read_release(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str, tuple[s
     if len(shapes) > 1:
         raise UserError(f"{folder}: images of different shapes {sorted(shapes)}")
     stacked = np.stack(images)[:, None]  # (N, 1, H, W)
-    dtype = torch.int64 if task == "classification" else torch.float32
-    return minmax(stacked), torch.tensor(targets, dtype=dtype), task, names
+    dtype = torch.float32 if classes is None else torch.int64
+    return minmax(stacked), torch.tensor(targets, dtype=dtype), classes
 
 
-@DATASETS.register("deeplense")
+@DATASETS.register(NAME)
 def deeplense(
     root: str | None = None,
     download: bool = True,
@@ -228,21 +232,21 @@ def deeplense(
         raise UserError(f"{folder}: no such folder (expected simulate-lensing output or a DeepLense release)")
     if (folder / "meta.json").exists() or (folder / "images.npy").exists():
         images, targets, meta = read_simulated(folder)
-        task = "classification" if meta.get("variant") == "classes" else "regression"
-        names = tuple(meta.get("class_names") or ()) if task == "classification" else (TARGET_NAME,)
+        classes = tuple(meta.get("class_names") or ()) if meta.get("variant") == "classes" else None
     else:
-        images, targets, task, names = read_release(folder)
+        images, targets, classes = read_release(folder)
     n_test = max(1, round(len(images) * test_fraction))
     if n_test >= len(images):
         raise UserError(f"{folder}: {len(images)} images are too few for test_fraction={test_fraction}")
-    if task == "regression":
+    if classes is None:  # regression: one target, log10 m_a
         targets = targets.reshape(-1, 1)
     cut = len(images) - n_test
     info = DatasetInfo(
-        name="deeplense",
-        task=task,
-        num_outputs=len(names) if task == "classification" else 1,
-        class_names=names,
+        name=NAME,
+        task="regression" if classes is None else "classification",
+        num_outputs=1 if classes is None else len(classes),
+        class_names=(TARGET_NAME,) if classes is None else classes,
         input_size=tuple(images.shape[1:]),
+        **CONVENTIONS[NAME],
     )
     return RawDataset(TensorSplit(images[:cut], targets[:cut]), TensorSplit(images[cut:], targets[cut:]), info)

@@ -228,3 +228,42 @@ PLOTTERS = (plot_curves, plot_confusion, plot_per_class, plot_predictions)
 def plot_run(run_dir: Path) -> list[Path]:
     """Every figure that the run's files allow (PNG paths; an SVG lies beside each)."""
     return [path for plotter in PLOTTERS for path in plotter(run_dir)]
+
+
+def plot_metric_lines(path: Path, rows: list[dict], group: str, x: str, metric: str, title: str) -> Path:
+    """analyze's robustness and frequency figures: the metric against `x`, one line per `group` value, the clean
+    images' metric (the `none` row) dashed."""
+    fig, axes = _figure(1)
+    ax = axes[0, 0]
+    clean = next((r["metric"] for r in rows if r.get(group) == "none"), None)
+    for name in dict.fromkeys(r[group] for r in rows if r[group] != "none"):
+        pts = [(r[x], r["metric"]) for r in rows if r[group] == name]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    if clean is not None:
+        ax.axhline(clean, color="grey", linestyle="--", label="clean")
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_embeddings(path: Path, emb: dict, targets, class_names) -> Path:
+    """analyze's PCA and t-SNE of the penultimate features, (N, 2) points each, coloured by class."""
+    fig, axes = _figure(2)
+    for ax, (name, points) in zip(axes[0], emb.items(), strict=True):
+        for c, label in enumerate(class_names):
+            sel = targets == c
+            ax.scatter(points[sel, 0], points[sel, 1], s=4, label=label)  # drawn literally by _save
+        ax.set_title(f"{name.upper() if name == 'pca' else 't-SNE'} of the penultimate features")
+    axes[0, 1].legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _save(fig, path)
+
+
+def plot_erf(path: Path, erf, layer: str) -> Path:
+    """analyze's effective receptive field, an (H, W) map of `layer`'s centre unit."""
+    fig, axes = _figure(1)
+    im = axes[0, 0].imshow(erf.numpy(), cmap="viridis")
+    axes[0, 0].set_title(f"effective receptive field of {layer}'s centre unit", fontsize=9)
+    fig.colorbar(im, ax=axes[0, 0])
+    return _save(fig, path)

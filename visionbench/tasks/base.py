@@ -15,17 +15,24 @@ from visionbench.registry import TASKS
 
 
 class Task(nn.Module):
-    """Loss, output activation and metrics of one kind of target.
+    """Loss, output activation and metrics of one kind of target, and what its outputs say: the decision every
+    consumer takes from them (`decide`), how predict reports them, what explain attributes.
 
     Attributes:
+        name: the task's registry key, as summaries, exports and predict's JSON name it.
         main_metric: the metric name that picks the best checkpoint (e.g. `acc1`).
         mode: `max` or `min`: which direction of `main_metric` is better.
         mixes_images: whether mixup / cutmix can blend this task's targets.
+        class_targets: whether a target is one class index per image (points can be coloured by class).
+        columns: the columns of predict's table for one entry of `describe`'s predictions.
     """
 
+    name: str = ""
     main_metric: str = "loss"
     mode: str = "min"
     mixes_images: bool = False  # mixup / cutmix apply: one class per image, whose one-hot targets can be blended
+    class_targets: bool = False
+    columns: tuple[str, ...] = ()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns a dict with `loss` (scalar) and `output` (activated predictions), as timm's TrainingTask."""
@@ -61,6 +68,33 @@ class Task(nn.Module):
 
     def load_stats(self, stats: dict[str, Any]) -> None:
         """Restore what `stats` returned (evaluating or predicting with a finished run)."""
+
+    def decide(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What the model says of each image, from a batch of activated outputs (`activate`): a class index, the
+        labels that are positive, or the values themselves. predict, analyze and explain all decide here."""
+        return outputs
+
+    def agreement(self, before: torch.Tensor, after: torch.Tensor) -> tuple[float, str]:
+        """How far two decisions on the same images agree (analyze's consistency): the value and what it
+        measures; by default the fraction of images whose decision is unchanged."""
+        same = (before == after).reshape(len(before), -1).all(1)
+        return float(same.float().mean()), "unchanged"
+
+    def describe(self, output: torch.Tensor, top_k: int) -> dict[str, Any]:
+        """One image's activated output as predict reports it: `predictions`, one entry per table row."""
+        raise NotImplementedError
+
+    def cells(self, rank: int, prediction: dict[str, Any]) -> list[str]:
+        """The table cells (under `columns`) of the `rank`-th entry of `describe`'s predictions."""
+        raise NotImplementedError
+
+    def explain_targets(
+        self, outputs: torch.Tensor, targets: torch.Tensor, n: int, classes: list[str] | None, predicted: bool
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """The images and outputs explain attributes, in named groups of at most `n` (index in the split, output,
+        caption), from a split's activated outputs and targets; `classes`: only images (or labels) of these
+        classes; `predicted`: the predicted output rather than the true one."""
+        raise NotImplementedError
 
 
 def create_task(name: str, info: DatasetInfo, **kwargs) -> Task:

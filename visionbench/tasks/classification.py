@@ -3,7 +3,6 @@ optionally one-vs-rest ROC AUC (the DeepLense classification metric)."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -13,64 +12,40 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
+from visionbench.tasks._metrics import Fed, MacroMean
 from visionbench.tasks.base import Task
 
 
-class _MeanLoss(Metric):
+def _mean_loss() -> Fed:
     """Mean cross-entropy over a split (unsmoothed, so values compare across label_smoothing settings)."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mean = MeanMetric()
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.mean.update(F.cross_entropy(logits.float(), targets, reduction="none"))
-
-    def compute(self) -> torch.Tensor:
-        return self.mean.compute()
-
-    def reset(self) -> None:
-        super().reset()
-        self.mean.reset()
+    return Fed(MeanMetric(), lambda logits, targets: (F.cross_entropy(logits.float(), targets, reduction="none"),))
 
 
-class _MacroAUROC(Metric):
-    """Mean over classes of torchmetrics' one-vs-rest ROC AUC, skipping classes that the split lacks (or holds
-    alone): torchmetrics scores those 0 with a warning and averages them in, which a small split meets often."""
+class _MacroAUROC(MacroMean):
+    """One-vs-rest ROC AUC, averaged over the classes that the split holds, but not alone."""
 
-    full_state_update = False
+    unscorable = "No (positive|negative) samples"
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.auroc = MulticlassAUROC(num_classes, average=None)
-        self.add_state("counts", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        super().__init__(MulticlassAUROC(num_classes, average=None), num_classes)
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.auroc.update(logits.float(), targets)
-        self.counts += torch.bincount(targets, minlength=len(self.counts))
+    def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.float(), targets
 
-    def per_class(self) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="No (positive|negative) samples", category=UserWarning)
-            auroc = self.auroc.compute().float()
-        scorable = (self.counts > 0) & (self.counts < self.counts.sum())
-        return torch.where(scorable, auroc, torch.full_like(auroc, float("nan")))
+    def count(self, targets: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(targets, minlength=len(self.counts))
 
-    def compute(self) -> torch.Tensor:
-        auroc = self.per_class()
-        return auroc.nanmean() if bool(torch.isfinite(auroc).any()) else torch.tensor(float("nan"))
-
-    def reset(self) -> None:
-        super().reset()
-        self.auroc.reset()
+    def scorable(self) -> torch.Tensor:
+        return (self.counts > 0) & (self.counts < self.counts.sum())
 
 
 class ClassificationTask(Task):
+    name = "classification"
     main_metric = "acc1"
     mode = "max"
     mixes_images = True
+    class_targets = True
+    columns = ("rank", "class", "probability")
 
     def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False):
         super().__init__()
@@ -89,7 +64,7 @@ class ClassificationTask(Task):
         # micro average = the fraction of images classified correctly, the number papers quote
         metrics: dict[str, Metric] = {
             "acc1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
-            "loss": _MeanLoss(),
+            "loss": _mean_loss(),
         }
         if self.num_classes > 5:
             metrics["acc5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
@@ -109,7 +84,39 @@ class ClassificationTask(Task):
         per_class = [None if v != v else round(v, 6) for v in metric.per_class().tolist()]  # NaN -> None
         return {"per_class_auroc": dict(zip(self.class_names, per_class, strict=True))}
 
+    def decide(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(-1)
 
-@TASKS.register("classification")
+    def describe(self, output: torch.Tensor, top_k: int) -> dict[str, Any]:
+        """The `top_k` most probable classes, most probable first."""
+        values, indices = output.topk(min(top_k, output.shape[-1]))
+        ranked = [
+            {"label": self.class_names[i], "index": i, "probability": p}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        return {"predictions": ranked}
+
+    def cells(self, rank: int, prediction: dict[str, Any]) -> list[str]:
+        return [str(rank + 1), prediction["label"], f"{prediction['probability']:.4f}"]
+
+    def explain_targets(
+        self, outputs: torch.Tensor, targets: torch.Tensor, n: int, classes: list[str] | None, predicted: bool
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """`correct` and `wrong` predictions, or the images of each class in `classes` (`class-<name>`)."""
+        names = self.class_names
+        pred, true = self.decide(outputs), targets.long()
+
+        def panel(i: int) -> tuple[int, int, str]:
+            return i, int(pred[i] if predicted else true[i]), f"#{i} true {names[true[i]]}, pred {names[pred[i]]}"
+
+        def first(mask: torch.Tensor) -> list[tuple[int, int, str]]:
+            return [panel(i) for i in mask.nonzero().flatten()[:n].tolist()]
+
+        if classes:
+            return {f"class-{c}": first(true == names.index(c)) for c in classes}
+        return {"correct": first(pred == true), "wrong": first(pred != true)}
+
+
+@TASKS.register(ClassificationTask.name)
 def classification(info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False) -> ClassificationTask:
     return ClassificationTask(info, label_smoothing=label_smoothing, auroc=auroc)

@@ -9,7 +9,6 @@ definition VOC adopted from 2010 on (not the 11-point interpolation of VOC2007's
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 from visionbench.data.base import DatasetInfo
 from visionbench.errors import UserError
 from visionbench.registry import TASKS
+from visionbench.tasks._metrics import Fed, MacroMean
 from visionbench.tasks.base import Task
 
 IGNORE = -1
@@ -55,8 +55,10 @@ class _MeanBCE(Metric):
 
 
 class MultilabelTask(Task):
+    name = "multilabel"
     main_metric = "map"
     mode = "max"
+    columns = ("label", "probability", "positive")
 
     def __init__(self, info: DatasetInfo, pos_weight: float | list[float] | None = None, threshold: float = 0.5):
         super().__init__()
@@ -85,7 +87,7 @@ class MultilabelTask(Task):
         return MetricCollection(
             {
                 "map": _MacroAP(n),
-                "f1": _OnIntTargets(MultilabelF1Score(n, self.threshold, average="macro", ignore_index=IGNORE)),
+                "f1": _on_int_targets(MultilabelF1Score(n, self.threshold, average="macro", ignore_index=IGNORE)),
                 "loss": _MeanBCE(),
             }
         )
@@ -101,60 +103,68 @@ class MultilabelTask(Task):
             }
         }
 
+    def decide(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The positive labels: probability over `threshold`, as the F1 metric counts them. In float64, so that a
+        probability is compared with the threshold as written (0.3, not float32's 0.30000001)."""
+        return outputs.double() > self.threshold
 
-class _MacroAP(Metric):
-    """Mean over classes of torchmetrics' per-class AP, skipping classes without a positive in the split.
+    def describe(self, output: torch.Tensor, top_k: int) -> dict[str, Any]:
+        """Every label's probability and whether it is positive (`top_k` does not apply)."""
+        labels = [
+            {"label": name, "index": i, "probability": p, "positive": positive}
+            for i, (name, p, positive) in enumerate(
+                zip(self.class_names, output.tolist(), self.decide(output).tolist(), strict=True)
+            )
+        ]
+        return {"threshold": self.threshold, "predictions": labels}
 
-    torchmetrics scores such a class 0 (with a warning) and averages it in; VOC's devkit never meets one, but a
-    small validation split does, and a class that cannot be scored should not pull the mean down.
-    """
+    def cells(self, rank: int, prediction: dict[str, Any]) -> list[str]:
+        return [prediction["label"], f"{prediction['probability']:.4f}", "yes" if prediction["positive"] else ""]
 
-    full_state_update = False
+    def explain_targets(
+        self, outputs: torch.Tensor, targets: torch.Tensor, n: int, classes: list[str] | None, predicted: bool
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """`labels`: one panel per image and label that is true (or, `predicted`, true or predicted positive)."""
+        names = self.class_names
+        true, positive = targets > 0.5, self.decide(outputs)
+        panels = []
+        for i in range(len(outputs)):
+            labels = (positive[i] | true[i]) if predicted else true[i]
+            for j in labels.nonzero().flatten().tolist():
+                if classes and names[j] not in classes:
+                    continue
+                mark = "true" if true[i, j] else "false"
+                panels.append((i, j, f"#{i} {names[j]} ({mark} label, p={float(outputs[i, j]):.2f})"))
+            if len(panels) >= n:
+                break
+        return {"labels": panels[:n]}
+
+
+class _MacroAP(MacroMean):
+    """Per-class AP, averaged over the classes with a positive in the split. VOC's devkit never meets a class
+    without one, but a small validation split does, and a class that cannot be scored should not pull the mean
+    down."""
+
+    unscorable = "No positive samples"
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.ap = MultilabelAveragePrecision(num_classes, average=None, ignore_index=IGNORE)
-        self.add_state("positives", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        super().__init__(MultilabelAveragePrecision(num_classes, average=None, ignore_index=IGNORE), num_classes)
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.ap.update(logits.float(), targets.long())
-        self.positives += (targets == 1).sum(0)
+    def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.float(), targets.long()
 
-    def per_class(self) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="No positive samples", category=UserWarning)
-            ap = self.ap.compute().float()
-        return torch.where(self.positives > 0, ap, torch.full_like(ap, float("nan")))
+    def count(self, targets: torch.Tensor) -> torch.Tensor:
+        return (targets == 1).sum(0)
 
-    def compute(self) -> torch.Tensor:
-        ap = self.per_class()
-        return ap.nanmean() if bool(torch.isfinite(ap).any()) else torch.tensor(float("nan"))
-
-    def reset(self) -> None:
-        super().reset()
-        self.ap.reset()
+    def scorable(self) -> torch.Tensor:
+        return self.counts > 0
 
 
-class _OnIntTargets(Metric):
-    """Passes targets as int64 (torchmetrics' multilabel metrics want integer targets; ours are float)."""
-
-    full_state_update = False
-
-    def __init__(self, metric: Metric) -> None:
-        super().__init__()
-        self.metric = metric
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.metric.update(logits.float(), targets.long())
-
-    def compute(self) -> torch.Tensor:
-        return self.metric.compute()
-
-    def reset(self) -> None:
-        super().reset()
-        self.metric.reset()
+def _on_int_targets(metric: Metric) -> Fed:
+    """torchmetrics' multilabel metrics want integer targets; ours are float."""
+    return Fed(metric, lambda logits, targets: (logits.float(), targets.long()))
 
 
-@TASKS.register("multilabel")
+@TASKS.register(MultilabelTask.name)
 def multilabel(info: DatasetInfo, pos_weight: float | list[float] | None = None, threshold: float = 0.5) -> Task:
     return MultilabelTask(info, pos_weight=pos_weight, threshold=threshold)

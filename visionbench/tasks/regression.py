@@ -16,12 +16,15 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricColl
 
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
+from visionbench.tasks._metrics import Fed
 from visionbench.tasks.base import Task
 
 
 class RegressionTask(Task):
+    name = "regression"
     main_metric = "mae"
     mode = "min"
+    columns = ("target", "value")
 
     def __init__(
         self, info: DatasetInfo, loss: str = "l1", huber_delta: float = 1.0, standardize_targets: bool = True
@@ -66,7 +69,7 @@ class RegressionTask(Task):
             "r2": _R2Score(),
             "loss": _TaskLoss(self),
         }
-        return MetricCollection({k: _OnPredictions(m, self) if k != "loss" else m for k, m in metrics.items()})
+        return MetricCollection({k: _on_predictions(m, self) if k != "loss" else m for k, m in metrics.items()})
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         preds = self.activate(logits).cpu()
@@ -78,27 +81,34 @@ class RegressionTask(Task):
             columns[f"pred{suffix}"] = [round(v, 6) for v in preds[:, j].tolist()]
         return {"predictions": columns}
 
+    def agreement(self, before: torch.Tensor, after: torch.Tensor) -> tuple[float, str]:
+        return float((after - before).abs().mean()), "mean |change|"
 
-class _OnPredictions(Metric):
-    """Feeds a torchmetrics regression metric the de-standardised predictions, flattened over outputs."""
+    def describe(self, output: torch.Tensor, top_k: int) -> dict[str, Any]:
+        """Every target's value, in its own units."""
+        values = [
+            {"label": name, "index": i, "value": v}
+            for i, (name, v) in enumerate(zip(self.target_names, output.tolist(), strict=True))
+        ]
+        return {"predictions": values}
 
-    full_state_update = False
+    def cells(self, rank: int, prediction: dict[str, Any]) -> list[str]:
+        return [prediction["label"], f"{prediction['value']:.6g}"]
 
-    def __init__(self, metric: Metric, task: RegressionTask) -> None:
-        super().__init__()
-        self.metric = metric
-        self._task = [task]  # a list, so that the task is not registered as a child module
+    def explain_targets(
+        self, outputs: torch.Tensor, targets: torch.Tensor, n: int, classes: list[str] | None, predicted: bool
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """`samples`: the first `n` images, output 0 (the first target) attributed, true and predicted values."""
+        panels = []
+        for i in range(min(n, len(outputs))):
+            true, pred = float(targets[i].reshape(-1)[0]), float(outputs[i].reshape(-1)[0])
+            panels.append((i, 0, f"#{i} true {true:.3g}, pred {pred:.3g}"))
+        return {"samples": panels}
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        preds = self._task[0].activate(logits)
-        self.metric.update(preds.reshape(-1), targets.reshape(-1).float())
 
-    def compute(self) -> torch.Tensor:
-        return self.metric.compute()
-
-    def reset(self) -> None:
-        super().reset()
-        self.metric.reset()
+def _on_predictions(metric: Metric, task: RegressionTask) -> Fed:
+    """A torchmetrics regression metric fed the de-standardised predictions, flattened over outputs."""
+    return Fed(metric, lambda logits, targets: (task.activate(logits).reshape(-1), targets.reshape(-1).float()))
 
 
 class _R2Score(R2Score):
@@ -129,7 +139,7 @@ class _TaskLoss(Metric):
         return (self.total / self.count.clamp_min(1)).float()
 
 
-@TASKS.register("regression")
+@TASKS.register(RegressionTask.name)
 def regression(
     info: DatasetInfo, loss: str = "l1", huber_delta: float = 1.0, standardize_targets: bool = True
 ) -> RegressionTask:
