@@ -219,7 +219,7 @@ def run_suite(
         yield _table(out_dir / "frequency.csv", rows, f"frequency filtering ({metric})")
         plots.plot_metric_lines(out_dir / "frequency.png", rows, "filter", "radius", metric, "Frequency filtering")
     if "pca" in parts:
-        if not task.class_targets:
+        if not task.one_class_per_image:
             raise UserError(f"--suite pca: colours points by class; {run_dir} is a {task.name} run")
         emb = embeddings(penultimate(run.model, images))
         yield Result(

@@ -35,7 +35,7 @@ def build_mix(cfg: RunConfig, task: Task, info: DatasetInfo):
     aug = cfg.data.augment
     if not (aug.mixup_alpha or aug.cutmix_alpha):
         return None
-    if not task.mixes_images:
+    if not task.one_class_per_image:
         raise UserError(f"data.augment.mixup_alpha / cutmix_alpha: classification only, this task is {info.task}")
     if cfg.trainer.batch_size % 2:
         raise UserError(

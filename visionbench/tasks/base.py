@@ -22,16 +22,15 @@ class Task(nn.Module):
         name: the task's registry key, as summaries, exports and predict's JSON name it.
         main_metric: the metric name that picks the best checkpoint (e.g. `acc1`).
         mode: `max` or `min`: which direction of `main_metric` is better.
-        mixes_images: whether mixup / cutmix can blend this task's targets.
-        class_targets: whether a target is one class index per image (points can be coloured by class).
+        one_class_per_image: a target is one class index per image: mixup / cutmix can blend its one-hot form, and
+            embeddings can be coloured by it.
         columns: the columns of predict's table for one entry of `describe`'s predictions.
     """
 
     name: str = ""
     main_metric: str = "loss"
     mode: str = "min"
-    mixes_images: bool = False  # mixup / cutmix apply: one class per image, whose one-hot targets can be blended
-    class_targets: bool = False
+    one_class_per_image: bool = False
     columns: tuple[str, ...] = ()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -43,8 +43,7 @@ class ClassificationTask(Task):
     name = "classification"
     main_metric = "acc1"
     mode = "max"
-    mixes_images = True
-    class_targets = True
+    one_class_per_image = True
     columns = ("rank", "class", "probability")
 
     def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False):
