@@ -16,11 +16,12 @@ import torch
 import yaml
 from PIL import Image
 
+import visionbench.tasks  # noqa: F401  (registers the tasks the CSV headers name)
 from visionbench import layout
 from visionbench.cli.main import main
-from visionbench.data.folder import csv_manifest, image_folder, read_manifest
+from visionbench.data.folder import CSV_HEADERS, csv_manifest, image_folder, read_manifest
 from visionbench.errors import UserError
-from visionbench.registry import DATASETS
+from visionbench.registry import DATASETS, TASKS
 
 EXPECTED_HEADERS = "path,label (classification), path,labels (multilabel) or path,target (regression)"
 
@@ -200,6 +201,13 @@ def test_csv_regression_targets_are_float_columns(tmp_path: Path) -> None:
     assert raw.train.targets.dtype == torch.float32 and raw.train.targets.shape == (3, 1)
     torch.testing.assert_close(raw.train.targets, torch.tensor([[1.5], [-2e-3], [7.0]]))
     torch.testing.assert_close(raw.test.targets, torch.tensor([[0.0]]))
+
+
+def test_each_csv_header_names_a_registered_task_and_its_own_label_format() -> None:
+    formats = list(CSV_HEADERS.values())
+    assert [f.task for f in formats] == ["classification", "multilabel", "regression"]
+    assert all(f.task in TASKS.list() for f in formats), TASKS.list()
+    assert len(set(map(id, formats))) == len(formats), "two headers share a label format"
 
 
 def test_csv_header_is_case_and_space_insensitive_and_a_bom_is_fine(tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ escaped). CSV manifests are text as utils/bounded.py decodes it: UTF-8 (with or 
 
 from __future__ import annotations
 
+import abc
 import csv
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,6 @@ from visionbench.utils.bounded import CSV_BYTES, IMAGE_FILE_BYTES, UnreadableFil
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".npy")
 DEFAULT_TEST_FRACTION = 0.2
 
-# Normalised header -> task kind.
-CSV_HEADERS = {("path", "label"): "classification", ("path", "labels"): "multilabel", ("path", "target"): "regression"}
-_EXPECTED_HEADERS = "path,label (classification), path,labels (multilabel) or path,target (regression)"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -186,35 +185,111 @@ def image_folder(
 # CSV manifests
 
 
-@dataclasses.dataclass
-class Manifest:
-    """One parsed CSV manifest: per data row its 1-based row number, absolute image path and raw value."""
+Lookup = Callable[[str, int], int]  # (class name, 1-based row) -> class index; raises on an unknown name
 
-    path: Path
+
+class LabelFormat(abc.ABC):
+    """How a manifest's label column is written; the header picks one (CSV_HEADERS). `task` is the task kind it
+    implies, as data: DatasetInfo.task and messages take it from here, so nothing here compares kinds."""
+
     task: str
-    header: str  # as written, for messages
-    rows: list[int]
-    files: list[str]
-    values: list[Any]  # str (classification), list[str] (multilabel) or float (regression)
-    ids: list[FileId] = dataclasses.field(default_factory=list)  # per row: the image file's identity
+
+    @abc.abstractmethod
+    def parse(self, text: str, where: str) -> Any:
+        """The value of one stripped cell; `where` (the file and row) starts every message."""
+
+    @abc.abstractmethod
+    def seen(self, values: list[Any]) -> list[str] | None:
+        """The class names the rows hold, in row order; None where the column holds no class names."""
+
+    @abc.abstractmethod
+    def targets(self, values: list[Any], rows: list[int], num_classes: int, lookup: Lookup) -> torch.Tensor:
+        """The targets of parsed `values` (one per row in `rows`), class names indexed by `lookup`."""
 
 
-def _parse_value(task: str, text: str, where: str) -> Any:
-    text = text.strip()
-    if task == "classification":
+class _ClassName(LabelFormat):
+    """`path,label`: one class name per row."""
+
+    task = "classification"
+
+    def parse(self, text: str, where: str) -> str:
         if not text:
             raise UserError(f"{where}: empty label; expected a class name")
         return _checked_label(text, where)
-    if task == "multilabel":
+
+    def seen(self, values: list[str]) -> list[str]:
+        return values
+
+    def targets(self, values: list[str], rows: list[int], num_classes: int, lookup: Lookup) -> torch.Tensor:
+        return torch.tensor([lookup(v, r) for v, r in zip(values, rows, strict=True)], dtype=torch.int64)  # (N,)
+
+
+class _ClassNames(LabelFormat):
+    """`path,labels`: class names separated by ';' (empty: no label); a name repeated on a row counts once."""
+
+    task = "multilabel"
+
+    def parse(self, text: str, where: str) -> list[str]:
         names = list(dict.fromkeys(name.strip() for name in text.split(";") if name.strip()))
         return [_checked_label(name, where) for name in names]
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"{where}: target {text!r} is not a number; expected a finite float") from None
-    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
-        raise UserError(f"{where}: target {text!r} is not finite in float32; expected a finite float")
-    return value
+
+    def seen(self, values: list[list[str]]) -> list[str]:
+        return [name for names in values for name in names]
+
+    def targets(self, values: list[list[str]], rows: list[int], num_classes: int, lookup: Lookup) -> torch.Tensor:
+        targets = torch.zeros(len(values), num_classes, dtype=torch.float32)  # (N, C)
+        for i, (names, row) in enumerate(zip(values, rows, strict=True)):
+            for name in names:
+                targets[i, lookup(name, row)] = 1.0
+        return targets
+
+
+class _Number(LabelFormat):
+    """`path,target`: one number per row, finite in float32."""
+
+    task = "regression"
+
+    def parse(self, text: str, where: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{where}: target {text!r} is not a number; expected a finite float") from None
+        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+            raise UserError(f"{where}: target {text!r} is not finite in float32; expected a finite float")
+        return value
+
+    def seen(self, values: list[float]) -> None:
+        return None
+
+    def targets(self, values: list[float], rows: list[int], num_classes: int, lookup: Lookup) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).unsqueeze(1)  # (N, 1)
+
+
+# Normalised header -> its label column's format: one instance each, so two manifests agree when their formats are one.
+CSV_HEADERS: dict[tuple[str, ...], LabelFormat] = {
+    ("path", "label"): _ClassName(),
+    ("path", "labels"): _ClassNames(),
+    ("path", "target"): _Number(),
+}
+_HEADER_CHOICES = [f"{','.join(header)} ({label_format.task})" for header, label_format in CSV_HEADERS.items()]
+_EXPECTED_HEADERS = f"{', '.join(_HEADER_CHOICES[:-1])} or {_HEADER_CHOICES[-1]}"
+
+
+@dataclasses.dataclass
+class Manifest:
+    """One parsed CSV manifest: per data row its 1-based row number, absolute image path and parsed value."""
+
+    path: Path
+    label_format: LabelFormat
+    header: str  # as written, for messages
+    rows: list[int]
+    files: list[str]
+    values: list[Any]  # what `label_format.parse` returned: str, list[str] or float
+    ids: list[FileId] = dataclasses.field(default_factory=list)  # per row: the image file's identity
+
+    @property
+    def task(self) -> str:
+        return self.label_format.task
 
 
 def _checked_label(name: str, where: str) -> str:
@@ -240,8 +315,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     """
     path = Path(os.path.abspath(Path(path).expanduser()))
     folder = path.parent
-    header: tuple[str, ...] | None = None
-    manifest = Manifest(path=path, task="", header="", rows=[], files=[], values=[])
+    header: tuple[str, ...] = ()
+    manifest: Manifest | None = None  # from the header on
     first_row: dict[FileId, int] = {}
     number = 0
     try:
@@ -250,11 +325,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 if not any(field.strip() for field in row):
                     continue  # blank line
                 where = f"{path}, row {number}"
-                if header is None:
+                if manifest is None:
                     header = tuple(field.strip().lower() for field in row)
                     if header not in CSV_HEADERS:
                         raise UserError(f"{where}: unknown header {','.join(row)!r}; expected {_EXPECTED_HEADERS}")
-                    manifest.task, manifest.header = CSV_HEADERS[header], ",".join(header)
+                    manifest = Manifest(path, CSV_HEADERS[header], ",".join(header), rows=[], files=[], values=[])
                     continue
                 if len(row) != len(header):
                     raise UserError(f"{where}: {len(row)} fields, expected {len(header)} ({manifest.header})")
@@ -268,7 +343,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                     file_id = _image_id(resolved)
                 except UnreadableFile as exc:
                     raise UserError(f"{where}: {exc}") from None
-                value = _parse_value(manifest.task, row[1], where)
+                value = manifest.label_format.parse(row[1].strip(), where)
                 if file_id in first_row:
                     raise UserError(
                         f"{where}: image {image!r} is the same file as row {first_row[file_id]}'s; expected each "
@@ -287,7 +362,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise UserError(f"{path}: cannot read CSV manifest: {exc.strerror or exc}") from None
     except csv.Error as exc:
         raise UserError(f"{path}, row {number + 1}: malformed CSV ({exc})") from None
-    if header is None:
+    if manifest is None:
         raise UserError(f"{path}: empty manifest; expected a header {_EXPECTED_HEADERS} and one row per image")
     if not manifest.rows:
         raise UserError(f"{path}: empty manifest: no rows after the header {manifest.header!r}; expected one per image")
@@ -304,13 +379,15 @@ def _resolve_csv(value: str | os.PathLike, root: str | None, arg: str) -> Path:
 
 
 def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    if train.task == "regression":
+    seen = train.label_format.seen(train.values)
+    if seen is None:  # a number per row: one output, named after the column
         if classes is not None:
-            raise UserError(f"{train.path}: classes={classes!r} given but this manifest is a regression (path,target)")
+            raise UserError(
+                f"{train.path}: classes={classes!r} given but this manifest is a {train.task} ({train.header})"
+            )
         return ("target",)
     if classes is None:
-        seen = train.values if train.task == "classification" else [n for names in train.values for n in names]
-        if not seen:
+        if not seen:  # only ';'-separated names can leave every row empty
             raise UserError(f"{train.path}: no row has a label; expected ';'-separated class names in 'labels'")
         return tuple(sorted(set(seen)))
     valid = isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) and c.strip() for c in classes)
@@ -330,8 +407,6 @@ def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -
 
 def _targets(manifest: Manifest, class_names: tuple[str, ...], known: str) -> torch.Tensor:
     """Targets of a manifest; a label outside `class_names` raises, naming the row and `known` (their origin)."""
-    if manifest.task == "regression":
-        return torch.tensor(manifest.values, dtype=torch.float32).unsqueeze(1)  # (N, 1)
     index = {name: i for i, name in enumerate(class_names)}
 
     def lookup(name: str, row: int) -> int:
@@ -339,14 +414,7 @@ def _targets(manifest: Manifest, class_names: tuple[str, ...], known: str) -> to
             raise UserError(f"{manifest.path}, row {row}: label {name!r} {known}")
         return index[name]
 
-    if manifest.task == "classification":
-        labels = [lookup(v, r) for v, r in zip(manifest.values, manifest.rows, strict=True)]
-        return torch.tensor(labels, dtype=torch.int64)
-    targets = torch.zeros(len(manifest.values), len(class_names), dtype=torch.float32)  # (N, C)
-    for i, (names, row) in enumerate(zip(manifest.values, manifest.rows, strict=True)):
-        for name in names:
-            targets[i, lookup(name, row)] = 1.0
-    return targets
+    return manifest.label_format.targets(manifest.values, manifest.rows, len(class_names), lookup)
 
 
 @DATASETS.register("csv_manifest")
@@ -380,7 +448,7 @@ def csv_manifest(
         )
     else:
         test_manifest = read_manifest(_resolve_csv(test, root, "test"))
-        if test_manifest.task != train_manifest.task:
+        if test_manifest.label_format is not train_manifest.label_format:
             raise UserError(
                 f"{test_manifest.path}: header {test_manifest.header!r} ({test_manifest.task}) differs from "
                 f"{train_manifest.path}'s {train_manifest.header!r} ({train_manifest.task}); expected the same task"
