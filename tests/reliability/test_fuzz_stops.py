@@ -129,7 +129,7 @@ class FaultyDisk:
     def fdopen(self, fd, mode="r"):
         f = os.fdopen(fd, mode)
         if fd == self.fd and self.fault.phase == "write":
-            self.fired = True
+            self.fd, self.fired = None, True  # once: the next file may get the same descriptor number
             return _FaultyWrite(f, self.fault)
         return f
 
