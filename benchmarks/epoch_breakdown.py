@@ -17,7 +17,7 @@ import time
 import torch
 
 from visionbench.config import load_config
-from visionbench.data import build_datasets, build_loader
+from visionbench.data import LoaderSpec, build_datasets, build_loader
 from visionbench.data.transforms import normalize
 from visionbench.engine.assembly import build_model
 from visionbench.engine.optim import build_optimizer
@@ -48,7 +48,8 @@ def main() -> None:
     data = build_datasets(cfg.data)
     task = build_task(cfg.task, data.info)
     task.fit_targets(data.train.targets)
-    loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, tcfg.channels_last)
+    spec = LoaderSpec(tcfg.batch_size, train=True, seed=tcfg.seed, channels_last=tcfg.channels_last)
+    loader = build_loader(data, "train", cfg.data, device, spec)
     model, params, _ = build_model(cfg, data)
     if hasattr(model, "init_from_data") and not data.streamed:
         model.init_from_data(normalize(data.train.images[:5000], loader.mean.cpu(), loader.std.cpu()))

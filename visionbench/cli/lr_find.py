@@ -31,13 +31,19 @@ def lr_find(
     Prints the suggested optim.lr values and writes lr_find.csv, lr_find.png, lr_find.json and config.yaml into
     a new folder (--out: a new or empty one, or an earlier lr-find result with --overwrite).
     """
-    from visionbench.engine.lr_find import MAIN
+    from visionbench.engine.lr_find import MAIN, cannot_write
     from visionbench.engine.lr_find import lr_find as run_lr_find
+    from visionbench.report.plots import plot_lr_find
 
     overrides = [*(set_ or []), *([f"trainer.seed={seed}"] if seed is not None else [])]
     cfg = load_config(config, overrides, experiment=config.stem)
     given = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
     result = run_lr_find(cfg, out=out, overwrite=overwrite, **{k: v for k, v in given.items() if v is not None})
+    folder = result.files["csv"].parent
+    try:  # the engine writes the result, the report layer draws it
+        result.files["png"] = plot_lr_find(folder, title=f"{cfg.model.name} on {cfg.data.name}")
+    except OSError as e:
+        raise cannot_write(folder, e) from None
     curve = result.curve
     if curve.stop != "end":
         reason = "the smoothed loss diverged" if curve.stop == "diverged" else "the loss was not finite"

@@ -7,7 +7,7 @@ import torch
 
 from visionbench.data import cifar, deeplense, digits, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
 from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve, resize_split
-from visionbench.data.loader import DeviceLoader
+from visionbench.data.loader import DeviceLoader, LoaderSpec
 from visionbench.data.stream import needs_worker_transform, worker_transform
 from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
@@ -18,6 +18,7 @@ __all__ = [
     "Datasets",
     "DatasetInfo",
     "FileSplit",
+    "LoaderSpec",
     "RawDataset",
     "TensorSplit",
     "augment_placement",
@@ -93,41 +94,17 @@ def _load(cfg) -> RawDataset:
     return raw
 
 
-def build_loader(
-    data: Datasets,
-    split: str,
-    cfg,
-    batch_size: int,
-    device: torch.device,
-    train: bool = False,
-    seed: int = 0,
-    channels_last: bool = False,
-    shard: tuple[int, int] = (0, 1),
-):
-    """The loader of one split: a DeviceLoader for in-memory datasets, a StreamLoader for streamed ones; `shard`
-    (rank, world size) gives this DDP process its part of each batch (training) or of the split (evaluation)."""
-    augment = cfg.augment if train else None
-    in_memory = not data.streamed
-    if in_memory and not needs_worker_transform(augment):
-        return DeviceLoader(
-            data.split(split), data.info, batch_size, device, train, augment, seed, channels_last, shard
-        )
+def build_loader(data: Datasets, split: str, cfg, device: torch.device, spec: LoaderSpec):
+    """The loader of one split as `spec` says: a DeviceLoader for in-memory datasets, a StreamLoader for streamed
+    ones (or for augmentations that run per image in workers); `cfg` is the DataConfig (augmentation, workers)."""
+    augment = cfg.augment if spec.train else None
+    common = {"train": spec.train, "seed": spec.seed, "channels_last": spec.channels_last, "shard": spec.shard}
+    if not data.streamed and not needs_worker_transform(augment):
+        return DeviceLoader(data.split(split), data.info, spec.batch_size, device, augment=augment, **common)
     from visionbench.data.stream import StreamLoader
 
-    return StreamLoader(
-        data.split(split),
-        data.info,
-        batch_size,
-        device,
-        train,
-        augment,
-        seed,
-        channels_last,
-        image_size=data.info.input_size[-1],
-        grayscale=cfg.grayscale,
-        num_workers=cfg.num_workers,
-        shard=shard,
-    )
+    stream = {"image_size": data.info.input_size[-1], "grayscale": cfg.grayscale, "num_workers": cfg.num_workers}
+    return StreamLoader(data.split(split), data.info, spec.batch_size, device, augment=augment, **common, **stream)
 
 
 def augment_placement(augment) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ augmentation of epoch `e` are therefore a pure function of (seed, e): resuming m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
@@ -16,6 +17,25 @@ from visionbench.config import AugmentConfig
 from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, TensorSplit
 from visionbench.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderSpec:
+    """How a split is served, whatever the loader: `build_loader`'s choices besides the data and the device.
+
+    Args:
+        batch_size: images per batch (the global batch under DDP).
+        train: shuffle, augment and drop the last incomplete batch.
+        seed: with the epoch number, fixes the order and the augmentation.
+        channels_last: emit channels_last batches (CUDA convolutions prefer it).
+        shard: (rank, world size) under DDP: see `batch_slice`.
+    """
+
+    batch_size: int
+    train: bool = False
+    seed: int = 0
+    channels_last: bool = False
+    shard: tuple[int, int] = (0, 1)
 
 
 class DeviceLoader:

@@ -1,19 +1,112 @@
-"""One assembly: what a `RunConfig` builds before anything is trained (model, mixing, transfer, loaders).
+"""One assembly: what a `RunConfig` builds before anything is trained (data, task, model, mixing, transfer,
+loaders, optimizer, schedule), in one order, so that the seeded random draws are the same wherever it is built.
 
-`train`, `lr-find`, `search`'s trials and inference build their parts here, so a config means the same model and
-data wherever it is used.
+`train` and `lr-find` take the whole `Assembly` (`assemble`); `search`'s trials and inference build their parts here,
+so a config means the same model and data wherever it is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
+from typing import Any
+
 import torch
 
 from visionbench.config import RunConfig
-from visionbench.data import DatasetInfo, Datasets, build_loader
+from visionbench.data import DatasetInfo, Datasets, LoaderSpec, build_datasets, build_loader
+from visionbench.data.transforms import normalize
+from visionbench.engine.optim import build_optimizer
+from visionbench.engine.runtime import grad_scaler
+from visionbench.engine.schedule import TimeBudget, build_scheduler
 from visionbench.engine.transfer import freeze_names, head_parameter_names, load_pretrained, set_frozen
 from visionbench.errors import UserError
 from visionbench.models import create_model, inspect_model
+from visionbench.tasks import build_task
 from visionbench.tasks.base import Task
+
+
+@dataclasses.dataclass
+class Assembly:
+    """Everything a RunConfig builds for training, on its device (see `assemble`)."""
+
+    data: Datasets
+    task: Task
+    model: torch.nn.Module
+    params: int
+    flops: int
+    mix: Any  # timm's Mixup for data.augment.mixup_alpha / cutmix_alpha, else None
+    head: set[str]  # the head's parameter names (optim.backbone_lr_scale, transfer)
+    frozen: list[str]  # parameter names frozen by model.freeze
+    train_loader: Any  # a DeviceLoader or StreamLoader
+    eval_loaders: dict[str, Any]  # split name -> loader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    budget: TimeBudget | None  # trainer.time_budget_minutes
+    steps_per_epoch: int
+    seconds_data: float  # building the datasets and their loaders
+
+
+def assemble(
+    cfg: RunConfig,
+    device: torch.device,
+    shard: tuple[int, int] = (0, 1),
+    resumed: bool = False,
+    eval_splits: tuple[str, ...] = ("val", "test"),
+) -> Assembly:
+    """Data, task, model, optimizer and schedule of `cfg` on `device`, refusing bad input (data, model size, mixing,
+    pretrained weights) before anything is written. Call it right after seeding: it draws the model's initial weights.
+
+    Args:
+        shard: (rank, world size) under DDP: this process's part of each batch and split.
+        resumed: a checkpoint will overwrite the weights: no pretrained weights, no initialisation from the data.
+        eval_splits: the splits that get an evaluation loader, where the dataset has them.
+    """
+    tcfg = cfg.trainer
+    t_data = time.monotonic()
+    data = build_datasets(cfg.data)
+    task = build_task(cfg.task, data.info)
+    task.fit_targets(data.train.targets)
+    model, params, flops = build_model(cfg, data)
+    check_budget(cfg, params)
+    mix = build_mix(cfg, task, data.info)
+    head, frozen = prepare_transfer(cfg, model, resumed)
+    spec = LoaderSpec(tcfg.batch_size, train=True, seed=tcfg.seed, channels_last=tcfg.channels_last, shard=shard)
+    train_loader = build_loader(data, "train", cfg.data, device, spec)
+    splits = [s for s in eval_splits if getattr(data, s) is not None]
+    eval_loaders = {s: eval_loader(data, s, cfg, device, shard) for s in splits}
+    seconds_data = time.monotonic() - t_data
+    if not resumed and hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
+        model.init_from_data(normalize(data.train.images[:5000], train_loader.mean.cpu(), train_loader.std.cpu()))
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    task.to(device)
+    optimizer = build_optimizer(model, cfg.optim, head, keep=set(frozen) if tcfg.unfreeze_at_epoch else set())
+    steps_per_epoch = math.ceil(len(train_loader) / tcfg.accumulate_steps)
+    budget = None
+    if tcfg.time_budget_minutes is not None:
+        budget = TimeBudget(tcfg.time_budget_minutes, tcfg.time_budget_counts_eval)
+    return Assembly(
+        data=data,
+        task=task,
+        model=model,
+        params=params,
+        flops=flops,
+        mix=mix,
+        head=head,
+        frozen=frozen,
+        train_loader=train_loader,
+        eval_loaders=eval_loaders,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim, steps_per_epoch, tcfg.epochs, budget),
+        scaler=grad_scaler(device, tcfg.precision),
+        budget=budget,
+        steps_per_epoch=steps_per_epoch,
+        seconds_data=seconds_data,
+    )
 
 
 def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
@@ -83,7 +176,5 @@ def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> t
 
 def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
     """The loader of a split for evaluation: in order, no augmentation (this rank's part under DDP)."""
-    tcfg = cfg.trainer
-    return build_loader(
-        data, split, cfg.data, tcfg.eval_batch_size, device, channels_last=tcfg.channels_last, shard=shard
-    )
+    spec = LoaderSpec(cfg.trainer.eval_batch_size, channels_last=cfg.trainer.channels_last, shard=shard)
+    return build_loader(data, split, cfg.data, device, spec)

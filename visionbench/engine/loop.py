@@ -1,14 +1,21 @@
 """The training loop: `fit()` calls `train_one_epoch()` and `evaluate()` (torchvision's reference names).
 
 Everything a resume needs lives in `TrainState` plus the module/optimizer states, so a checkpoint taken at any
-optimizer step (mid-epoch included) continues bit for bit on CPU in deterministic mode. Callbacks implement the
-events they need with fastai's names and receive the state explicitly.
+optimizer step (mid-epoch included) continues bit for bit on CPU in deterministic mode. Callbacks are the one way to
+extend `fit`: they implement the events they need and receive the state explicitly. The events, in order:
+
+- `before_fit`, `before_epoch`, `after_batch` (after each optimizer step), `after_epoch`, `after_fit`: fastai's;
+- `after_validate`: the epoch's row (training loss and this epoch's evaluations) is `state.rows[-1]`;
+- `checkpoint`: the loop stands where the config's cadence (trainer.checkpoint_every_*) wants the state kept, and the
+  state is consistent (the losses read, the ranks' mean loss taken): a checkpoint written now resumes exactly.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +75,44 @@ class TrainState:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """One optimizer step as training takes it, shared by `train_one_epoch` and lr-find's sweep: `backward` for each
+    micro-batch (mixup/cutmix, forward and loss under autocast, the backward pass of its 1 / accumulate_steps share),
+    then `update` (clipping, the scaled optimizer step, cleared gradients)."""
+
+    model: nn.Module
+    task: Task
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: TrainerConfig
+    device: torch.device
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled or DDP; else the model itself
+
+    def backward(
+        self, images: torch.Tensor, targets: torch.Tensor, check: Callable[[torch.Tensor], None] | None = None
+    ) -> torch.Tensor:
+        """The micro-batch's loss, after its backward pass; `check(loss)` runs between the two."""
+        if self.mix is not None:
+            images, targets = self.mix(images, targets)  # targets become (B, C) probabilities
+        with autocast(self.device, self.cfg.precision):
+            logits = (self.forward or self.model)(images)
+            loss = self.task.loss(logits, targets)
+        if check is not None:
+            check(loss)
+        self.scaler.scale(loss / self.cfg.accumulate_steps).backward()
+        return loss
+
+    def update(self) -> None:
+        if self.cfg.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 @dataclasses.dataclass
 class Trainer:
     """What the loop drives: the model (and its compiled/EMA twins), the optimisation state and the data."""
@@ -84,19 +129,21 @@ class Trainer:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     train_model: Callable[[torch.Tensor], torch.Tensor] | None = None  # the compiled forward (trainer.compile)
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # mixup/cutmix
-    # objects with any of before_fit, before_epoch, after_batch, after_epoch, after_fit(state) (fastai's names)
+    # objects with any of the events of the module docstring, each a method taking the TrainState
     callbacks: list[Any] = dataclasses.field(default_factory=list)
-    checkpoint: Callable[[TrainState], None] | None = None  # writes checkpoints/last
-    on_epoch_end: Callable[[TrainState, dict[str, float]], None] | None = None  # run directory bookkeeping
     start_time: float = dataclasses.field(default_factory=time.monotonic)
     budget: TimeBudget | None = None  # trainer.time_budget_minutes: the schedule reads it, the loop fills it
     clock: Callable[[], float] = dataclasses.field(default_factory=lambda: budget_clock)  # of the time budget
-    writer: Any = None  # a TensorBoard SummaryWriter (trainer.tensorboard)
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)  # last eval
 
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    def train_step(self) -> TrainStep:
+        return TrainStep(
+            self.model, self.task, self.optimizer, self.scaler, self.cfg, self.device, self.mix, self.train_model
+        )
 
     def state_dict(self, state: TrainState) -> dict[str, Any]:
         return {
@@ -127,89 +174,82 @@ class Trainer:
 
 
 def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
-    """Train from `state` (a fresh one, or one restored from a checkpoint) to `cfg.epochs`."""
+    """Train from `state` (a fresh one, or one restored from a checkpoint) to `cfg.epochs`.
+
+    A stop signal during the epochs is acted on between two steps, where the state checkpoints consistently
+    (`interrupts.check`); under torchrun the ranks could not agree on that step, so there it stops at once, as it
+    does during `after_fit` (the end's evaluations and writes: nothing is left to checkpoint there).
+    """
     state = state or TrainState()
     cfg = trainer.cfg
-    trainer._emit("before_fit", state)
-    while state.epoch < cfg.epochs and not state.should_stop:
-        trainer._emit("before_epoch", state)
-        t0 = _clock(trainer.device)
-        train_loss = train_one_epoch(trainer, state)
-        t1 = _clock(trainer.device)
-        tick = trainer.clock()  # the time budget's clock
-        state.seconds["train"] += t1 - t0
-        row: dict[str, Any] = {
-            "epoch": state.epoch + 1,
-            "step": state.step,
-            "elapsed_seconds": 0.0,
-            "lr": trainer.optimizer.param_groups[0]["lr"],
-            "train/loss": train_loss,
-        }
-        last = state.epoch + 1 == cfg.epochs or state.should_stop  # the budget ends a run mid-epoch
-        if (state.epoch + 1) % cfg.eval_every_epochs == 0 or last:
-            for split, loader in trainer.eval_loaders.items():
-                if split == "test" and not (cfg.eval_test_every_epoch or last):
-                    continue
-                metrics, *trainer.outputs[split] = evaluate(
-                    trainer.eval_model, loader, trainer.task, trainer.device, cfg
-                )
-                row.update({f"{split}/{k}": v for k, v in metrics.items()})
-        state.seconds["eval"] += _clock(trainer.device) - t1
-        row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)
-        state.rows.append(row)
-        state.epoch += 1
-        state.batch = 0
-        state.loss_sum = torch.zeros((), device=trainer.device)
-        if trainer.writer is not None:
-            for key, value in row.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    trainer.writer.add_scalar(key, value, row["epoch"])
-            trainer.writer.flush()
-        if trainer.on_epoch_end is not None:
-            trainer.on_epoch_end(state, row)  # best weights, metrics.csv, summary.json
-        if trainer.budget is not None and trainer.budget.counts_eval:  # evaluation and the epoch-end writes
-            state.budget_seconds += trainer.clock() - tick
-            trainer.budget.used = state.budget_seconds
-            state.should_stop = state.should_stop or trainer.budget.spent
-        if trainer.checkpoint is not None and _epoch_checkpoint_due(cfg, state):
-            trainer.checkpoint(state)
-        trainer._emit("after_epoch", state)
-        interrupts.check()  # a stop signal during the epoch's end: the state is the epoch checkpoint's
+    with contextlib.nullcontext() if distributed() else interrupts.deferred():
+        trainer._emit("before_fit", state)
+        while state.epoch < cfg.epochs and not state.should_stop:
+            trainer._emit("before_epoch", state)
+            t0 = _clock(trainer.device)
+            train_loss = train_one_epoch(trainer, state)
+            t1 = _clock(trainer.device)
+            tick = trainer.clock()  # the time budget's clock
+            state.seconds["train"] += t1 - t0
+            _end_epoch(trainer, state, train_loss, t1)
+            trainer._emit("after_validate", state)  # the run directory's metrics, best weights, summary
+            if trainer.budget is not None and trainer.budget.counts_eval:  # evaluation and the epoch-end writes
+                state.budget_seconds += trainer.clock() - tick
+                trainer.budget.used = state.budget_seconds
+                state.should_stop = state.should_stop or trainer.budget.spent
+            if _epoch_checkpoint_due(cfg, state):
+                trainer._emit("checkpoint", state)
+            trainer._emit("after_epoch", state)
+            interrupts.check()  # a stop signal during the epoch's end: the state is the epoch checkpoint's
     trainer._emit("after_fit", state)
     return state
 
 
+def _end_epoch(trainer: Trainer, state: TrainState, train_loss: float, t_start: float) -> None:
+    """Close the epoch: evaluate the splits due (every split on the last epoch, the test split only then unless
+    trainer.eval_test_every_epoch), append its metrics.csv row and move the state to the next epoch."""
+    cfg = trainer.cfg
+    row: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "elapsed_seconds": 0.0,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "train/loss": train_loss,
+    }
+    last = state.epoch + 1 == cfg.epochs or state.should_stop  # the budget ends a run mid-epoch
+    if (state.epoch + 1) % cfg.eval_every_epochs == 0 or last:
+        for split, loader in trainer.eval_loaders.items():
+            if split == "test" and not (cfg.eval_test_every_epoch or last):
+                continue
+            metrics, *trainer.outputs[split] = evaluate(trainer.eval_model, loader, trainer.task, trainer.device, cfg)
+            row.update({f"{split}/{k}": v for k, v in metrics.items()})
+    state.seconds["eval"] += _clock(trainer.device) - t_start
+    row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)
+    state.rows.append(row)
+    state.epoch += 1
+    state.batch = 0
+    state.loss_sum = torch.zeros((), device=trainer.device)
+
+
 def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     """Train from `state.batch` to the end of `state.epoch`; returns the epoch's mean training loss."""
-    cfg, model, task, optimizer = trainer.cfg, trainer.model, trainer.task, trainer.optimizer
-    forward = trainer.train_model or model
-    loader = trainer.train_loader
+    cfg, loader, step = trainer.cfg, trainer.train_loader, trainer.train_step()
     n_batches = len(loader)
-    model.train()
+    trainer.model.train()
     loss_sum = torch.as_tensor(state.loss_sum, device=trainer.device, dtype=torch.float32).clone()
     last_ckpt = time.monotonic()
     budget, tick = trainer.budget, trainer.clock()
     if budget is not None:
         budget.used = state.budget_seconds
     watch = LossWatch(trainer.device)
+    check = functools.partial(watch.add, state=state)  # CPU: raises before a non-finite gradient reaches the weights
     for images, targets in loader.epoch(state.epoch, state.batch):
-        if trainer.mix is not None:
-            images, targets = trainer.mix(images, targets)  # targets become (B, C) probabilities
-        with autocast(trainer.device, cfg.precision):
-            logits = forward(images)
-            loss = task.loss(logits, targets)
-        watch.add(loss, state)  # CPU: raises here, before a non-finite gradient reaches the weights
-        trainer.scaler.scale(loss / cfg.accumulate_steps).backward()
+        loss = step.backward(images, targets, check)
         loss_sum += loss.detach().float()
         state.batch += 1
         if state.batch % cfg.accumulate_steps and state.batch != n_batches:
             continue  # keep accumulating micro-batches
-        if cfg.grad_clip_norm is not None:
-            trainer.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-        trainer.scaler.step(optimizer)
-        trainer.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        step.update()
         if budget is not None:  # before the scheduler steps: it reads the budget's progress
             now = trainer.clock()
             state.budget_seconds += now - tick
@@ -217,18 +257,18 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
         trainer.scheduler.step()
         state.step += 1
         if trainer.ema is not None:
-            trainer.ema.update_parameters(model)
+            trainer.ema.update_parameters(trainer.model)
         state.loss_sum = loss_sum
         trainer._emit("after_batch", state)
         if budget is not None and budget.spent:
             state.should_stop = True  # fit evaluates this partial epoch as the last one
             break
-        if trainer.checkpoint is not None and state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
+        if state.batch < n_batches and _checkpoint_due(cfg, state, last_ckpt):
             # under DDP every rank gets here at the same step; the checkpoint keeps the ranks' mean loss so far
             watch.flush()
             state.loss_sum = loss_sum = mean_across_ranks(loss_sum)
             _check_finite(loss_sum, state)
-            trainer.checkpoint(state)
+            trainer._emit("checkpoint", state)
             last_ckpt = time.monotonic()
         if state.batch < n_batches:
             interrupts.check()  # a stop signal: act on it here, between two steps (the epoch's end has its own)

@@ -2,9 +2,11 @@
 method of fastai's `Learner.lr_find`) on a RunConfig's model, data and optimizer.
 
 The learning rate grows exponentially from `start_lr` to `end_lr`, one value per optimizer step, on batches of the
-normal training loader (epochs cycle when the sweep is longer than one); the training loss is smoothed with a
-bias-corrected exponential moving average and the sweep stops once that diverges. `sweep` restores the model,
-the optimizer and every RNG exactly afterwards, so that training can follow in the same process.
+normal training loader (epochs cycle when the sweep is longer than one), each step taken as training takes it
+(`loop.TrainStep`); the training loss is smoothed with a bias-corrected exponential moving average and the sweep
+stops once that diverges. `sweep` restores the model, the optimizer and every RNG exactly afterwards, so that
+training can follow in the same process. The result is written as files (`write_result`); its figure is the
+report layer's (`report.plots.plot_lr_find`, drawn from them).
 
 Three suggestions are read off the smoothed curve (`suggest`), designed to move little between seeds:
 
@@ -44,19 +46,14 @@ from torch import nn
 
 from visionbench import layout
 from visionbench.config import RunConfig, TrainerConfig
-from visionbench.data import build_datasets, build_loader
-from visionbench.data.transforms import normalize
 from visionbench.engine import rundir
-from visionbench.engine.assembly import build_mix, build_model, check_budget, prepare_transfer
+from visionbench.engine.assembly import assemble
 from visionbench.engine.checkpoint import rng_state, set_rng_state
-from visionbench.engine.loop import TrainingDiverged
-from visionbench.engine.optim import build_optimizer
-from visionbench.engine.runtime import autocast, resolve_device, seed_everything
+from visionbench.engine.loop import TrainingDiverged, TrainStep
+from visionbench.engine.runtime import grad_scaler, set_up_process
 from visionbench.errors import UserError
-from visionbench.tasks import build_task
 from visionbench.tasks.base import Task
-from visionbench.utils.io import write_bytes, write_json, write_text
-from visionbench.utils.names import literal_text, missing_glyphs_quiet
+from visionbench.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,8 @@ class Curve:
 
 @dataclasses.dataclass
 class LRFindResult:
-    """A sweep, its suggestions (`valley`, `steepest`, `min/10`: base learning rates) and the files written."""
+    """A sweep, its suggestions (`valley`, `steepest`, `min/10`: base learning rates) and the files written
+    (`csv`, `json`; the CLI adds the figure, `png`)."""
 
     curve: Curve
     suggestions: dict[str, float]
@@ -139,7 +137,7 @@ def sweep(
     mode of every module and every RNG are put back as they were.
     """
     saved = _snapshot(model, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "fp16")
+    step = TrainStep(model, task, optimizer, grad_scaler(device, cfg.precision), cfg, device, mix)
     batches = _cycle(loader)
     taken, losses, smoothed, stop = [], [], [], "end"
     avg, best = 0.0, math.inf
@@ -150,7 +148,7 @@ def sweep(
         for i, lr in enumerate(lrs, start=1):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss = _step(model, task, optimizer, scaler, batches, cfg, device, mix)
+            loss = _step(step, batches)
             avg = beta * avg + (1 - beta) * loss
             value = avg / (1 - beta**i)
             taken.append(lr)
@@ -241,8 +239,8 @@ def lr_find(
     out: Path | None = None,
     overwrite: bool = False,
 ) -> LRFindResult:
-    """Sweep `cfg`'s freshly built model and optimizer, then write `lr_find.csv`, `lr_find.png`, `lr_find.json`
-    and `config.yaml` into `out` (default: `<trainer.out_dir>/<experiment>/lr_find-<time>-<model>-<dataset>/`).
+    """Sweep `cfg`'s freshly built model and optimizer, then write `lr_find.csv`, `lr_find.json` and `config.yaml`
+    into `out` (default: `<trainer.out_dir>/<experiment>/lr_find-<time>-<model>-<dataset>/`).
 
     The folder is created only after the sweep has run, so bad input leaves nothing behind. `out` must be new or
     empty, or an earlier lr-find result replaced with `overwrite`; see `check_out`.
@@ -255,30 +253,12 @@ def lr_find(
     check_range(start_lr, end_lr, steps, beta)
     if out is not None:
         check_out(Path(out), overwrite)
-    tcfg = cfg.trainer
-    device = resolve_device(tcfg.device)
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
-    seed_everything(tcfg.seed, tcfg.deterministic)
+    device = set_up_process(cfg.trainer)
+    parts = assemble(cfg, device, eval_splits=())  # the same as `train`'s; the sweep sets every lr itself
+    model, task, optimizer, loader = parts.model, parts.task, parts.optimizer, parts.train_loader
 
-    # the same assembly as `train`, up to the optimizer (no scheduler: the sweep sets every lr itself)
-    data = build_datasets(cfg.data)
-    task = build_task(cfg.task, data.info)
-    task.fit_targets(data.train.targets)
-    model, params, _ = build_model(cfg, data)
-    check_budget(cfg, params)
-    mix = build_mix(cfg, task, data.info)
-    head, frozen = prepare_transfer(cfg, model, resumed=False)
-    loader = build_loader(data, "train", cfg.data, tcfg.batch_size, device, True, tcfg.seed, tcfg.channels_last)
-    if hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
-        model.init_from_data(normalize(data.train.images[:5000], loader.mean.cpu(), loader.std.cpu()))
-    model.to(device)
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    task.to(device)
-    optimizer = build_optimizer(model, cfg.optim, head, keep=set(frozen) if tcfg.unfreeze_at_epoch else set())
-
-    curve = sweep(model, task, optimizer, loader, exponential_lrs(start_lr, end_lr, steps), tcfg, device, beta, mix)
+    lrs = exponential_lrs(start_lr, end_lr, steps)
+    curve = sweep(model, task, optimizer, loader, lrs, cfg.trainer, device, beta, parts.mix)
     if curve.stop == "non-finite" and len(curve.lrs) == 1:
         raise TrainingDiverged(f"the first loss of the sweep (lr {start_lr:g}) is not finite: nothing to suggest")
     suggestions = suggest(curve.lrs, curve.smoothed, beta)
@@ -290,9 +270,13 @@ def lr_find(
     try:
         files = write_result(out, cfg, curve, suggestions, settings)
     except OSError as e:  # each file is written whole (atomically) or not at all
-        where = e.filename or out
-        raise UserError(f"{where}: cannot write the lr-find result ({e.strerror or e})") from None
+        raise cannot_write(out, e) from None
     return LRFindResult(curve, suggestions, files)
+
+
+def cannot_write(out: Path, e: OSError) -> UserError:
+    """A failed write of an lr-find result (its files, or the figure the CLI draws), as one line."""
+    return UserError(f"{e.filename or out}: cannot write the lr-find result ({e.strerror or e})")
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -331,13 +315,20 @@ def check_out(out: Path, overwrite: bool) -> None:
 def write_result(
     out: Path, cfg: RunConfig, curve: Curve, suggestions: dict[str, float], settings: dict[str, Any]
 ) -> dict[str, Path]:
-    """The curve as CSV (lr, loss, smoothed_loss) and PNG, the suggestions as JSON and the resolved config, each
-    written atomically; returns the paths by kind."""
+    """The curve and suggestions (`write_curve`) and the resolved config; returns the paths by kind."""
+    files = write_curve(out, curve, suggestions, settings)
+    rundir.write_config(out, cfg)
+    return files
+
+
+def write_curve(out: Path, curve: Curve, suggestions: dict[str, float], settings: dict[str, Any]) -> dict[str, Path]:
+    """The curve as CSV (lr, loss, smoothed_loss) and the sweep's settings and suggestions as JSON, each written
+    atomically; returns the paths by kind (`csv`, `json`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["lr", "loss", "smoothed_loss"])
     writer.writerows(zip(curve.lrs, curve.losses, curve.smoothed, strict=True))
-    files = {"csv": out / layout.LR_FIND_CSV, "png": out / layout.LR_FIND_PNG, "json": out / layout.LR_FIND_JSON}
+    files = {"csv": out / layout.LR_FIND_CSV, "json": out / layout.LR_FIND_JSON}
     write_text(files["csv"], buf.getvalue())
     summary = {
         **settings,
@@ -348,29 +339,18 @@ def write_result(
         "suggestions": suggestions,
     }
     write_json(files["json"], summary)
-    rundir.write_config(out, cfg)
-    write_bytes(files["png"], _plot(curve, suggestions, title=f"{cfg.model.name} on {cfg.data.name}"))
     return files
 
 
-def _step(model, task, optimizer, scaler, batches, cfg: TrainerConfig, device, mix) -> float:
-    """One optimizer step over `cfg.accumulate_steps` micro-batches (as `train_one_epoch` takes them); returns
-    their mean loss."""
+def _step(step: TrainStep, batches) -> float:
+    """One optimizer step over `cfg.accumulate_steps` micro-batches (as `train_one_epoch` takes them, across epoch
+    ends); returns their mean loss."""
+    accumulate = step.cfg.accumulate_steps
     total = 0.0
-    for _ in range(cfg.accumulate_steps):
+    for _ in range(accumulate):
         images, targets = next(batches)
-        if mix is not None:
-            images, targets = mix(images, targets)
-        with autocast(device, cfg.precision):
-            loss = task.loss(model(images), targets)
-        scaler.scale(loss / cfg.accumulate_steps).backward()
-        total += float(loss.detach()) / cfg.accumulate_steps
-    if cfg.grad_clip_norm is not None:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+        total += float(step.backward(images, targets).detach()) / accumulate
+    step.update()
     return total
 
 
@@ -416,38 +396,3 @@ def _finite_prefix(lrs: list[float], smoothed: list[float]) -> tuple[np.ndarray,
     if n == 0:
         raise ValueError("no finite loss in the curve")
     return np.log10(np.asarray(lrs[:n], dtype=np.float64)), y[:n]
-
-
-def _plot(curve: Curve, suggestions: dict[str, float], title: str) -> bytes:
-    """PNG bytes: loss and smoothed loss against lr (log x), with each suggestion marked on the smoothed curve."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(curve.lrs, curve.losses, color="0.75", lw=0.8, label="loss")
-    ax.plot(curve.lrs, curve.smoothed, color="C0", lw=1.8, label="smoothed loss")
-    x, y = _finite_prefix(curve.lrs, curve.smoothed)
-    styles = {"valley": ("C3", "o"), "steepest": ("C2", "s"), "min/10": ("C1", "^")}
-    for name, lr in suggestions.items():
-        color, marker = styles.get(name, ("k", "x"))
-        at = float(np.interp(math.log10(lr), x, y))
-        ax.axvline(lr, color=color, lw=0.8, ls=":")
-        ax.plot([lr], [at], marker=marker, color=color, ls="", ms=8, label=f"{name}: {lr:.2e}")
-    m = int(np.argmin(y))
-    raw = np.asarray(curve.losses[: m + 1], dtype=np.float64)
-    hi, lo = float(np.max(y[: m + 1])), float(min(y[m], np.min(raw, initial=y[m], where=np.isfinite(raw))))
-    pad = 0.1 * max(hi - lo, 1e-3 * abs(hi) + 1e-12)
-    ax.set_ylim(lo - pad, hi + 3 * pad)  # the plateau and the descent; a diverging tail runs off the top
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=f"lr range test: {title}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    literal_text(fig)  # the model and dataset names in the title are data, not math text
-    buf = io.BytesIO()
-    try:
-        with missing_glyphs_quiet():
-            fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()

@@ -48,12 +48,12 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 
 def _newest_finished_run(experiment: Path) -> Path:
     """An experiment folder (runs/<experiment>/) given as model.pretrained: its newest finished run."""
-    from visionbench.engine.rundir import BEST, read_summary
+    from visionbench.engine.rundir import read_summary
 
     runs = [
         p
         for p in sorted(experiment.iterdir(), reverse=True)
-        if (p / BEST).is_file() and read_summary(p).get("status") == "finished"
+        if (p / layout.BEST).is_file() and read_summary(p).get("status") == "finished"
     ]
     if not runs:
         raise UserError(

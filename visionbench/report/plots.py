@@ -267,3 +267,45 @@ def plot_erf(path: Path, erf, layer: str) -> Path:
     axes[0, 0].set_title(f"effective receptive field of {layer}'s centre unit", fontsize=9)
     fig.colorbar(im, ax=axes[0, 0])
     return _save(fig, path)
+
+
+def plot_lr_find(folder: Path, title: str) -> Path:
+    """The figure of an lr-find folder, `lr_find.png` beside the files it is drawn from: the loss and the smoothed
+    loss of lr_find.csv against the lr (log x), each suggestion of lr_find.json marked on the smoothed curve. The y
+    range shows the plateau and the descent; a diverging tail runs off the top. A PNG only: the folder holds
+    `layout.LR_FIND_FILES` and nothing else."""
+    import numpy as np
+
+    columns = _numeric_columns(_read_rows(folder / layout.LR_FIND_CSV)[1])
+    lrs, losses, smoothed = columns["lr"], columns["loss"], columns["smoothed_loss"]
+    suggestions = read_json(folder / layout.LR_FIND_JSON, what=layout.LR_FIND_JSON)["suggestions"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed loss")
+    finite = np.isfinite(np.asarray(smoothed, dtype=np.float64))
+    n = len(finite) if finite.all() else int(np.argmin(finite))  # up to the first non-finite loss (none at 0)
+    x, y = np.log10(np.asarray(lrs[:n], dtype=np.float64)), np.asarray(smoothed[:n], dtype=np.float64)
+    styles = {"valley": ("C3", "o"), "steepest": ("C2", "s"), "min/10": ("C1", "^")}
+    for name, lr in suggestions.items():
+        color, marker = styles.get(name, ("k", "x"))
+        at = float(np.interp(math.log10(lr), x, y))
+        ax.axvline(lr, color=color, lw=0.8, ls=":")
+        ax.plot([lr], [at], marker=marker, color=color, ls="", ms=8, label=f"{name}: {lr:.2e}")
+    m = int(np.argmin(y))
+    raw = np.asarray(losses[: m + 1], dtype=np.float64)
+    hi, lo = float(np.max(y[: m + 1])), float(min(y[m], np.min(raw, initial=y[m], where=np.isfinite(raw))))
+    pad = 0.1 * max(hi - lo, 1e-3 * abs(hi) + 1e-12)
+    ax.set_ylim(lo - pad, hi + 3 * pad)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=f"lr range test: {title}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    literal_text(fig)  # the model and dataset names in the title are data, not math text
+    png = io.BytesIO()
+    try:
+        with missing_glyphs_quiet():
+            fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_bytes(folder / layout.LR_FIND_PNG, png.getvalue())
+    return folder / layout.LR_FIND_PNG
