@@ -19,6 +19,7 @@ from PIL import Image
 from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.data.base import FileSplit
+from visionbench.data.loader import LoaderSpec
 from visionbench.data.stream import StreamLoader
 from visionbench.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from visionbench.engine.inference import Preprocess, load_run
@@ -113,8 +114,8 @@ def test_predict_sees_exactly_what_the_streamed_evaluation_of_the_same_file_sees
         loader = StreamLoader(
             FileSplit([str(p) for p in paths], torch.zeros(len(paths), dtype=torch.int64)),
             loaded.info,
-            64,
             torch.device("cpu"),
+            LoaderSpec(64),
             image_size=16,
             grayscale=True,
             num_workers=0,

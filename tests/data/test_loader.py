@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, TensorSplit
-from visionbench.data.loader import DeviceLoader
+from visionbench.data.loader import DeviceLoader, LoaderSpec
 
 INFO = DatasetInfo("t", "classification", 10, tuple("abcdefghij"), (1, 8, 8), mean=(0.5,), std=(0.25,))
 
@@ -20,7 +20,7 @@ def _split(n=50):
 
 
 def _loader(aug=None, batch=8, seed=0):
-    return DeviceLoader(_split(), INFO, batch, torch.device("cpu"), train=True, augment=aug, seed=seed)
+    return DeviceLoader(_split(), INFO, torch.device("cpu"), LoaderSpec(batch, train=True, seed=seed), aug)
 
 
 def test_train_epoch_visits_each_image_at_most_once_and_is_seeded():
@@ -50,7 +50,7 @@ def test_mid_epoch_start_equals_the_tail_of_the_full_epoch(start, epoch):
 
 
 def test_eval_loader_keeps_order_and_all_images():
-    loader = DeviceLoader(_split(), INFO, 16, torch.device("cpu"))
+    loader = DeviceLoader(_split(), INFO, torch.device("cpu"), LoaderSpec(16))
     ys = torch.cat([y for _, y in loader])
     assert torch.equal(ys, torch.arange(50) % 10)
     x, _ = next(iter(loader))
@@ -80,7 +80,7 @@ def test_flip_and_cutout():
 
 def test_alternate_flip_flips_each_image_in_every_other_epoch():
     aug = AugmentConfig(flip=True, flip_mode="alternate")
-    loader = DeviceLoader(_split(), INFO, 50, torch.device("cpu"), train=True, augment=aug)
+    loader = DeviceLoader(_split(), INFO, torch.device("cpu"), LoaderSpec(50, train=True), aug)
     p0, p1 = loader._epoch_params(0, 50), loader._epoch_params(1, 50)
     by_image0 = torch.empty(50, dtype=torch.bool)
     by_image0[p0["order"]] = p0["flip"]

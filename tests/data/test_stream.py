@@ -15,6 +15,7 @@ from PIL import Image
 
 from visionbench.config import AugmentConfig
 from visionbench.data.base import DatasetInfo, FileSplit
+from visionbench.data.loader import LoaderSpec
 from visionbench.data.stream import StreamLoader, decode_image
 from visionbench.errors import UserError
 
@@ -34,9 +35,8 @@ def _files(folder, n=12) -> FileSplit:
 
 
 def _batches(split, workers, epoch=1, start=0, train=True, grayscale=False):
-    loader = StreamLoader(
-        split, INFO, 4, torch.device("cpu"), train, AUG, 7, image_size=16, grayscale=grayscale, num_workers=workers
-    )
+    spec = LoaderSpec(4, train=train, seed=7)
+    loader = StreamLoader(split, INFO, torch.device("cpu"), spec, AUG, 16, grayscale, num_workers=workers)
     return list(loader.epoch(epoch, start))
 
 
@@ -143,7 +143,8 @@ def test_a_batch_mixing_8_bit_and_16_bit_files_is_normalised_like_each_alone(tmp
     paths = _stored_as_every_depth(tmp_path, _grey_image())
     split = FileSplit(list(paths.values()), torch.zeros(len(paths), dtype=torch.int64))
     info = DatasetInfo("t", "classification", 3, ("a", "b", "c"), (1, 16, 16), (0.5,), (0.25,))
-    loader = StreamLoader(split, info, 64, torch.device("cpu"), image_size=16, grayscale=True, num_workers=0)
+    spec = LoaderSpec(64)
+    loader = StreamLoader(split, info, torch.device("cpu"), spec, image_size=16, grayscale=True, num_workers=0)
     ((batch, _),) = list(loader.epoch(0))
     expected = (torch.from_numpy(_grey_image() / 255).float() - 0.5) / 0.25
     for kind, x in zip(paths, batch, strict=True):

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from visionbench import layout
 from visionbench.config import AugmentConfig
 from visionbench.data.base import DatasetInfo, TensorSplit
-from visionbench.data.loader import DeviceLoader, batch_slice, num_batches
+from visionbench.data.loader import DeviceLoader, LoaderSpec, batch_slice, num_batches
 from visionbench.data.stream import _PlanSampler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,8 +217,8 @@ def test_rank_batches_of_both_loaders_concatenate_to_the_one_process_batch():
     info = DatasetInfo("t", "classification", 96, (), (1, 12, 12), (0.5,), (0.25,))
     aug = AugmentConfig(flip=True, translate_pixels=2, cutout_pixels=4)
     cpu = torch.device("cpu")
-    whole = DeviceLoader(split, info, 32, cpu, train=True, augment=aug, seed=3)
-    ranks = [DeviceLoader(split, info, 32, cpu, train=True, augment=aug, seed=3, shard=(r, 2)) for r in range(2)]
+    whole = DeviceLoader(split, info, cpu, LoaderSpec(32, train=True, seed=3), aug)
+    ranks = [DeviceLoader(split, info, cpu, LoaderSpec(32, train=True, seed=3, shard=(r, 2)), aug) for r in range(2)]
     for (x, y), *parts in zip(whole.epoch(1), *(loader.epoch(1) for loader in ranks), strict=True):
         assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
 

@@ -29,7 +29,7 @@ def train(
 
     if config is None and resume in (None, "auto"):
         what = "--resume auto" if resume == "auto" else "train"
-        raise UserError(f"{what}: expected a CONFIG (YAML file), e.g. visionbench train configs/smoke/synthetic.yaml")
+        raise UserError(f"{what}: expected a CONFIG (YAML file), e.g. visionbench train my_experiment.yaml")
     resume_dir = None
     if resume is None:
         cfg = load_config(config, set_ or [], experiment=config.stem)

@@ -98,13 +98,12 @@ def build_loader(data: Datasets, split: str, cfg, device: torch.device, spec: Lo
     """The loader of one split as `spec` says: a DeviceLoader for in-memory datasets, a StreamLoader for streamed
     ones (or for augmentations that run per image in workers); `cfg` is the DataConfig (augmentation, workers)."""
     augment = cfg.augment if spec.train else None
-    common = {"train": spec.train, "seed": spec.seed, "channels_last": spec.channels_last, "shard": spec.shard}
     if not data.streamed and not needs_worker_transform(augment):
-        return DeviceLoader(data.split(split), data.info, spec.batch_size, device, augment=augment, **common)
+        return DeviceLoader(data.split(split), data.info, device, spec, augment)
     from visionbench.data.stream import StreamLoader
 
     stream = {"image_size": data.info.input_size[-1], "grayscale": cfg.grayscale, "num_workers": cfg.num_workers}
-    return StreamLoader(data.split(split), data.info, spec.batch_size, device, augment=augment, **common, **stream)
+    return StreamLoader(data.split(split), data.info, device, spec, augment, **stream)
 
 
 def augment_placement(augment) -> dict[str, list[str]]:

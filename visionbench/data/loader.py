@@ -44,37 +44,29 @@ class DeviceLoader:
     Args:
         split: the images (uint8) and targets.
         info: mean and std for normalisation.
-        batch_size: images per batch.
         device: where the data lives and batches are produced.
-        train: shuffle, augment and drop the last incomplete batch.
-        augment: augmentation settings (used only when `train`).
-        seed: with the epoch number, fixes the order and the augmentation.
-        channels_last: emit channels_last batches (CUDA convolutions prefer it).
-        shard: (rank, world size) under DDP: see `batch_slice`.
+        spec: batch size, training or not, seed, memory format and DDP shard (`LoaderSpec`).
+        augment: augmentation settings (used only when `spec.train`).
     """
 
     def __init__(
         self,
         split: TensorSplit,
         info: DatasetInfo,
-        batch_size: int,
         device: torch.device,
-        train: bool = False,
+        spec: LoaderSpec,
         augment: AugmentConfig | None = None,
-        seed: int = 0,
-        channels_last: bool = False,
-        shard: tuple[int, int] = (0, 1),
-    ):
+    ) -> None:
         self.images = split.images.to(device, non_blocking=True)
         self.targets = split.targets.to(device, non_blocking=True)
         self.mean = torch.tensor(info.mean, device=device)
         self.std = torch.tensor(info.std, device=device)
-        self.batch_size, self.device, self.train, self.seed = batch_size, device, train, seed
-        self.augment = augment if train else None
-        self.channels_last = channels_last
-        if train and len(self.images) < batch_size:
+        self.batch_size, self.device, self.train, self.seed = spec.batch_size, device, spec.train, spec.seed
+        self.augment = augment if spec.train else None
+        self.channels_last = spec.channels_last
+        if spec.train and len(self.images) < spec.batch_size:
             self.batch_size = len(self.images)  # a tiny subset still trains: one full batch per epoch
-        self.shard = check_shard(self.batch_size, shard, train)
+        self.shard = check_shard(self.batch_size, spec.shard, spec.train)
 
     def __len__(self) -> int:
         return num_batches(len(self.images), self.batch_size, self.train, self.shard)

@@ -28,7 +28,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from visionbench.config import AugmentConfig
 from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
-from visionbench.data.loader import apply_augment, batch_slice, check_shard, epoch_plan, erase_batch, num_batches
+from visionbench.data.loader import (
+    LoaderSpec,
+    apply_augment,
+    batch_slice,
+    check_shard,
+    epoch_plan,
+    erase_batch,
+    num_batches,
+)
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import MAX_IMAGE_ELEMENTS, read_npy_header
 
@@ -374,37 +382,30 @@ class StreamLoader:
     Args:
         split: file paths and targets, or in-memory images and targets.
         info: mean and std for normalisation (ImageNet's for the file datasets).
-        batch_size: images per batch.
         device: where batches are produced.
-        train: shuffle, augment and drop the last incomplete batch.
-        augment: augmentation settings (used only when `train`).
-        seed: with the epoch number, fixes the order and the augmentation.
-        channels_last: emit channels_last batches.
+        spec: batch size, training or not, seed, memory format and DDP shard (`loader.LoaderSpec`).
+        augment: augmentation settings (used only when `spec.train`).
         image_size: side of the square images after resizing.
         grayscale: decode as one channel.
         num_workers: DataLoader worker processes (0 decodes in this process).
-        shard: (rank, world size) under DDP: see `loader.batch_slice`.
     """
 
     def __init__(
         self,
         split: FileSplit | TensorSplit,
         info: DatasetInfo,
-        batch_size: int,
         device: torch.device,
-        train: bool = False,
+        spec: LoaderSpec,
         augment: AugmentConfig | None = None,
-        seed: int = 0,
-        channels_last: bool = False,
         image_size: int = 224,
         grayscale: bool = False,
         num_workers: int | None = None,
-        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        train, seed, shard = spec.train, spec.seed, spec.shard
         self.split, self.device, self.train, self.seed = split, device, train, seed
         self.augment = augment if train else None
-        self.image_size, self.channels_last = image_size, channels_last
-        self.batch_size = min(batch_size, len(split)) if train else batch_size
+        self.image_size, self.channels_last = image_size, spec.channels_last
+        self.batch_size = min(spec.batch_size, len(split)) if train else spec.batch_size
         mean, std = info.mean, info.std
         if grayscale and len(mean) > 1:  # ImageNet statistics of a grey image: the channel average
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
