@@ -80,14 +80,7 @@ class DeviceLoader:
             sl = batch_slice(i, self.batch_size, n, self.train, self.shard)
             index = order[sl] if order is not None else sl
             images, targets = self.images[index], self.targets[index]
-            if params:
-                images = self._augment(images, {k: v[sl] for k, v in params.items()})
-            x = transforms.normalize(images, self.mean, self.std)
-            if params and "erase" in params:
-                x = erase_batch(x, {k: v[sl] for k, v in params.items()}, self.seed, epoch, i)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, targets
+            yield finish_batch(self, images, {k: v[sl] for k, v in (params or {}).items()}, epoch, i), targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
@@ -96,8 +89,18 @@ class DeviceLoader:
         H, W = self.images.shape[-2:]
         return {k: v.to(self.device) for k, v in epoch_plan(self.seed, epoch, n, self.augment, H, W).items()}
 
-    def _augment(self, images: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return apply_augment(images, p, self.augment)
+
+def finish_batch(loader, images: torch.Tensor, part: dict[str, torch.Tensor], epoch: int, i: int, normalized=False):
+    """What every loader does to batch `i` of `epoch` on the device: the augmentations of `part` (the batch's slice
+    of an `epoch_plan`), normalisation unless the workers did it, random erasing, then the memory format."""
+    if part:
+        images = apply_augment(images, part, loader.augment)
+    x = images if normalized else transforms.normalize(images, loader.mean, loader.std)
+    if "erase" in part:
+        x = erase_batch(x, part, loader.seed, epoch, i)
+    if loader.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def check_shard(batch_size: int, shard: tuple[int, int], train: bool) -> tuple[int, int]:

@@ -26,15 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from visionbench.config import AugmentConfig
-from visionbench.data import transforms
 from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
 from visionbench.data.loader import (
     LoaderSpec,
-    apply_augment,
     batch_slice,
     check_shard,
     epoch_plan,
-    erase_batch,
+    finish_batch,
     num_batches,
 )
 from visionbench.errors import UserError, first_line
@@ -451,14 +449,8 @@ class StreamLoader:
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             sl = batch_slice(i, self.batch_size, n, self.train, self.shard)
-            if params:
-                images = apply_augment(images, {k: v[sl] for k, v in params.items()}, self.augment)
-            x = images if self.normalized else transforms.normalize(images, self.mean, self.std)
-            if "erase" in params:
-                x = erase_batch(x, {k: v[sl] for k, v in params.items()}, self.seed, epoch, i)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, targets
+            part = {k: v[sl] for k, v in params.items()}
+            yield finish_batch(self, images, part, epoch, i, normalized=self.normalized), targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
