@@ -26,17 +26,16 @@ def search(
 ) -> int:
     """Search hyperparameters and architectures under constraints; trials share one optuna study."""
     import optuna
-    from optuna.trial import TrialState
 
     from visionbench.errors import UserError
     from visionbench.search.results import counts_line, write_search_report
-    from visionbench.search.space import SCALING_PARAM
+    from visionbench.search.space import SAMPLERS, SCALING_PARAM
     from visionbench.search.spec import prepare
-    from visionbench.search.study import open_storage, open_study, redact
+    from visionbench.search.study import open_storage, open_study, redact, unfinished
     from visionbench.search.workers import run_search
 
-    if sampler is not None and sampler not in ("grid", "random", "tpe"):
-        raise UserError(f"--sampler {sampler!r}: expected grid, random or tpe")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise UserError(f"--sampler {sampler!r}: expected {', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}")
     spec = prepare(config, space, set_ or [], sampler, trials, storage, study_name)
     storage_obj = open_storage(spec)
     study = open_study(spec, storage_obj, resume)
@@ -72,7 +71,6 @@ def search(
         print(f"best: trial {best.number} {spec.metric} {best.value:.4f}: {sets}")
     except ValueError:
         print("no trial completed")
-    unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-    if any(code not in (0, None) and code > 0 for code in codes) or unfinished:
+    if any(code not in (0, None) and code > 0 for code in codes) or unfinished(study):
         return 1
     return 0
