@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -49,6 +50,37 @@ WORDS = st.text(string.ascii_lowercase + "_", min_size=1, max_size=10)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The harness
+
+
+def check_minimums(minimum: dict[str, int]) -> None:
+    """A fuzz file's last test: each of its categories ran at least `minimum[category]` generated inputs (skipped
+    when only part of the file ran, so that a deselection is not reported as a gap)."""
+    if set(minimum) - set(TRIED):
+        pytest.skip(f"only part of this file ran ({sorted(set(minimum) & set(TRIED))})")
+    short = {k: TRIED[k] for k, n in minimum.items() if TRIED[k] < n}
+    assert not short, f"categories below their minimum: {short} (tried: {dict(TRIED)})"
+
+
+def run_dir_of(trainer) -> Path:
+    """The run directory, from the run's recorder (the Trainer itself does not hold it)."""
+    from visionbench.engine.recorder import Recorder
+
+    (recorder,) = [cb for cb in trainer.callbacks if isinstance(cb, Recorder)]
+    return recorder.run_dir
+
+
+def after_step(monkeypatch, step: int, action) -> None:
+    """Run `action(run_dir)` right after optimizer step `step` of the run (what a user does from another shell)."""
+    from visionbench.engine.loop import Trainer
+
+    emit = Trainer._emit
+
+    def emit_then_act(self, event, state):
+        emit(self, event, state)
+        if event == "after_batch" and state.step == step:
+            action(run_dir_of(self))
+
+    monkeypatch.setattr(Trainer, "_emit", emit_then_act)
 
 
 def scratch(work: Path) -> Path:

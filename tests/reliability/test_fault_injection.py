@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fuzzing import after_step
 
 from visionbench import layout
 from visionbench.cli.main import main
@@ -61,31 +62,9 @@ def _no_temp_files(root: Path) -> None:
     assert not [p for p in root.rglob("*.tmp")], "a temp file of an atomic write was left behind"
 
 
-def _after_step(monkeypatch, step: int, action) -> None:
-    """Run `action(run_dir)` right after optimizer step `step` of the run (what a user does from another shell)."""
-    from visionbench.engine.loop import Trainer
-
-    emit = Trainer._emit
-
-    def emit_then_act(self, event, state):
-        emit(self, event, state)
-        if event == "after_batch" and state.step == step:
-            action(_run_dir_of(self))
-
-    monkeypatch.setattr(Trainer, "_emit", emit_then_act)
-
-
-def _run_dir_of(trainer) -> Path:
-    """The run directory, from the run's recorder (the Trainer itself does not hold it)."""
-    from visionbench.engine.recorder import Recorder
-
-    (recorder,) = [cb for cb in trainer.callbacks if isinstance(cb, Recorder)]
-    return recorder.run_dir
-
-
 def test_a_run_directory_deleted_mid_run_stops_the_run_and_is_not_recreated(tmp_path, capsys, monkeypatch):
     seen = []
-    _after_step(monkeypatch, 2, lambda run: (seen.append(run), shutil.rmtree(run)))
+    after_step(monkeypatch, 2, lambda run: (seen.append(run), shutil.rmtree(run)))
     code = main(_train(tmp_path, "trainer.checkpoint_every_steps=3"))
     err = _one_line(capsys, code, "the folder was deleted or moved while it was being written to; stopped")
     (run,) = seen
@@ -99,7 +78,7 @@ def test_checkpoint_replaced_by_a_directory_mid_run_is_one_line(tmp_path, capsys
         (run / "checkpoints" / "last").unlink()
         (run / "checkpoints" / "last").mkdir()
 
-    _after_step(monkeypatch, 3, replace_last)
+    after_step(monkeypatch, 3, replace_last)
     code = main(_train(tmp_path, "trainer.checkpoint_every_steps=2"))
     err = _one_line(capsys, code, "checkpoints/last: cannot write (Is a directory)")
     assert "the run stopped in epoch 1/2 at step 4; checkpoints/last is no longer a file" in err, err

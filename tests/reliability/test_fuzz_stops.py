@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fuzzing import FUZZ, SMOKE, TRIED, expect_one_line_error, scratch, sets
+from fuzzing import FUZZ, SMOKE, TRIED, after_step, check_minimums, expect_one_line_error, scratch, sets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visionbench.utils.io as io_module
 from visionbench import layout
 from visionbench.cli.main import main
-from visionbench.engine.loop import Trainer
 
 # 2 epochs of 6 steps, a checkpoint every 2 steps: every file of a run is written at least as often as TARGETS says
 RUN = ("trainer.epochs=2", "trainer.checkpoint_every_steps=2", "trainer.device=cpu")
@@ -173,25 +172,6 @@ def test_a_write_fault_anywhere_in_a_run_is_one_line_and_leaves_nothing_half_wri
 # --- the run directory taken away ---------------------------------------------------------------------------------
 
 
-def _run_dir_of(trainer) -> Path:
-    """The run directory, from the run's recorder (the Trainer itself does not hold it)."""
-    from visionbench.engine.recorder import Recorder
-
-    (recorder,) = [cb for cb in trainer.callbacks if isinstance(cb, Recorder)]
-    return recorder.run_dir
-
-
-def _at_step(mp, step: int, action) -> None:
-    emit = Trainer._emit
-
-    def emit_then_act(self, event, state):
-        emit(self, event, state)
-        if event == "after_batch" and state.step == step:
-            action(_run_dir_of(self))
-
-    mp.setattr(Trainer, "_emit", emit_then_act)
-
-
 @st.composite
 def takeaways(draw) -> tuple[int, str, int]:
     """(step, how, level): after optimizer step `step`, the folder `level` above the run directory (0: the run
@@ -215,7 +195,7 @@ def test_a_run_directory_deleted_or_moved_mid_run_stops_it_and_is_never_recreate
             folder.rename(folder.with_name(folder.name + ".moved"))
 
     with pytest.MonkeyPatch.context() as mp:
-        _at_step(mp, step, take_away)
+        after_step(mp, step, take_away)
         line = expect_one_line_error(capsys, "run_dir_gone", _train(out), needle="was deleted or moved")
     (run,) = gone
     assert str(run) in line, line
@@ -232,7 +212,7 @@ def test_a_run_directory_deleted_or_moved_mid_run_stops_it_and_is_never_recreate
 def test_a_stop_signal_at_any_step_ends_in_one_line_and_the_run_resumes(work, capsys, step, signum):
     out = scratch(work)
     with pytest.MonkeyPatch.context() as mp:
-        _at_step(mp, step, lambda run: os.kill(os.getpid(), signum))
+        after_step(mp, step, lambda run: os.kill(os.getpid(), signum))
         code = main(_train(out))
     err = capsys.readouterr().err
     assert code == 128 + signum and len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -252,7 +232,4 @@ def test_a_stop_signal_at_any_step_ends_in_one_line_and_the_run_resumes(work, ca
 
 
 def test_each_category_reached_its_minimum():
-    if set(MINIMUM) - set(TRIED):
-        pytest.skip(f"only part of this file ran ({sorted(TRIED)})")
-    short = {k: TRIED[k] for k, n in MINIMUM.items() if TRIED[k] < n}
-    assert not short, f"categories below their minimum: {short} (tried: {dict(TRIED)})"
+    check_minimums(MINIMUM)
