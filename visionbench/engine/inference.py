@@ -254,10 +254,15 @@ def predict_files(run: LoadedRun, files: list[Path], top_k: int) -> list[dict[st
     return records
 
 
+def non_finite_rows(outputs: torch.Tensor) -> torch.Tensor:
+    """The indices of the inputs whose output (B, ...) holds a NaN or an infinity."""
+    return (~torch.isfinite(outputs.reshape(len(outputs), -1))).any(1).nonzero()
+
+
 def check_finite_outputs(outputs: torch.Tensor, names: list[str]) -> None:
     """A UserError naming the first input whose output (B, ...) is NaN or infinite: weights and inputs are checked
     finite when read, so the model overflows on it, and no number printed for it would mean anything."""
-    bad = (~torch.isfinite(outputs.reshape(len(outputs), -1))).any(1).nonzero()
+    bad = non_finite_rows(outputs)
     if len(bad):
         first = int(bad[0])
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -343,7 +348,7 @@ def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dic
     with warnings.catch_warnings(record=True) as caught:  # torchmetrics warns of NaN before we can say why
         warnings.simplefilter("always")
         metrics, logits, _ = evaluate(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
-    bad = int((~torch.isfinite(logits.reshape(len(logits), -1))).any(1).sum())
+    bad = len(non_finite_rows(logits))
     if bad:  # weights and data are checked finite when read: the model overflows, and no metric would mean anything
         raise UserError(
             f"{run_dir}: the model's outputs are not finite (NaN or infinite) on {bad} of {len(logits)} {split} "
