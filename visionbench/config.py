@@ -13,10 +13,10 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import CONFIG_BYTES, read_text
@@ -243,9 +243,23 @@ class ModelConfig(Section):
     name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
     kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
     max_params: float | None = Field(None, gt=0)  # refuse to start a run whose model has more parameters
-    pretrained: str | None = None  # a .safetensors file, a run directory, an experiment folder (its newest finished
-    # run), or "timm" (hub weights)
+    # a .safetensors / .pth / .pt / .bin file, a run directory, an experiment folder (its newest finished run), or
+    # "imagenet" (the library's own ImageNet weights of a torchvision:/timm: model; "timm" is its old name)
+    pretrained: str | None = None
+    # ordered (regex, replacement) pairs renaming the pretrained file's keys before they are matched by name
+    pretrained_key_map: list[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(default_factory=list)
+    keep_head: bool = False  # load the pretrained classifier too (the task's outputs must match its width)
     freeze: str | list[str] | None = None  # "backbone" (all but the head) or module-name patterns (fnmatch)
+
+    @field_validator("pretrained_key_map")
+    @classmethod
+    def _compiles(cls, pairs: list[list[str]]) -> list[list[str]]:
+        for pattern, _ in pairs:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+        return pairs
 
 
 class TaskConfig(Section):

@@ -5,8 +5,8 @@ parameters `reset_head` replaces) is skipped, since the model was built for the 
 convolution that differs only in input channels is adapted with timm's `adapt_input_conv` (RGB summed into one
 grey channel, or repeated and rescaled). Anything else that does not fit is one UserError naming the first key and
 both shapes. `source` is a `.safetensors` file, a visionbench run directory (its `checkpoints/best.safetensors`),
-an experiment folder (`runs/<experiment>`: its newest finished run), or `timm` (the hub weights of the timm
-architecture the model is built from; offline, a clear error).
+an experiment folder (`runs/<experiment>`: its newest finished run), or `imagenet` (`timm`: its old name; the
+library's own weights of the architecture, see `models/hub.py`).
 
 `freeze(model, spec)` takes "backbone" (every parameter but the head's) or module-name patterns (fnmatch, e.g.
 `features.*` or `layer[12]*`). Frozen parameters get `requires_grad=False` and stay in the optimizer, so
@@ -24,18 +24,7 @@ import torch
 from torch import nn
 
 from visionbench import layout
-from visionbench.errors import UserError, first_line
-
-# registered zoo names built from a timm architecture -> that architecture (for model.pretrained: timm)
-TIMM_SOURCES = {
-    "vgg16": "vgg16",
-    "vgg16_bn": "vgg16_bn",
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "mobilenetv2": "mobilenetv2_100",
-    "vit_r50_hybrid": "vit_base_r50_s16_224",
-}
+from visionbench.errors import UserError
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
@@ -64,23 +53,10 @@ def _newest_finished_run(experiment: Path) -> Path:
 
 def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of `source` and how to name it in messages."""
-    if source == "timm":
-        timm_name = model_name.removeprefix("timm:") if model_name.startswith("timm:") else TIMM_SOURCES.get(model_name)
-        if timm_name is None:
-            raise UserError(
-                f"model.pretrained: timm has no weights for {model_name!r}; expected a timm:<name> model or one of "
-                f"{', '.join(TIMM_SOURCES)}"
-            )
-        import timm
+    if source in ("imagenet", "timm"):
+        from visionbench.models.hub import imagenet_weights
 
-        try:
-            reference = timm.create_model(timm_name, pretrained=True)
-        except Exception as e:  # no network, no hub weights, a hub error: all one line
-            raise UserError(
-                f"model.pretrained: timm weights for {timm_name!r} could not be fetched ({first_line(e)}); offline, "
-                "give a .safetensors file or a run directory instead"
-            ) from None
-        return reference.state_dict(), f"timm weights of {timm_name}"
+        return imagenet_weights(model_name)
     path = Path(source).expanduser()
     if path.is_dir() and not (path / layout.CONFIG).is_file():
         path = _newest_finished_run(path)
