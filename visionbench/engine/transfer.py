@@ -53,10 +53,10 @@ def _newest_finished_run(experiment: Path) -> Path:
 
 def _read_source(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of `source` and how to name it in messages."""
-    if source in ("imagenet", "timm"):
+    if source == "timm" or source == "imagenet" or source.startswith("imagenet:"):
         from visionbench.models.hub import imagenet_weights
 
-        return imagenet_weights(model_name)
+        return imagenet_weights(model_name, source.partition(":")[2] or None)
     path = Path(source).expanduser()
     if path.is_dir() and not (path / layout.CONFIG).is_file():
         path = _newest_finished_run(path)

@@ -23,8 +23,9 @@ TIMM_SOURCES = {
 }
 
 
-def imagenet_weights(model_name: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The ImageNet weights of `model_name`'s architecture as a state_dict, and how to name them in messages."""
+def imagenet_weights(model_name: str, tag: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The ImageNet weights of `model_name`'s architecture as a state_dict, and how to name them in messages;
+    `tag` (from `imagenet:<tag>`) picks one of several (not implemented yet: None only)."""
     timm_name = model_name.removeprefix("timm:") if model_name.startswith("timm:") else TIMM_SOURCES.get(model_name)
     if timm_name is None:
         raise UserError(
