@@ -138,6 +138,7 @@ def test_only_layout_spells_a_run_directory_file_name() -> None:
     files = {layout.CONFIG, layout.ENV, layout.METRICS, layout.SUMMARY, layout.LAST, layout.BEST}
     files |= {layout.LR_FIND_CSV, layout.LR_FIND_JSON, layout.LR_FIND_PNG}
     files |= {layout.artifact(layout.CONFUSION_MATRIX), layout.artifact(layout.PREDICTIONS, suffix=".csv")}
+    files |= {layout.per_image()}
     found = [
         f"{_where(path, node)} {node.value!r}"
         for path in SOURCES

@@ -37,6 +37,7 @@ LR_FIND_FILES = (LR_FIND_JSON, LR_FIND_CSV, LR_FIND_PNG, CONFIG)  # all that an 
 CONFUSION_MATRIX = "confusion_matrix"
 PREDICTIONS = "predictions"
 CURVES = "curves"  # plots/curves.png and the values it shows, plots/curves.csv
+PER_IMAGE = "per_image"  # per-image outputs (per_image.py): what report's intervals and paired tests resample
 
 # Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
 # folder that happens to hold a config.yaml
@@ -55,6 +56,16 @@ def artifact(name: str, split: str = "test", suffix: str = ".json") -> str:
 def eval_result(split: str, tta: str, weights: str) -> str:
     """The file `visionbench eval` writes: one per split, test-time augmentation and weights."""
     return f"eval-{split}-{tta}-{weights}.json"
+
+
+def per_image(split: str = "test") -> str:
+    """The per-image outputs of the final model on a split, written at the end of `train`."""
+    return artifact(PER_IMAGE, split, ".safetensors")
+
+
+def eval_per_image(split: str, tta: str, weights: str) -> str:
+    """The per-image outputs `visionbench eval` writes beside its `eval_result`."""
+    return f"eval-{split}-{tta}-{weights}-{PER_IMAGE}.safetensors"
 
 
 def is_run_dir(folder: Path) -> bool:

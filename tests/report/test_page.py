@@ -31,7 +31,7 @@ def test_html_is_self_contained_with_sortable_tables_figures_and_configs(experim
     assert not remote, f"network references: {remote}"
     assert "<script src" not in page and '<link rel="stylesheet"' not in page, "scripts and styles are inline"
 
-    assert page.count('<table class="sortable"') == 2, "the pivot and the per-run table"
+    assert page.count('<table class="sortable"') == 3, "the pivot, its intervals and the per-run table"
     assert '<td class="num" data-sort="0.91">91.00 ± 1.00 % (n=3)</td>' in page
     assert "running 3/10" in page and "failed: non-finite loss (nan) at epoch 2" in page
     assert "unreadable: summary.json is not JSON" in page

@@ -24,6 +24,16 @@ EXPERIMENT_MD = """\
 
 Cells: test/acc1 of the final model, in % (higher is better); mean ± sample std over the finished runs of a cell, with their number n; other runs are marked. params, epochs and time/run (wall clock of a finished run) are the row's; a–b is a range.
 
+## 95 % interval of test/acc1 (%): model.name × data.name
+
+| model.name | fashion-mnist | mnist |
+|---|---:|---:|
+| resnet18 | – | – |
+| small_cnn | – (no per-image outputs) | \\[88.52, 93.48\\] % (t, n=3) |
+| vit_tiny | – | – |
+
+95 % confidence interval of each cell above. Several finished runs (t): Student's t on their mean, n-1 degrees of freedom; it measures training randomness and is wide for few seeds. One run (bootstrap): percentile bootstrap over its test images (1,000 resamples, seed 0), the metric recomputed on each; it measures test-set sampling only, not training randomness. A single run without per_image_test.safetensors (trained before it was written) has none.
+
 ## Runs
 
 | run | model | dataset | params | test | best val (epoch) | epochs | time | status |

@@ -1,5 +1,6 @@
-"""`visionbench report RUN_DIRS... | EXPERIMENT_DIR [--out DIR] [--rows KEY] [--cols KEY] [--latest]`: results
-tables of finished and unfinished runs as report.md, and a self-contained report.html with every run's figures."""
+"""`visionbench report RUN_DIRS... | EXPERIMENT_DIR [--out DIR] [--rows KEY] [--cols KEY] [--latest] [--versus ROW]`:
+results tables of finished and unfinished runs with 95 % intervals as report.md, paired tests against a row, and a
+self-contained report.html with every run's figures."""
 
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ def report(
         None, help="Dotted config key(s) of the columns [data.name and the data.* keys varied within a dataset]."
     ),
     latest: bool = typer.Option(False, help="Only the newest run of each table cell."),
+    versus: str | None = typer.Option(
+        None, help="A row label (ROW) as the table shows it: test every other row against it on the same test images."
+    ),
 ) -> None:
     """Write report.md and report.html, print the markdown, then the two paths (one per line)."""
     from visionbench.report.page import default_out_dir, write_report
 
-    md_path, html_path = write_report(paths, out or default_out_dir(paths), rows=rows, cols=cols, latest=latest)
+    out_dir = out or default_out_dir(paths)
+    md_path, html_path = write_report(paths, out_dir, rows=rows, cols=cols, latest=latest, versus=versus)
     print(md_path.read_text(encoding="utf-8"), end="")
     print(md_path)
     print(html_path)

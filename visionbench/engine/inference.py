@@ -331,6 +331,7 @@ def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dic
     Raises:
         UserError: bad arguments, a bad run directory, or outputs that are not finite.
     """
+    from visionbench import per_image
     from visionbench.config import load_config
     from visionbench.data import build_datasets
     from visionbench.engine.assembly import eval_loader
@@ -347,7 +348,7 @@ def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dic
     model, task = run.model.to(device), run.task.to(device)
     with warnings.catch_warnings(record=True) as caught:  # torchmetrics warns of NaN before we can say why
         warnings.simplefilter("always")
-        metrics, logits, _ = evaluate(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
+        metrics, logits, targets = evaluate(model, eval_loader(data, split, cfg, device), task, device, cfg.trainer)
     bad = len(non_finite_rows(logits))
     if bad:  # weights and data are checked finite when read: the model overflows, and no metric would mean anything
         raise UserError(
@@ -367,4 +368,5 @@ def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dic
     }
     path = run_dir / layout.eval_result(split, tta, weights)
     write_json(path, result)
+    per_image.save(run_dir / layout.eval_per_image(split, tta, weights), task, logits, targets, split)
     return result, path

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from visionbench import layout
+from visionbench import layout, per_image
 from visionbench.config import RunConfig, TrainerConfig
 from visionbench.data import augment_placement
 from visionbench.engine import rundir
@@ -193,6 +193,7 @@ class Recorder:
         final = dict(state.rows[-1])
         if self.main_rank:
             _write_artifacts(self.run_dir, task.artifacts(*trainer.outputs["test"]))
+            per_image.save(self.run_dir / layout.per_image(), task, *trainer.outputs["test"])
         self.details.update(task.details(*trainer.outputs["test"]))
         if self.best_key is None and self.main_rank:  # no validation split: the best weights are the final ones
             save_weights(self.run_dir / layout.BEST, trainer.eval_model, {"epoch": str(state.epoch)})

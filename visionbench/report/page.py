@@ -21,6 +21,7 @@ from visionbench import layout
 from visionbench.errors import UserError, first_line
 from visionbench.report import plots
 from visionbench.report.records import UNREADABLE, check_keys, find_runs, is_readable, load_record
+from visionbench.report.significance import result_tables
 from visionbench.report.tables import (
     DEFAULT_ROWS,
     Table,
@@ -29,7 +30,6 @@ from visionbench.report.tables import (
     latest_per_cell,
     md_paragraph,
     md_text,
-    pivot_tables,
     run_table,
     status_text,
     to_markdown,
@@ -74,6 +74,7 @@ def write_report(
     sections: list[Section] = (),
     pivots: bool = True,
     title: str = "visionbench report",
+    versus: str | None = None,
 ) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir` and every run's figures into `<run>/plots/`.
 
@@ -87,13 +88,14 @@ def write_report(
         sections: parts placed before the results tables (a search's own tables and figures).
         pivots: False leaves the pivot tables out (a search's trials differ in many keys; its sections say more).
         title: the page's heading.
+        versus: a row label of the pivots: every other row is tested against it on the same test images.
 
     Returns:
         The paths of report.md and report.html.
 
     Raises:
-        UserError: a path that does not exist or holds no run, no readable run at all, an unknown key, or an
-            `out_dir` that is a file.
+        UserError: a path that does not exist or holds no run, no readable run at all, an unknown key, an
+            `out_dir` that is a file, or a `versus` row that is unknown or cannot be compared (significance.py).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder")
@@ -110,7 +112,7 @@ def write_report(
     if latest:
         records = latest_per_cell(records, key=lambda rec: cell_key(rec, row_keys, col_keys))
 
-    tables = pivot_tables(records, row_keys, col_keys) if pivots else []
+    tables = result_tables(records, row_keys, col_keys, versus) if pivots else []  # with intervals and --versus
     runs = run_table(records, row_keys + col_keys)
     figures = [_draw(Path(rec["run_dir"])) for rec in records]
 

@@ -133,20 +133,20 @@ def _label_order(value: Any) -> tuple:
     return (1, 0.0, label(value))
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
-def _is_percent(metric: str) -> bool:
+def is_percent(metric: str) -> bool:
     return metric.startswith("acc")
 
 
 def _fmt(value: Any, metric: str) -> str:
-    if _number(value) is None:
+    if number(value) is None:
         return "–"
-    return f"{100 * value:.2f} %" if _is_percent(metric) else f"{value:.4f}"
+    return f"{100 * value:.2f} %" if is_percent(metric) else f"{value:.4f}"
 
 
 def _fmt_mean_std(values: list[float], metric: str) -> str:
@@ -154,7 +154,7 @@ def _fmt_mean_std(values: list[float], metric: str) -> str:
     if len(values) == 1:
         return _fmt(values[0], metric)
     mean, std = statistics.mean(values), statistics.stdev(values)
-    scale, unit, digits = (100, " %", 2) if _is_percent(metric) else (1, "", 4)
+    scale, unit, digits = (100, " %", 2) if is_percent(metric) else (1, "", 4)
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}{unit} (n={len(values)})"
 
 
@@ -197,8 +197,9 @@ def status_text(record: dict[str, Any], limit: int = 120) -> str:
     return str(status)
 
 
-def _test_value(record: dict[str, Any], metric: str) -> float | None:
-    return _number((record.get("final") or {}).get(f"test/{metric}"))
+def final_value(record: dict[str, Any], metric: str) -> float | None:
+    """The final model's test value of `metric` (None when the run has none, or a value that is not finite)."""
+    return number((record.get("final") or {}).get(f"test/{metric}"))
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def _pivot_cell(records: list[dict[str, Any]], metric: str) -> Cell:
     """The metric over the finished runs of a cell, then a mark for every other run in it."""
     values, marks = [], []
     for rec in records:
-        value = _test_value(rec, metric) if rec.get("status") == "finished" else None
+        value = final_value(rec, metric) if rec.get("status") == "finished" else None
         if value is not None:
             values.append(value)
         elif rec.get("status") == "finished":
@@ -234,7 +235,7 @@ def _pivot_cell(records: list[dict[str, Any]], metric: str) -> Cell:
     return Cell("; ".join(parts) or "–", sort=statistics.mean(values) if values else None)
 
 
-def _metric_groups(records: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
+def metric_groups(records: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
     """Records by main metric; unreadable ones (metric unknown) join the only group when there is just one."""
     groups: dict[str | None, list[dict[str, Any]]] = {}
     for rec in records:
@@ -248,10 +249,13 @@ def _metric_groups(records: list[dict[str, Any]]) -> dict[str | None, list[dict[
 def pivot_tables(records: list[dict[str, Any]], row_keys: list[str], col_keys: list[str]) -> list[Table]:
     """One pivot per main metric: a row per value of `row_keys`, a column per value of `col_keys`, then the row's
     params, epochs and wall-clock time per finished run (ranges where they differ)."""
-    return [_pivot_table(group, metric, row_keys, col_keys) for metric, group in _metric_groups(records).items()]
+    return [pivot_table(group, metric, row_keys, col_keys) for metric, group in metric_groups(records).items()]
 
 
-def _pivot_table(group: list[dict[str, Any]], metric: str | None, row_keys: list[str], col_keys: list[str]) -> Table:
+def pivot_cells(
+    group: list[dict[str, Any]], row_keys: list[str], col_keys: list[str]
+) -> tuple[list[str], list[str], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """The pivot's row labels and column labels in table order, and the records of each (row, column) cell."""
     rows: dict[str, tuple] = {}
     cols: dict[str, tuple] = {}
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -259,11 +263,15 @@ def _pivot_table(group: list[dict[str, Any]], metric: str | None, row_keys: list
         (row, row_order), (col, col_order) = _key_label(rec, row_keys), _key_label(rec, col_keys)
         rows[row], cols[col] = row_order, col_order
         cells.setdefault((row, col), []).append(rec)
-    row_labels = sorted(rows, key=lambda r: (rows[r], r))
-    col_labels = sorted(cols, key=lambda c: (cols[c], c))
+    return sorted(rows, key=lambda r: (rows[r], r)), sorted(cols, key=lambda c: (cols[c], c)), cells
+
+
+def pivot_table(group: list[dict[str, Any]], metric: str | None, row_keys: list[str], col_keys: list[str]) -> Table:
+    """The pivot of one main metric's records (`metric_groups`)."""
+    row_labels, col_labels, cells = pivot_cells(group, row_keys, col_keys)
     shape = f"{', '.join(row_keys)} × {', '.join(col_keys)}"
     what = (
-        f"test/{metric}" + (" (%)" if _is_percent(metric) else "")
+        f"test/{metric}" + (" (%)" if is_percent(metric) else "")
         if metric
         else f"runs without a readable {layout.SUMMARY}"
     )
@@ -283,12 +291,12 @@ def _pivot_row(
     in_row = [rec for col in col_labels for rec in cells.get((row, col), [])]
     readable = [rec for rec in in_row if is_readable(rec)]
     finished = [rec for rec in readable if rec.get("status") == "finished"]
-    seconds = [_number((rec.get("seconds") or {}).get("total")) for rec in finished]
+    seconds = [number((rec.get("seconds") or {}).get("total")) for rec in finished]
     return [
         Cell(row),
         *(_pivot_cell(cells[row, col], metric) if (row, col) in cells else Cell("–") for col in col_labels),
-        _range([p for rec in readable if (p := _number(rec.get("params"))) is not None], _fmt_int),
-        _range([e for rec in readable if (e := _number(rec.get("epochs"))) is not None], _fmt_int),
+        _range([p for rec in readable if (p := number(rec.get("params"))) is not None], _fmt_int),
+        _range([e for rec in readable if (e := number(rec.get("epochs"))) is not None], _fmt_int),
         _range([s for s in seconds if s is not None], fmt_seconds),
     ]
 
@@ -309,7 +317,7 @@ def _pivot_notes(
         better = {"max": "higher is better", "min": "lower is better"}.get(group[0].get("mode", ""), "")
         notes.append(
             f"Cells: test/{metric} of the final model"
-            + (", in %" if _is_percent(metric) else "")
+            + (", in %" if is_percent(metric) else "")
             + (f" ({better})" if better else "")
             + "; mean ± sample std over the finished runs of a cell, with their number n; other runs are marked."
             " params, epochs and time/run (wall clock of a finished run) are the row's; a–b is a range."
@@ -338,9 +346,9 @@ def run_table(records: list[dict[str, Any]], keys: list[str] = ()) -> Table:
     for i, rec in enumerate(records):
         metric = rec.get("main_metric", "acc1")
         final, best = rec.get("final") or {}, rec.get("best") or {}
-        test, best_val = _test_value(rec, metric), _number(best.get(f"val/{metric}"))
-        seconds = _number((rec.get("seconds") or {}).get("total"))
-        params = _number(rec.get("params"))
+        test, best_val = final_value(rec, metric), number(best.get(f"val/{metric}"))
+        seconds = number((rec.get("seconds") or {}).get("total"))
+        params = number(rec.get("params"))
         readable = is_readable(rec)
         rows.append(
             [
@@ -353,7 +361,7 @@ def run_table(records: list[dict[str, Any]], keys: list[str] = ()) -> Table:
                 Cell(f"{_fmt(best_val, metric)} ({best.get('epoch')})" if best_val is not None else "–", sort=best_val),
                 Cell(
                     f"{rec.get('epochs_completed', 0)}/{rec.get('epochs', '?')}" if readable else "–",
-                    sort=_number(rec.get("epochs_completed")),
+                    sort=number(rec.get("epochs_completed")),
                 ),
                 Cell(fmt_seconds(seconds) if seconds is not None else "–", sort=seconds),
                 Cell(status_text(rec)),
