@@ -9,6 +9,7 @@ numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,18 @@ _SAME_TEST_SET = ("data.name", "data.test_subset")
 _LEVEL = f"{100 * stats.LEVEL:g} %"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Pivot:
+    """One main metric's pivot: its keys, its row and column labels in order, the records of each cell."""
+
+    metric: str
+    row_keys: list[str]
+    col_keys: list[str]
+    rows: list[str]
+    cols: list[str]
+    cells: dict[tuple[str, str], list[dict[str, Any]]]
+
+
 def result_tables(
     records: list[dict[str, Any]], row_keys: list[str], col_keys: list[str], versus: str | None = None
 ) -> list[Table]:
@@ -49,11 +62,11 @@ def result_tables(
         tables.append(pivot_table(group, metric, row_keys, col_keys))
         if metric is None:  # runs without a readable summary: no metric to bound
             continue
-        rows, cols, cells = pivot_cells(group, row_keys, col_keys)
-        labels.update(rows)
-        tables.append(_interval_table(metric, row_keys, col_keys, rows, cols, cells))
-        if versus is not None and versus in rows:
-            tests.append(_versus_table(metric, versus, row_keys, col_keys, rows, cols, cells))
+        pivot = _Pivot(metric, row_keys, col_keys, *pivot_cells(group, row_keys, col_keys))
+        labels.update(pivot.rows)
+        tables.append(_interval_table(pivot))
+        if versus is not None and versus in pivot.rows:
+            tests.append(_versus_table(pivot, versus))
     if versus is not None and not tests:
         raise UserError(f"--versus {versus}: no such row; the rows are: {', '.join(sorted(labels))}")
     return tables + tests
@@ -110,14 +123,8 @@ def _interval_cell(records: list[dict[str, Any]], metric: str) -> Cell:
     return Cell(f"[{_fmt(low, metric)}, {_fmt(high, metric)}]{_unit(metric)} ({how})", sort=low)
 
 
-def _interval_table(
-    metric: str,
-    row_keys: list[str],
-    col_keys: list[str],
-    rows: list[str],
-    cols: list[str],
-    cells: dict[tuple[str, str], list[dict[str, Any]]],
-) -> Table:
+def _interval_table(pivot: _Pivot) -> Table:
+    metric, row_keys, col_keys, rows, cols, cells = (getattr(pivot, f.name) for f in dataclasses.fields(pivot))
     what = f"test/{metric}" + (" (%)" if is_percent(metric) else "")
     return Table(
         title=f"{_LEVEL} interval of {what}: {', '.join(row_keys)} × {', '.join(col_keys)}",
@@ -160,15 +167,8 @@ def _outputs(runs: list[dict[str, Any]], metric: str, versus: str) -> list[per_i
         raise UserError(f"--versus {versus}: {e}") from None
 
 
-def _versus_table(
-    metric: str,
-    versus: str,
-    row_keys: list[str],
-    col_keys: list[str],
-    rows: list[str],
-    cols: list[str],
-    cells: dict[tuple[str, str], list[dict[str, Any]]],
-) -> Table:
+def _versus_table(pivot: _Pivot, versus: str) -> Table:
+    metric, row_keys, col_keys, rows, cols, cells = (getattr(pivot, f.name) for f in dataclasses.fields(pivot))
     table_rows = []
     for col in cols:
         base_runs = _finished(cells.get((versus, col), []), metric)
