@@ -46,6 +46,10 @@ class _Pivot:
     cols: list[str]
     cells: dict[tuple[str, str], list[dict[str, Any]]]
 
+    def parts(self) -> tuple:
+        """The fields in order, not copied (dataclasses.astuple would deep-copy every record)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
 
 def result_tables(
     records: list[dict[str, Any]], row_keys: list[str], col_keys: list[str], versus: str | None = None
@@ -124,7 +128,7 @@ def _interval_cell(records: list[dict[str, Any]], metric: str) -> Cell:
 
 
 def _interval_table(pivot: _Pivot) -> Table:
-    metric, row_keys, col_keys, rows, cols, cells = (getattr(pivot, f.name) for f in dataclasses.fields(pivot))
+    metric, row_keys, col_keys, rows, cols, cells = pivot.parts()
     what = f"test/{metric}" + (" (%)" if is_percent(metric) else "")
     return Table(
         title=f"{_LEVEL} interval of {what}: {', '.join(row_keys)} × {', '.join(col_keys)}",
@@ -168,7 +172,7 @@ def _outputs(runs: list[dict[str, Any]], metric: str, versus: str) -> list[per_i
 
 
 def _versus_table(pivot: _Pivot, versus: str) -> Table:
-    metric, row_keys, col_keys, rows, cols, cells = (getattr(pivot, f.name) for f in dataclasses.fields(pivot))
+    metric, row_keys, col_keys, rows, cols, cells = pivot.parts()
     table_rows = []
     for col in cols:
         base_runs = _finished(cells.get((versus, col), []), metric)
