@@ -198,10 +198,12 @@ def load(path: Path, source: str | None = None) -> PerImage:
     metric = _METRICS.get(meta.get("metric", ""))
     if metric is None:
         raise UnreadableFile(source, f"{WHAT} for metric {meta.get('metric')!r}, which has no per-image form")
-    for name, (kind, ndim) in metric.arrays.items():
+    for name, (kind, ndim) in metric.arrays.items():  # targets first
         a = arrays.get(name)
-        if a is None or not np.issubdtype(a.dtype, kind) or a.ndim != ndim or len(a) != len(arrays["targets"]):
-            raise UnreadableFile(source, f"{WHAT}: `{name}` is missing or not {ndim}-D {kind.__name__}, one per image")
+        if a is None or not np.issubdtype(a.dtype, kind) or a.ndim != ndim or a.shape != arrays["targets"].shape:
+            raise UnreadableFile(
+                source, f"{WHAT}: `{name}` is missing or not {ndim}-D {kind.__name__} shaped as the targets"
+            )
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             raise UnreadableFile(source, f"{WHAT}: `{name}` holds values that are not finite")
     if not len(arrays["targets"]):

@@ -165,6 +165,10 @@ def test_per_image_file_round_trips_and_a_flipped_byte_is_refused(tmp_path: Path
     path.write_bytes(bytes(raw))
     with pytest.raises(UnreadableFile, match="checksum mismatch"):
         per_image.load(path)
+    scores = np.zeros((4, 5), np.float32)  # 5 classes of scores for 3 of targets: digests right, shapes not
+    per_image.write_arrays(path, "map", {"targets": np.zeros((4, 3), np.int8), "scores": scores})
+    with pytest.raises(UnreadableFile, match="`scores` is missing or not 2-D floating shaped as the targets"):
+        per_image.load(path)
     path.unlink()
     path.mkdir()
     with pytest.raises(UnreadableFile, match="a directory, expected a regular file"):
