@@ -79,27 +79,50 @@ def test_load_pretrained_skips_the_head_and_adapts_the_first_conv_to_one_channel
     safetensors.torch.save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
     grey = create_model("resnet18", 5, in_chans=1, img_size=(32, 32))
     fresh_head = grey.fc.weight.clone()
-    skipped = load_pretrained(grey, str(path), "resnet18")
-    assert set(skipped) == {"fc.weight", "fc.bias"}
+    report = load_pretrained(grey, str(path), "resnet18")
+    assert report.head == ["fc.weight", "fc.bias"] and report.random == [] and report.mismatched == []
+    assert report.adapted == [("conv1.weight", (64, 3, 7, 7), (64, 1, 7, 7))]
+    assert len(report.loaded) == len(grey.state_dict()) - 2 and report.warning("resnet18") is None
     assert torch.equal(grey.fc.weight, fresh_head), "the head keeps its fresh init"
     torch.testing.assert_close(grey.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))  # timm's rule
     torch.testing.assert_close(grey.layer4[1].conv2.weight, rgb.layer4[1].conv2.weight)
     torch.testing.assert_close(grey.bn1.running_mean, rgb.bn1.running_mean)
 
 
-def test_a_pretrained_file_that_does_not_fit_names_the_key_and_shapes(tmp_path: Path) -> None:
+def test_tensors_that_do_not_fit_stay_as_initialised_and_are_listed_with_both_shapes(tmp_path: Path) -> None:
     small = create_model("resnet18", 10, small_stem=True)  # a 3x3 stem
     path = tmp_path / "small.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
     standard = create_model("resnet18", 10)  # a 7x7 stem
-    with pytest.raises(UserError, match=r"'conv1.weight' has shape \(64, 3, 3, 3\), resnet18 expects \(64, 3, 7, 7\)"):
-        load_pretrained(standard, str(path), "resnet18")
+    fresh_stem = standard.conv1.weight.clone()
+    report = load_pretrained(standard, str(path), "resnet18")
+    assert report.mismatched == [("conv1.weight", (64, 3, 3, 3), (64, 3, 7, 7))], "skipped, not forced"
+    assert torch.equal(standard.conv1.weight, fresh_stem)
+    torch.testing.assert_close(standard.layer1[0].conv1.weight, small.layer1[0].conv1.weight)
+    warning = report.warning("resnet18")
+    total = len(standard.state_dict())  # the head counts too: loaded + head + skipped
+    assert (
+        f"only {total - 3} of {total} tensors of resnet18" in warning
+        and "conv1.weight 64x3x3x3 in the file, 64x3x7x7" in warning
+    )
+    assert "\n" not in warning
+
     safetensors.torch.save_file({"conv1.weight": small.conv1.weight.contiguous()}, str(path))
-    with pytest.raises(UserError, match="has no tensor 'bn1.weight'"):
+    partial = create_model("resnet18", 10, small_stem=True)
+    report = load_pretrained(partial, str(path), "resnet18")
+    assert (
+        report.loaded == ["conv1.weight"] and "bn1.weight" in report.random and report.head == ["fc.weight", "fc.bias"]
+    )
+    assert not any(k.endswith("num_batches_tracked") for k in report.random), "a step counter is no weight"
+    assert torch.equal(partial.conv1.weight, small.conv1.weight)
+    assert f"{len(report.random)} not in the file, left random (e.g. bn1.weight)" in report.warning("resnet18")
+
+    safetensors.torch.save_file({"fc.weight": small.fc.weight.contiguous()}, str(path))  # the head alone: nothing
+    with pytest.raises(UserError, match=r"no tensor of .*small.safetensors matches resnet18 by name and shape"):
         load_pretrained(create_model("resnet18", 10, small_stem=True), str(path), "resnet18")
     for bad, message in [
         (tmp_path, "neither a run directory nor an experiment folder"),
-        (tmp_path / "x.pt", "expected a .safetensors"),
+        (tmp_path / "x.ckpt", r"expected a .safetensors, .pth, .pt or .bin file, a run directory"),
     ]:
         with pytest.raises(UserError, match=message):
             load_pretrained(standard, str(bad), "resnet18")

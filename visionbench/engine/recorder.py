@@ -95,6 +95,9 @@ class Recorder:
         A new run directory that cannot take its first files is removed."""
         if not new:
             self.saved = _position(self.state)  # the checkpoint resumed from
+            if self.cfg.model.pretrained:  # loaded by the first start only; its record is kept from there
+                previous = rundir.read_summary(self.run_dir).get("pretrained")
+                self.base.update({"pretrained": previous} if previous else {})
         if not self.main_rank:
             return
         self._folder.enter_context(keep_folder(self.run_dir))
@@ -334,6 +337,7 @@ def _summary_base(cfg: RunConfig, parts: Assembly) -> dict[str, Any]:
         "epochs": cfg.trainer.epochs,
         "augment": augment_placement(cfg.data.augment),
         **({"task_stats": task.stats()} if task.stats() else {}),
+        **({"pretrained": parts.transfer.record()} if parts.transfer is not None else {}),
         "data_info": vars(parts.data.info),  # input size, mean/std, class names: `predict` and `export` need no data
     }
 

@@ -63,6 +63,8 @@ def train(
         resumed = f"; resuming {recorder.where()}" if ckpt is not None else ""
         progress.message(f"writing to {run_dir}{resumed}")  # the end names it again as `run directory:`
         progress.message(_start_line(cfg, parts, proc))
+        if parts.transfer is not None:
+            progress.message(parts.transfer.line())
 
     # 5. Train; the recorder writes the final and best results at the end, or the stop story.
     try:
