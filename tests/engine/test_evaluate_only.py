@@ -147,6 +147,39 @@ def test_zero_epochs_says_so_before_it_starts_and_leaves_an_undefined_metric_out
     assert "nan" not in (run / layout.METRICS).read_text().lower()
 
 
+def test_zero_epochs_on_synset_folders_tests_the_whole_val_folder_in_sorted_synset_order(tmp_path: Path) -> None:
+    """The README's ImageNet layout, shrunk: train/ and val/ of synset folders, `test_dir: val`, no validation split.
+    The test split is every image of val/, the classes are numbered in sorted synset order (ImageNet's class index
+    order), and the images are standardised with ImageNet's mean and std."""
+    from PIL import Image
+
+    synsets = ["n15075141", "n01440764", "n02102040", "n01443537", "n03000684", "n04592741"]  # not in order
+    rng = torch.Generator().manual_seed(0)
+    for split, n in (("train", 1), ("val", 2)):
+        for wnid in synsets:
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (12, 14, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "imagenet" / split / wnid / f"{wnid}_{i}.JPEG")
+    config = tmp_path / "imagenet_val.yaml"
+    config.write_text(
+        f"data: {{name: image_folder, root: {tmp_path / 'imagenet'}, kwargs: {{test_dir: val}}, val_fraction: 0.0, "
+        "image_size: 16, num_workers: 0}\n"
+        f"trainer: {{epochs: 0, device: cpu, out_dir: {tmp_path / 'runs'}, progress: lines}}\n"
+    )
+    assert main(["train", str(config)]) == 0
+    (run,) = (tmp_path / "runs" / "imagenet_val").iterdir()
+    summary = _summary(run)
+    info = summary["data_info"]
+    assert info["class_names"] == sorted(synsets), "class index order: the sorted synset ids"
+    assert info["mean"] == [0.485, 0.456, 0.406] and info["std"] == [0.229, 0.224, 0.225], "ImageNet's statistics"
+    assert not any(k.startswith("val/") for k in summary["final"]), "no validation split"
+    assert main(["eval", str(run)]) == 0
+    result = json.loads((run / layout.eval_result("test", "none", "best")).read_text())
+    assert result["images"] == 2 * len(synsets), "the test split is the whole val/ folder"
+    assert _test_metrics(result) == _test_metrics(summary["final"]) and "test/acc5" in result
+
+
 @pytest.mark.parametrize(
     "key, value", [("trainer.time_budget_minutes", "5"), ("trainer.unfreeze_at_epoch", "1")], ids=["budget", "unfreeze"]
 )
