@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import CONFIG_BYTES, read_text
@@ -298,7 +298,9 @@ class OptimConfig(Section):
 
 
 class TrainerConfig(Section):
-    epochs: int = Field(10, ge=1)
+    # 0: no training, the model as built (its pretrained weights) evaluated on val and test, as Lightning's
+    # `validate`/`test` and timm's validate.py do; the run directory is written as for a trained run
+    epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0, lt=2**32)  # NumPy's seed range
@@ -333,6 +335,14 @@ class TrainerConfig(Section):
     time_budget_minutes: float | None = Field(None, gt=0.0)
     time_budget_counts_eval: bool = False
     tensorboard: bool = False  # also write TensorBoard event files (`<run>/tensorboard/`) during training
+
+    @field_validator("unfreeze_at_epoch", "time_budget_minutes")
+    @classmethod
+    def _needs_training(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # `epochs` is validated first (fields validate in order): absent from info.data when it was refused itself
+        if value is not None and info.data.get("epochs") == 0:
+            raise ValueError("trainer.epochs is 0 (evaluate the model as built, no training); expected null")
+        return value
 
 
 class RunConfig(Section):

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import csv
 import io
+import math
 import shlex
 import shutil
 import signal
@@ -190,7 +191,7 @@ class Recorder:
         if "test" not in trainer.outputs:
             metrics, *trainer.outputs["test"] = self._test(trainer.eval_model)
             if not any(k.startswith("test/") for k in state.rows[-1]):
-                state.rows[-1].update({f"test/{k}": v for k, v in metrics.items()})
+                state.rows[-1].update({f"test/{k}": v for k, v in metrics.items() if math.isfinite(v)})
                 if self.main_rank:
                     rundir.write_metrics(self.run_dir, state.rows)
         final = dict(state.rows[-1])
@@ -240,6 +241,8 @@ class Recorder:
 
     def where(self) -> str:
         state, epochs = self.state, self.tcfg.epochs
+        if epochs == 0:
+            return "after its evaluation (0 epochs)" if state.rows else "in its evaluation (0 epochs)"
         if state.batch == 0 and state.epoch > 0:
             return f"after epoch {state.epoch}/{epochs} (step {state.step})"
         return f"in epoch {state.epoch + 1}/{epochs} at step {state.step}"
@@ -372,7 +375,7 @@ def _peer_lost(e: BaseException) -> bool:
 def _best_row(state: TrainState) -> dict[str, Any]:
     if state.best_epoch is None:
         return {}
-    row = state.rows[state.best_epoch - 1]
+    row = state.rows[max(state.best_epoch - 1, 0)]  # rows of epochs 1, 2, ...; or the one of a run of 0 epochs
     return {"epoch": state.best_epoch, **{k: v for k, v in row.items() if k.startswith("val/")}}
 
 

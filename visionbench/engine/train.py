@@ -143,7 +143,7 @@ def _start_line(cfg: RunConfig, parts: Assembly, proc: Process) -> str:
     )
     where = f"{proc.device}" + (f" x {proc.world} processes" if proc.world > 1 else "")
     epochs, steps = cfg.trainer.epochs, parts.steps_per_epoch
-    return (
-        f"{cfg.model.name} ({parts.params:,} parameters) on {cfg.data.name} ({sizes} images), device {where}, "
-        f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps:,} steps"
-    )
+    plan = f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps:,} steps"
+    if epochs == 0:
+        plan = f"0 epochs: evaluating the model as built on {' and '.join(parts.eval_loaders)}, no training"
+    return f"{cfg.model.name} ({parts.params:,} parameters) on {cfg.data.name} ({sizes} images), device {where}, {plan}"
