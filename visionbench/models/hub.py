@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import torch
 
 from visionbench.errors import UserError, first_line
-from visionbench.utils.bounded import GiB, check_memory, open_regular
+from visionbench.utils.bounded import WEIGHTS_FILE_BYTES, check_memory, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,6 @@ TIMM_SOURCES = {
 CONNECT_SECONDS = 1.5
 # A download that stalls this long between two reads is abandoned (torch.hub's download has no timeout of its own).
 STALL_SECONDS = 30.0
-# One weights file: the largest torchvision ImageNet file is 2.46 GB (RegNetY-128GF SWAG), timm's largest
-# architecture with weights holds 1.84 G parameters (vit_gigantic_patch14_clip_224, 7.4 GB in float32).
-WEIGHTS_FILE_BYTES = 16 * GiB
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of a boolean environment variable
 # timm's own order of files in a weights repository (timm.models._hub.load_state_dict_from_hf)
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -277,14 +274,12 @@ def _check_file(path: Path, what: str, f: IO[bytes] | None = None) -> None:
 
 
 def _read_torch_file(path: Path, what: str) -> object:
-    """A `torch.save` file checked by `_check_file`, read with `weights_only=True` (nothing in it is run)."""
-    with open_regular(path, "weights file", WEIGHTS_FILE_BYTES) as f:
-        _check_file(path, what, f)
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  (the unpickler's and zip reader's error types vary by torch version)
-            reason = _load_failure(e)
-            raise UserError(f"model.pretrained: {path}: not a readable torch.save file of {what} ({reason})") from None
+    """A `torch.save` file checked by `_check_file`, read as every weights file is (`checkpoint.torch_load`:
+    `weights_only=True`, nothing in it is run)."""
+    from visionbench.engine.checkpoint import torch_load
+
+    _check_file(path, what)
+    return torch_load(path, f"model.pretrained: {path}", "weights file", kind=f"torch.save file of {what}")
 
 
 def _load_failure(e: Exception) -> str:
