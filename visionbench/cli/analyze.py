@@ -18,7 +18,7 @@ def analyze(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     images: int = typer.Option(2000, "--images", min=10, help="Images of the split analysed (the first N)."),
     weights: str = typer.Option("best", "--weights", help="best or last."),
-    top_k: int = typer.Option(24, "--top-k", min=1, max=1000, help="failures: panels of the gallery."),
+    top_k: int = typer.Option(24, "--top-k", min=1, max=128, help="failures: panels of the gallery (at most 128)."),
     cue_conflict: Path | None = typer.Option(
         None, "--cue-conflict", help="shape_texture: a folder of cue-conflict images named <shape><n>-<texture><m>."
     ),
