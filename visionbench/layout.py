@@ -38,6 +38,12 @@ CONFUSION_MATRIX = "confusion_matrix"
 PREDICTIONS = "predictions"
 CURVES = "curves"  # plots/curves.png and the values it shows, plots/curves.csv
 
+# analyze's parts under analysis/ that write `<name>.csv` and `<name>.png`
+FAILURES = "failures"  # the most confident wrong decisions, as a table and an image grid
+CUE_CONFLICT = "cue_conflict"  # shape bias per shape class; the figure of it
+CUE_CONFLICT_DECISIONS = "cue_conflict_decisions"  # each stimulus's decision (a table only)
+SHAPE_TEXTURE_PROXY = "shape_texture_proxy"  # accuracy on patch-shuffled, blurred and edge images
+
 # Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
 # folder that happens to hold a config.yaml
 WRITTEN_BY_RUNS = (SUMMARY, ENV, CHECKPOINTS, LR_FIND_JSON)
