@@ -234,6 +234,10 @@ class DataConfig(Section):
     # square side after resizing. Streamed datasets (VOC, image folders, CSV manifests): in DataLoader workers,
     # default 224. In-memory datasets: all images once at load (e.g. 28 px Fashion-MNIST to 32 px for VGG16)
     image_size: int | None = Field(None, ge=8)
+    # per-channel statistics that standardise the images, in [0, 1] units, in place of the train split's (streamed
+    # datasets: ImageNet's); e.g. [0.5, 0.5, 0.5] for timm's ViT weights (their pretrained_cfg's mean and std)
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[Annotated[float, Field(gt=0.0)]] | None = Field(None, min_length=1)
     # streamed datasets only:
     grayscale: bool = False  # decode as one channel
     num_workers: int | None = Field(None, ge=0)  # DataLoader worker processes; default min(8, CPU count)

@@ -59,6 +59,8 @@ def build_datasets(cfg) -> Datasets:
     if cfg.test_subset is not None and cfg.test_subset < len(data.test):
         data.test = data.test.take(slice(0, cfg.test_subset))
     data.info = dataclasses.replace(data.info, input_size=run_input_size(cfg, data.info.input_size, data.streamed))
+    if cfg.mean is not None or cfg.std is not None:
+        data.info = dataclasses.replace(data.info, **_given_stats(cfg, data.info.input_size[0]))
     if not data.streamed:
         if cfg.num_workers is not None and not needs_worker_transform(cfg.augment):
             raise UserError(
@@ -132,6 +134,21 @@ def static_info(cfg) -> StaticInfo:
 def _path_args(cfg, accepted) -> dict:
     """data.root and data.download, for a builder whose parameters (`accepted`) take them."""
     return {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
+
+
+def _given_stats(cfg, channels: int) -> dict[str, tuple[float, ...]]:
+    """data.mean and data.std, both given, one value each or one per channel (one value stands for every channel)."""
+    if cfg.mean is None or cfg.std is None:
+        raise UserError("data.mean and data.std: give both or neither")
+    stats, counts = {}, "1 value" if channels == 1 else f"1 or {channels} values"
+    for key, values in (("mean", cfg.mean), ("std", cfg.std)):
+        if len(values) not in (1, channels):
+            raise UserError(
+                f"data.{key}: expected {counts} ({cfg.name!r} images have {channels} channel"
+                f"{'s' if channels != 1 else ''}), got {len(values)}"
+            )
+        stats[key] = tuple(values) * (channels if len(values) == 1 else 1)
+    return stats
 
 
 def _load(cfg) -> RawDataset:
