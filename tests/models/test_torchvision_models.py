@@ -196,6 +196,22 @@ def test_a_notebook_state_dict_loads_by_name_and_gives_its_outputs():
         torch.testing.assert_close(model.eval()(x), notebook(x), rtol=0, atol=0)
 
 
+def test_torchvision_weights_load_into_a_grey_model_head_skipped_stem_adapted(tmp_path):
+    import safetensors.torch
+
+    from visionbench.engine.transfer import load_pretrained
+
+    rgb = tvm.resnet18().state_dict()
+    safetensors.torch.save_file(rgb, tmp_path / "resnet18.safetensors")
+    model = create_model("torchvision:resnet18", 10, in_chans=1, img_size=(28, 28))
+    skipped = load_pretrained(model, str(tmp_path / "resnet18.safetensors"), "torchvision:resnet18")
+    assert skipped == ["fc.weight", "fc.bias"]
+    for key, value in model.state_dict().items():
+        if key not in skipped and key != "conv1.weight":
+            torch.testing.assert_close(value, rgb[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(model.conv1.weight, rgb["conv1.weight"].sum(dim=1, keepdim=True))
+
+
 def test_deepcopy_pickle_and_torch_save_keep_the_class_and_the_outputs():
     model = create_model("torchvision:mobilenet_v3_small", 4, img_size=(16, 16)).eval()
     x = _images(2, 3, 16)
