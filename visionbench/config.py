@@ -244,7 +244,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
+    name: str = "small_cnn"  # a registered name (`visionbench models`), `timm:<name>` or `torchvision:<name>`
     kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
     max_params: float | None = Field(None, gt=0)  # refuse to start a run whose model has more parameters
     # a .safetensors / .pth / .pt / .bin file, a run directory, an experiment folder (its newest finished run), or

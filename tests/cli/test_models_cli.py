@@ -16,7 +16,6 @@ from visionbench.config import load_config
 from visionbench.data import DatasetInfo
 from visionbench.engine.assembly import create_run_model
 from visionbench.engine.transfer import freeze_names, head_parameter_names
-from visionbench.errors import UserError
 from visionbench.models import count_params, create_model, inspect_model
 from visionbench.models._catalog import measure_model
 
@@ -129,9 +128,6 @@ TORCHVISION = {
 }
 
 
-# NOTE: create_model learns `torchvision:` in the model-sources change, merged separately; until then this fails as
-# expected (strict: once the prefix works it passes, and the marker must go)
-@pytest.mark.xfail(raises=UserError, strict=True, reason="create_model does not know torchvision: yet")
 @pytest.mark.parametrize(("name", "params"), TORCHVISION.items())
 def test_models_counts_torchvision_architectures_exactly(name, params) -> None:
     figures = measure_model(f"torchvision:{name}", (3, 224, 224), 1000)
