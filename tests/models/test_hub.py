@@ -22,6 +22,7 @@ from torchvision.models import get_model_weights
 
 from visionbench.engine.transfer import load_pretrained
 from visionbench.errors import UserError
+from visionbench.models import create_model
 from visionbench.models.hub import CONNECT_SECONDS, imagenet_weights, offline_reason
 
 OFFLINE_SECONDS = 2.0  # the requirement: offline is an error within 2 s
@@ -62,7 +63,7 @@ def _assert_bit_equal(loaded: dict[str, torch.Tensor], saved: dict[str, torch.Te
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
-def test_torchvision_weights_in_the_torch_hub_cache_load_bit_equal(name, caches, monkeypatch) -> None:
+def test_torchvision_weights_in_the_torch_hub_cache_load_bit_equal(name, caches, monkeypatch, tmp_path) -> None:
     saved = getattr(torchvision.models, name)().state_dict()
     data = _torch_bytes(saved)
     weights = get_model_weights(name).IMAGENET1K_V1
@@ -71,10 +72,22 @@ def test_torchvision_weights_in_the_torch_hub_cache_load_bit_equal(name, caches,
     monkeypatch.setattr(weights.value, "url", weights.url.rsplit("/", 1)[0] + "/" + filename)
     caches["torch"].mkdir(parents=True)
     (caches["torch"] / filename).write_bytes(data)
+    notebook = tmp_path / "notebook_weights.pth"  # the same state_dict as a notebook's torch.save writes it
+    notebook.write_bytes(data)
     del data
     loaded, where = imagenet_weights(f"torchvision:{name}", "IMAGENET1K_V1")
     _assert_bit_equal(loaded, saved)
     assert "IMAGENET1K_V1" in where and str(caches["torch"] / filename) in where, where
+    del loaded
+    # Into our torchvision:<name> model, whole (its 1000-class head kept), through `imagenet` and through the path
+    model = create_model(f"torchvision:{name}", 1000, img_size=(224, 224))
+    for source in ("imagenet:IMAGENET1K_V1", str(notebook)):
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                tensor.zero_()
+        transfer = load_pretrained(model, source, f"torchvision:{name}", keep_head=True)
+        _assert_bit_equal(model.state_dict(), saved)
+        assert not transfer.random and not transfer.mismatched, (source, transfer)
     assert not caches["attempts"], "a cached file is read without the network"
 
 
