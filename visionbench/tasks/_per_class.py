@@ -106,7 +106,7 @@ def error_by_range(preds: torch.Tensor, targets: torch.Tensor, names: list[str])
     preds, targets = preds.double().reshape(len(preds), -1), targets.double().reshape(len(targets), -1)
     result = {}
     for j, name in enumerate(names):
-        y, p = targets[:, j], preds[:, j]
+        y, p = targets[:, j].contiguous(), preds[:, j].contiguous()
         if not len(y):
             result[name] = []
             continue

@@ -92,8 +92,8 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, nll: Callable[.
     in float64, as Guo et al. fit it on the validation split.
 
     Raises:
-        UserError: no minimum inside `TEMPERATURE_RANGE` (a split the model separates perfectly, or constant
-            outputs).
+        UserError: no minimum inside `TEMPERATURE_RANGE`: a split the model separates perfectly (every image
+            right: the NLL falls as T -> 0), or outputs that carry no information.
     """
     logits = logits.detach().double()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -107,12 +107,14 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, nll: Callable[.
 
     optimizer.step(closure)
     temperature = float(log_t.detach().exp())
+    with torch.no_grad():  # L-BFGS stops where the NLL of a separated split is ~1e-9, still falling as T shrinks
+        falling = nll(logits / (0.9 * temperature), targets) < nll(logits / temperature, targets)
     low, high = TEMPERATURE_RANGE
-    if not low <= temperature <= high:  # NaN included
+    if falling or not low <= temperature <= high:  # NaN included
         raise UserError(
-            f"the fitted temperature {temperature:.3g} lies outside [{low:g}, {high:g}]: the validation split's "
-            "negative log-likelihood has no minimum at a finite temperature (a split the model separates perfectly, "
-            "or outputs that do not depend on the image); no temperature fitted"
+            "the validation split's negative log-likelihood has no minimum at a temperature from "
+            f"{low:g} to {high:g} (it falls towards T = 0 when the model classifies every image right, towards "
+            "infinity when its outputs do not depend on the image); no temperature fitted"
         )
     return temperature
 
