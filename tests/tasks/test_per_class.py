@@ -108,3 +108,11 @@ def test_regression_bins_merge_where_ties_make_quantile_edges_equal():
     bins = task.details(true + 1, true)["error_by_range"]
     assert bins["a"] == [{"low": 3.0, "high": 3.0, "count": 10, "mae": 1.0}]
     assert sum(b["count"] for b in bins["b"]) == 10 and len(bins["b"]) == 5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 7])
+def test_a_small_split_gets_no_empty_range_bin(n):
+    task = _task("regression", ("y",), standardize_targets=False)
+    true = torch.rand(n, 1, generator=torch.Generator().manual_seed(n))
+    bins = task.details(true + 1, true)["error_by_range"]["y"]
+    assert all(b["count"] > 0 for b in bins) and sum(b["count"] for b in bins) == n, bins

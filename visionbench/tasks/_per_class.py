@@ -101,8 +101,9 @@ def most_confused(matrix: torch.Tensor, names: list[str], k: int = MOST_CONFUSED
 
 
 def error_by_range(preds: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per target column: the MAE in each quantile bin of the true target (`RANGE_BINS`; fewer where ties merge
-    bin edges), each bin [low, high) but the last [low, high]; (N, T) predictions and targets in target units."""
+    """Per target column: the MAE in each quantile bin of the true target, each bin [low, high) but the last
+    [low, high]; (N, T) predictions and targets in target units. `RANGE_BINS` bins, fewer where ties merge bin edges
+    or the split is small (at most N - 1: more would leave a bin between two neighbouring values empty)."""
     preds, targets = preds.double().reshape(len(preds), -1), targets.double().reshape(len(targets), -1)
     result = {}
     for j, name in enumerate(names):
@@ -110,7 +111,8 @@ def error_by_range(preds: torch.Tensor, targets: torch.Tensor, names: list[str])
         if not len(y):
             result[name] = []
             continue
-        edges = torch.unique(torch.quantile(y, torch.linspace(0, 1, RANGE_BINS + 1, dtype=torch.float64)))
+        n_bins = min(RANGE_BINS, max(len(y) - 1, 1))
+        edges = torch.unique(torch.quantile(y, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)))
         index = torch.bucketize(y, edges[1:-1], right=True)  # edges[i] <= y < edges[i + 1]
         bins = []
         for b in range(max(len(edges) - 1, 1)):
