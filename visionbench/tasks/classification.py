@@ -34,7 +34,9 @@ class _MacroAUROC(MacroMean):
         super().__init__(MulticlassAUROC(num_classes, average=None), num_classes)
 
     def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.float(), targets
+        # probabilities: torchmetrics takes values that all lie in [0, 1] for probabilities and would rank such
+        # logits as they are, and a class's logit does not rank images as its softmax probability does
+        return logits.float().softmax(-1), targets
 
     def count(self, targets: torch.Tensor) -> torch.Tensor:
         return torch.bincount(targets, minlength=len(self.counts))

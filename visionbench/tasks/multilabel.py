@@ -193,8 +193,10 @@ class _MacroAP(MacroMean):
 
 
 def _on_int_targets(metric: Metric) -> Fed:
-    """torchmetrics' multilabel metrics want integer targets; ours are float."""
-    return Fed(metric, lambda logits, targets: (logits.float(), targets.long()))
+    """torchmetrics' multilabel metrics want integer targets (ours are float) and get probabilities: torchmetrics
+    takes a batch whose values all lie in [0, 1] for probabilities, so logits that happen to would be thresholded
+    as they are (a logit of 0.3 counted negative at threshold 0.5)."""
+    return Fed(metric, lambda logits, targets: (logits.float().sigmoid(), targets.long()))
 
 
 @TASKS.register(MultilabelTask.name)
