@@ -171,3 +171,14 @@ def test_a_temperature_fitted_for_other_weights_is_refused_with_one_line(calibra
 def test_calibrate_is_refused_with_test_time_augmentation(run, capsys):
     refused(capsys, ["eval", run, "--calibrate", "--tta", "flip"], "drop --tta flip")
     assert not (run / layout.temperature("best")).exists()
+
+
+def test_calibrate_is_refused_for_a_run_without_a_validation_split(run, tmp_path, capsys):
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    config = (copy / layout.CONFIG).read_text()
+    assert "val_fraction: 0.2\n" in config
+    (copy / layout.CONFIG).write_text(config.replace("val_fraction: 0.2\n", "val_fraction: 0.0\n"))
+    refused(capsys, ["eval", copy, "--calibrate"], "no val split (data.val_fraction is 0)")
+    assert not (copy / layout.temperature("best")).exists()
+    assert not (copy / layout.eval_result("test", "none", "best")).exists(), "nothing written"

@@ -358,6 +358,11 @@ def evaluate_run(
     cfg = load_config(run_dir / layout.CONFIG, [f"trainer.tta={tta}"])
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))  # the whole split, always
+    if calibrate and data.val is None:
+        raise UserError(
+            "--calibrate: this run has no val split (data.val_fraction is 0) to fit a temperature on; it is never "
+            "fitted on the test split"
+        )
     metrics, logits, targets = _evaluate_split(run, data, split, cfg, device, run_dir)
     images = len(getattr(data, split)) if getattr(data, split, None) is not None else 0
     result = {
@@ -400,10 +405,5 @@ def _calibrate(run: LoadedRun, data, cfg, device, run_dir: Path, weights: str, s
     `split` is val), the evaluated split's scores before and after."""
     from visionbench.engine.calibration import FITTED_ON, calibrate
 
-    if getattr(data, FITTED_ON, None) is None:
-        raise UserError(
-            f"--calibrate: this run has no {FITTED_ON} split (data.val_fraction is 0) to fit a temperature on; "
-            "it is never fitted on the test split"
-        )
     fit = outputs if split == FITTED_ON else _evaluate_split(run, data, FITTED_ON, cfg, device, run_dir)[1:]
     return calibrate(run, run_dir, weights, fit, split, outputs)
