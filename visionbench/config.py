@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from visionbench.errors import UserError, first_line
 from visionbench.utils.bounded import CONFIG_BYTES, read_text
@@ -234,13 +234,17 @@ class DataConfig(Section):
     # square side after resizing. Streamed datasets (VOC, image folders, CSV manifests): in DataLoader workers,
     # default 224. In-memory datasets: all images once at load (e.g. 28 px Fashion-MNIST to 32 px for VGG16)
     image_size: int | None = Field(None, ge=8)
+    # per-channel statistics that standardise the images, in [0, 1] units, in place of the train split's (streamed
+    # datasets: ImageNet's); e.g. [0.5, 0.5, 0.5] for timm's ViT weights (their pretrained_cfg's mean and std)
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[Annotated[float, Field(gt=0.0)]] | None = Field(None, min_length=1)
     # streamed datasets only:
     grayscale: bool = False  # decode as one channel
     num_workers: int | None = Field(None, ge=0)  # DataLoader worker processes; default min(8, CPU count)
 
 
 class ModelConfig(Section):
-    name: str = "small_cnn"  # a registered name (`visionbench models`) or `timm:<name>`
+    name: str = "small_cnn"  # a registered name (`visionbench models`), `timm:<name>` or `torchvision:<name>`
     kwargs: dict[str, Any] = {}  # builder arguments; null means "the architecture's default"
     max_params: float | None = Field(None, gt=0)  # refuse to start a run whose model has more parameters
     # a .safetensors / .pth / .pt / .bin file, a run directory, an experiment folder (its newest finished run), or
@@ -298,7 +302,9 @@ class OptimConfig(Section):
 
 
 class TrainerConfig(Section):
-    epochs: int = Field(10, ge=1)
+    # 0: no training, the model as built (its pretrained weights) evaluated on val and test, as Lightning's
+    # `validate`/`test` and timm's validate.py do; the run directory is written as for a trained run
+    epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0, lt=2**32)  # NumPy's seed range
@@ -333,6 +339,14 @@ class TrainerConfig(Section):
     time_budget_minutes: float | None = Field(None, gt=0.0)
     time_budget_counts_eval: bool = False
     tensorboard: bool = False  # also write TensorBoard event files (`<run>/tensorboard/`) during training
+
+    @field_validator("unfreeze_at_epoch", "time_budget_minutes")
+    @classmethod
+    def _needs_training(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # `epochs` is validated first (fields validate in order): absent from info.data when it was refused itself
+        if value is not None and info.data.get("epochs") == 0:
+            raise ValueError("trainer.epochs is 0 (evaluate the model as built, no training); expected null")
+        return value
 
 
 class RunConfig(Section):

@@ -2,10 +2,11 @@
 
 A run directory is `runs/<experiment>/<YYYYmmdd-HHMMSS>-<model>-<dataset>/`. `train` writes the resolved `config.yaml`,
 `env.json`, `metrics.csv` (one row per epoch), `summary.json`, `checkpoints/last` (everything a bit-identical resume
-needs), `checkpoints/best.safetensors` and the task's test artifacts (`confusion_matrix_test.json`,
-`predictions_test.csv` ...); `report` adds `plots/`, `explain` adds `explain/<method>-<split>/`, `analyze` adds
-`analysis/`, `eval` adds `eval-<split>-<tta>-<weights>.json`, `export` writes under `export/`. `lr-find` writes its own
-folder of `lr_find.*` files beside a `config.yaml`.
+needs), `checkpoints/best.safetensors` and the task's artifacts of the final model on the val and test splits
+(`confusion_matrix_test.json`, `per_class_val.csv`, `reliability_test.json`, `predictions_test.csv` ...); `report`
+adds `plots/`, `explain` adds `explain/<method>-<split>/`, `analyze` adds `analysis/`, `eval` adds
+`eval-<split>-<tta>-<weights>.json`, `eval --calibrate` adds `temperature-<weights>.json`, `export` writes under
+`export/`. `lr-find` writes its own folder of `lr_find.*` files beside a `config.yaml`.
 
 The writer (engine), the readers (report, inference, transfer, compare) and the tests name these files through this
 module only. It sits beside `config.py`, below engine and report, and imports nothing of visionbench.
@@ -36,8 +37,17 @@ LR_FIND_FILES = (LR_FIND_JSON, LR_FIND_CSV, LR_FIND_PNG, CONFIG)  # all that an 
 # Task artifacts of the final model on a split: `<name>_<split>.json`, or `.csv` for a table of columns
 CONFUSION_MATRIX = "confusion_matrix"
 PREDICTIONS = "predictions"
+PER_CLASS = "per_class"  # .csv: precision, recall, F1 and support per class
+RELIABILITY = "reliability"  # .json: ECE, Brier score and the reliability diagram's bins; plots/reliability.png
+ERROR_BY_RANGE = "error_by_range"  # .csv: regression's MAE per quantile bin of the true target
 CURVES = "curves"  # plots/curves.png and the values it shows, plots/curves.csv
 PER_IMAGE = "per_image"  # per-image outputs (per_image.py): what report's intervals and paired tests resample
+
+# analyze's parts under analysis/ that write `<name>.csv` and `<name>.png`
+FAILURES = "failures"  # the most confident wrong decisions, as a table and an image grid
+CUE_CONFLICT = "cue_conflict"  # shape bias per shape class; the figure of it
+CUE_CONFLICT_DECISIONS = "cue_conflict_decisions"  # each stimulus's decision (a table only)
+SHAPE_TEXTURE_PROXY = "shape_texture_proxy"  # accuracy on patch-shuffled, blurred and edge images
 
 # Files that only `train` and `lr-find` write beside a resolved config.yaml: what tells their folders from any other
 # folder that happens to hold a config.yaml
@@ -56,6 +66,11 @@ def artifact(name: str, split: str = "test", suffix: str = ".json") -> str:
 def eval_result(split: str, tta: str, weights: str) -> str:
     """The file `visionbench eval` writes: one per split, test-time augmentation and weights."""
     return f"eval-{split}-{tta}-{weights}.json"
+
+
+def temperature(weights: str) -> str:
+    """The temperature `visionbench eval --calibrate` fits for a run's `best` or `last` weights."""
+    return f"temperature-{weights}.json"
 
 
 def per_image(split: str = "test") -> str:

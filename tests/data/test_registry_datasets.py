@@ -9,6 +9,7 @@ evaluation loader decodes them, before normalisation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from test_mnist import make_idx_dataset
 from test_voc import make_voc
 
 from visionbench.config import DataConfig
-from visionbench.data import Datasets, FileSplit, build_datasets
+from visionbench.data import Datasets, FileSplit, StaticInfo, build_datasets, static_info
+from visionbench.data.base import DESCRIPTIONS
 from visionbench.data.stream import NO_SEED, FileDataset
+from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
 SAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {}
@@ -155,3 +158,74 @@ def test_every_registered_dataset_gives_images_and_labels_of_its_task(name: str,
 
 def test_every_sample_is_of_a_registered_dataset() -> None:
     assert set(SAMPLES) <= set(DATASETS.list()), sorted(set(SAMPLES) - set(DATASETS.list()))
+
+
+def test_every_registered_dataset_has_a_static_description() -> None:
+    assert set(DESCRIPTIONS) == set(DATASETS.list()), set(DESCRIPTIONS) ^ set(DATASETS.list())
+
+
+# data.image_size and data.grayscale change the input size differently for streamed and in-memory datasets
+SIZINGS = {"as_sampled": {}, "resized": {"image_size": 24}, "grayscale": {"grayscale": True}}
+
+
+@pytest.mark.parametrize("sizing", SIZINGS)
+@pytest.mark.parametrize("name", DATASETS.list())
+def test_static_info_is_what_the_builder_returns(name: str, sizing: str, tmp_path: Path) -> None:
+    """What `visionbench models --config` counts with is what a run gets: the two never drift apart."""
+    cfg = DataConfig(name=name, download=False, val_fraction=0.25, **{**SAMPLES[name](tmp_path), **SIZINGS[sizing]})
+    try:
+        info = build_datasets(cfg).info
+    except UserError as e:  # data.grayscale on a dataset held in memory: refused both ways, with one message
+        with pytest.raises(UserError) as refused:
+            static_info(cfg)
+        assert str(refused.value) == str(e), (str(refused.value), str(e))
+        return
+    described = static_info(cfg)
+    built = StaticInfo(info.name, info.task, info.num_outputs, info.input_size)
+    assert described == built, f"{name} {sizing}: described {described}, built {built}"
+
+
+def test_static_info_of_an_image_folder_lists_class_folders_and_opens_no_image(tmp_path: Path) -> None:
+    for name in ("cat", "dog", "[red]"):
+        (tmp_path / "train" / name).mkdir(parents=True)  # no image at all: only the listing is read
+    info = static_info(DataConfig(name="image_folder", root=str(tmp_path), image_size=64, grayscale=True))
+    assert (info.task, info.num_outputs, info.input_size, info.missing) == ("classification", 3, (1, 64, 64), "")
+
+
+def test_static_info_of_files_not_found_says_what_is_missing_and_knows_the_streamed_size(tmp_path: Path) -> None:
+    gone = tmp_path / "nowhere"
+    info = static_info(DataConfig(name="image_folder", root=str(gone)))
+    assert info.num_outputs is None and info.input_size == (3, 224, 224), info
+    assert str(gone / "train") in info.missing, info.missing
+    info = static_info(DataConfig(name="csv_manifest", kwargs={"train": str(gone / "train.csv")}))
+    assert info.num_outputs is None and info.task is None and str(gone / "train.csv") in info.missing, info
+    info = static_info(DataConfig(name="deeplense", kwargs={"path": str(gone)}))
+    assert info.num_outputs is None and info.input_size is None and str(gone) in info.missing, info
+
+
+def test_static_info_of_a_manifest_reads_its_labels_without_the_images(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", "path,labels", ["gone/1.png,cat;dog", "gone/2.png,", "gone/3.png,bird"])
+    info = static_info(DataConfig(name="csv_manifest", root=str(tmp_path), kwargs={"train": "train.csv"}))
+    assert (info.task, info.num_outputs, info.missing) == ("multilabel", 3, ""), info
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [
+        ("synthetic", {"num_classes": 1}, "num_classes=1"),
+        ("synthetic", {"sizes": 8}, "sizes"),
+        ("fashion-mnist", {"classes": ["Sneaker", "Sneaker"]}, "given twice"),
+        ("cifar100", {"label_type": "medium"}, "label_type='medium'"),
+        ("voc2007", {"train_set": "../x"}, "train_set"),
+        ("voc2012", {"include_dificult": True}, "include_dificult"),
+        ("csv_manifest", {}, "data.kwargs.train is required"),
+    ],
+)
+def test_static_info_refuses_what_the_builder_refuses(name: str, kwargs: dict, expected: str) -> None:
+    with pytest.raises(UserError, match=re.escape(expected)):
+        static_info(DataConfig(name=name, kwargs=kwargs))
+
+
+def test_static_info_of_class_subsets_counts_the_classes_kept() -> None:
+    for name, classes in (("fashion-mnist", ["Sneaker", 0]), ("mnist", [3, 1, 4]), ("digits", ["7"])):
+        assert static_info(DataConfig(name=name, kwargs={"classes": classes})).num_outputs == len(classes), name

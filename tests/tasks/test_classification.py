@@ -90,7 +90,8 @@ def test_auroc_is_one_vs_rest_per_class_and_their_macro_mean():
     for name, value in zip(per_class, expected, strict=True):
         assert per_class[name] == pytest.approx(value, abs=1e-5)
     assert _scores(task, logits, targets)["auroc"] == pytest.approx(sum(expected) / 3, abs=1e-5)
-    assert "auroc" not in _scores(_task(3), logits, targets) and _task(3).details(logits, targets) == {}
+    assert "auroc" not in _scores(_task(3), logits, targets)
+    assert "per_class_auroc" not in _task(3).details(logits, targets)
 
 
 def test_auroc_skips_a_class_missing_from_the_split():
@@ -104,3 +105,15 @@ def test_auroc_skips_a_class_missing_from_the_split():
     expected = [_pairwise_auc(probs[:, c], targets == c) for c in range(2)]
     assert [per_class["none"], per_class["cdm"]] == pytest.approx(expected, abs=1e-5)
     assert _scores(task, logits, targets)["auroc"] == pytest.approx(sum(expected) / 2, abs=1e-5)
+
+
+def test_auroc_ranks_images_by_softmax_probability_even_when_every_logit_lies_in_0_1():
+    # class a's logit ranks image 1 (0.6) above image 0 (0.5, the one true a); its softmax probability ranks image 0
+    # first (0.44 against 0.35 and 0.31): AUC 1, where the raw logits would give 0.5
+    info = DatasetInfo("t", "classification", 3, ("a", "b", "c"), (1, 8, 8))
+    task = create_task("classification", info, auroc=True)
+    logits, targets = torch.tensor([[0.5, 0.0, 0.1], [0.6, 0.0, 0.9], [0.0, 0.2, 0.0]]), torch.tensor([0, 1, 2])
+    probs = logits.softmax(-1)
+    expected = _pairwise_auc(probs[:, 0], targets == 0)
+    assert expected == 1.0 and _pairwise_auc(logits[:, 0], targets == 0) == 0.5
+    assert task.details(logits, targets)["per_class_auroc"]["a"] == pytest.approx(expected, abs=1e-6)

@@ -95,3 +95,10 @@ def test_map_averages_only_the_classes_with_positives():
     logits = torch.tensor([[2.0, 0.0], [-1.0, 1.0], [1.0, -2.0]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # class b has no positive
     assert _scores(_task(2), logits, targets)["map"] == pytest.approx(1.0)
+
+
+def test_f1_thresholds_probabilities_even_when_every_logit_lies_in_0_1():
+    # logits 0.1 .. 0.3 are probabilities 0.52 .. 0.57: all positive at 0.5, although torchmetrics would have taken
+    # the logits themselves for probabilities (every value in [0, 1]) and called them all negative
+    logits, targets = torch.tensor([[0.3, 0.3], [0.2, 0.1]]), torch.ones(2, 2)
+    assert _scores(_task(2), logits, targets)["f1"] == 1.0

@@ -10,6 +10,10 @@
   coloured by class.
 - `erf`: the effective receptive field (Luo et al., 2016): |d (centre unit of the Grad-CAM layer) / d input|,
   averaged over images.
+- `failures`: the most confident wrong decisions (regression: the largest errors) as an image grid and a table
+  (analysis/failures.py).
+- `shape_texture`: the cue-conflict shape bias on a folder of stimuli when one is given, and a proxy on the split's
+  images (accuracy on patch-shuffled against low-pass and edge images) always (analysis/shape_texture.py).
 
 Each part returns rows for a table and draws a figure into `<run>/analysis/`, which the run's report shows;
 `run_suite` runs the parts asked for on a loaded run and writes their tables and figures.
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionbench import layout
+from visionbench.analysis import failures, shape_texture
 from visionbench.analysis.tokens import reshape_transform
 from visionbench.errors import UserError
 from visionbench.models._builder import resolve_module
@@ -37,7 +42,7 @@ from visionbench.models._builder import resolve_module
 if TYPE_CHECKING:
     from visionbench.engine.inference import LoadedRun
 
-SUITES = ("robustness", "consistency", "frequency", "pca", "erf")
+SUITES = ("robustness", "consistency", "frequency", "pca", "erf", "failures", "shape_texture")
 NOISE_STD = (0.04, 0.08, 0.12, 0.18, 0.26)  # pixel units
 BLUR_SIGMA = (0.5, 0.75, 1.0, 1.5, 2.0)  # pixels
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.2)  # factor towards each image's mean
@@ -183,6 +188,16 @@ def check_parts(suite: str) -> list[str]:
     return parts
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What some parts take beyond the split: the failure gallery's size and name of the split, the cue-conflict
+    stimuli (`shape_texture.read_stimuli`, checked before any part runs)."""
+
+    top_k: int = failures.TOP_K
+    split: str = "test"
+    stimuli: shape_texture.Stimuli | None = None
+
+
 @dataclasses.dataclass
 class Result:
     """What one part wrote: a table (its rows and CSV), or a figure alone (`rows` None)."""
@@ -193,18 +208,25 @@ class Result:
 
 
 def run_suite(
-    run: LoadedRun, run_dir: Path, images: torch.Tensor, targets: torch.Tensor, parts: list[str]
+    run: LoadedRun,
+    run_dir: Path,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    parts: list[str],
+    options: Options | None = None,
 ) -> Iterator[Result]:
     """The `parts` of the suite, in SUITES' order, on a split's standardised images and targets: each table and
     figure written into `<run_dir>/analysis/`, each result yielded as soon as its table is written.
 
     Raises:
-        UserError: `pca` on a run whose targets are not one class per image (its points are coloured by class).
+        UserError: `pca` on a run whose targets are not one class per image (its points are coloured by class); a
+            cue-conflict image that cannot be read or whose output is not finite (naming the file).
     """
     from visionbench.engine.inference import pixels as to_pixels
     from visionbench.report import plots
 
     task, metric, out_dir = run.task, run.task.main_metric, run_dir / layout.ANALYSIS
+    options = options or Options()
     ev = Evaluator(run.model, task, torch.tensor(run.info.mean or (0.0,)), torch.tensor(run.info.std or (1.0,)))
     pixels = to_pixels(run.info, images)
     out_dir.mkdir(exist_ok=True)
@@ -228,13 +250,51 @@ def run_suite(
     if "erf" in parts:
         erf = effective_receptive_field(run.model, images[: min(len(images), 256)])
         yield Result("effective receptive field", plots.plot_erf(out_dir / "erf.png", erf, run.model.cam_layer))
+    if "failures" in parts:
+        yield _failures(run, out_dir, images, targets, options)
+    if "shape_texture" in parts:
+        yield from _shape_texture(run, ev, out_dir, pixels, targets, options.stimuli)
 
 
-def _table(path: Path, rows: list[dict], title: str) -> Result:
+def _failures(run: LoadedRun, out_dir: Path, images: torch.Tensor, targets: torch.Tensor, options: Options) -> Result:
+    from visionbench.engine.inference import SPLIT_BATCH_SIZE, display_images, predict_logits
+
+    outputs = run.task.activate(predict_logits(run, images, SPLIT_BATCH_SIZE))
+    found = failures.rank(run.task, outputs, targets, run.info.class_names, options.top_k)
+    title = f"{len(found.rows)} most confident wrong decisions of {len(images)} {options.split} images"
+    failures.draw(out_dir / f"{layout.FAILURES}.png", display_images(run.info, images), found, title)
+    return _table(out_dir / f"{layout.FAILURES}.csv", found.rows, title, found.columns)
+
+
+def _shape_texture(
+    run: LoadedRun,
+    ev: Evaluator,
+    out_dir: Path,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    stimuli: shape_texture.Stimuli | None,
+) -> Iterator[Result]:
+    if stimuli is not None:
+        decisions = shape_texture.decide_stimuli(run, stimuli)
+        rows = shape_texture.shape_bias(stimuli, decisions)
+        _table(out_dir / f"{layout.CUE_CONFLICT_DECISIONS}.csv", shape_texture.decision_rows(stimuli, decisions), "")
+        shape_texture.plot_shape_bias(out_dir / f"{layout.CUE_CONFLICT}.png", rows)
+        left_out = f", {stimuli.same_class} of one class left out" if stimuli.same_class else ""
+        title = f"cue-conflict shape bias of {len(stimuli.files)} images in {stimuli.folder}{left_out}"
+        yield _table(out_dir / f"{layout.CUE_CONFLICT}.csv", rows, title)
+    metric = run.task.main_metric
+    rows = shape_texture.proxy(ev, pixels, targets)
+    shape_texture.plot_proxy(out_dir / f"{layout.SHAPE_TEXTURE_PROXY}.png", rows, metric)
+    title = f"shape/texture PROXY ({metric}; patch-shuffled keeps texture, low-pass and edges keep shape)"
+    yield _table(out_dir / f"{layout.SHAPE_TEXTURE_PROXY}.csv", rows, title)
+
+
+def _table(path: Path, rows: list[dict], title: str, columns: list[str] | None = None) -> Result:
+    """`rows` written as CSV (`columns`: the header when there may be no row)."""
     from visionbench.utils.io import write_text
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=columns or list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())

@@ -22,6 +22,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Export a run's model (ONNX), checked against PyTorch with onnxruntime before it is written."""
+    from visionbench.engine.calibration import use_temperature
     from visionbench.engine.export import check_onnx, check_out, check_request, to_onnx
     from visionbench.engine.inference import load_run
     from visionbench.errors import UserError
@@ -30,6 +31,7 @@ def export(
     check_request(format_, opset)
     out = check_out(out, run_dir, overwrite)
     run = load_run(run_dir, weights)
+    calibrated = use_temperature(run, run_dir, weights)  # baked into the graph; refused for other weights
     data = to_onnx(run, run_dir, opset, weights)
     diff = check_onnx(run, run_dir, data, opset, out)
     try:
@@ -40,4 +42,5 @@ def export(
     print(
         f"{out}: ONNX opset {opset}, images (batch, {C}, {H}, {W}) -> logits (batch, {run.info.num_outputs}); "
         f"max abs difference to PyTorch {diff:.2e} on {CHECK_BATCH} random images"
+        + (f"; {calibrated}, in the graph" if calibrated else "")
     )

@@ -3,7 +3,9 @@
 Each file goes through the run's own evaluation preprocessing (`engine/inference.py` says how), so no training
 data is needed. A folder among IMAGES stands for the image files directly in it (the extensions image folders are
 read with, sorted by name; subfolders are not searched, and a note on stderr says so). Every file is decoded and
-predicted before anything is printed, so bad input prints nothing but the error line.
+predicted before anything is printed, so bad input prints nothing but the error line. A run calibrated by
+`visionbench eval --calibrate` has its logits divided by the temperature fitted for these weights (a note on stderr
+says so, the JSON records carry it; a temperature fitted for other weights is refused with one line).
 """
 
 from __future__ import annotations
@@ -35,19 +37,21 @@ def predict(
     Images of any size are resized to the run's input size and normalised as in training: 8-bit images divided by
     255, 16-bit ones by 65535, float arrays taken in [0, 1].
     """
+    from visionbench.engine.calibration import use_temperature
     from visionbench.engine.inference import image_files, load_run, predict_files
 
     if top_k < 1:
         raise UserError(f"--top-k: expected a positive integer, got {top_k}")
     files, notes = image_files(images)
     run = load_run(run_dir, weights)
+    calibrated = use_temperature(run, run_dir, weights)  # after `eval --calibrate`; refused for other weights
     records = predict_files(run, files, top_k)
     if json_lines:
         lines = [json.dumps(record, allow_nan=False) for record in records]  # strict JSON, never NaN or Infinity
         print("\n".join(lines))
     else:
         _print_table(records, run.task)
-    for note in notes:  # after the answer: bad input must stay one line on stderr
+    for note in notes + ([calibrated] if calibrated else []):  # after the answer: bad input stays one line
         print(f"note: {note}", file=sys.stderr)
 
 

@@ -6,7 +6,17 @@ import inspect
 import torch
 
 from visionbench.data import cifar, deeplense, digits, folder, mnist, mosaic, synthetic, voc  # noqa: F401  (registration)
-from visionbench.data.base import DatasetInfo, Datasets, FileSplit, RawDataset, TensorSplit, carve, resize_split
+from visionbench.data.base import (
+    DESCRIPTIONS,
+    DatasetInfo,
+    Datasets,
+    FileSplit,
+    RawDataset,
+    StaticInfo,
+    TensorSplit,
+    carve,
+    resize_split,
+)
 from visionbench.data.loader import DeviceLoader, LoaderSpec
 from visionbench.data.stream import needs_worker_transform, worker_transform
 from visionbench.errors import UserError, first_line
@@ -20,11 +30,14 @@ __all__ = [
     "FileSplit",
     "LoaderSpec",
     "RawDataset",
+    "StaticInfo",
     "TensorSplit",
     "augment_placement",
     "build_datasets",
     "build_loader",
     "carve",
+    "run_input_size",
+    "static_info",
 ]
 
 DEFAULT_IMAGE_SIZE = 224
@@ -45,12 +58,10 @@ def build_datasets(cfg) -> Datasets:
     data = carve(raw, cfg.subset, cfg.val_fraction, cfg.split_seed)
     if cfg.test_subset is not None and cfg.test_subset < len(data.test):
         data.test = data.test.take(slice(0, cfg.test_subset))
-    if data.streamed:
-        size = cfg.image_size or DEFAULT_IMAGE_SIZE
-        data.info = dataclasses.replace(data.info, input_size=(1 if cfg.grayscale else 3, size, size))
-    else:
-        if cfg.grayscale:
-            raise UserError(f"data.grayscale applies to datasets streamed from disk; {cfg.name!r} is held in memory")
+    data.info = dataclasses.replace(data.info, input_size=run_input_size(cfg, data.info.input_size, data.streamed))
+    if cfg.mean is not None or cfg.std is not None:
+        data.info = dataclasses.replace(data.info, **_given_stats(cfg, data.info.input_size[0]))
+    if not data.streamed:
         if cfg.num_workers is not None and not needs_worker_transform(cfg.augment):
             raise UserError(
                 f"data.num_workers: {cfg.name!r} is held in memory and uses workers only with per-image "
@@ -75,22 +86,81 @@ def build_datasets(cfg) -> Datasets:
     return data
 
 
-def _load(cfg) -> RawDataset:
-    """The builder's official splits, resized once here when held in memory and data.image_size asks for it."""
+def run_input_size(cfg, native: tuple[int, int, int] | None, streamed: bool) -> tuple[int, int, int] | None:
+    """The (C, H, W) a run's model takes, from the DataConfig `cfg` and the size the builder returns (`native`; None
+    where unknown): a dataset streamed from disk is decoded at data.image_size (default DEFAULT_IMAGE_SIZE) in one
+    channel with data.grayscale, else three; one held in memory keeps its channels and is resized to
+    data.image_size when given.
+
+    Raises:
+        UserError: data.grayscale for a dataset held in memory.
+    """
+    if streamed:
+        size = cfg.image_size or DEFAULT_IMAGE_SIZE
+        return (1 if cfg.grayscale else 3, size, size)
+    if cfg.grayscale:
+        raise UserError(f"data.grayscale applies to datasets streamed from disk; {cfg.name!r} is held in memory")
+    if cfg.image_size and native is not None:
+        return (native[0], cfg.image_size, cfg.image_size)
+    return native
+
+
+def static_info(cfg) -> StaticInfo:
+    """What the DataConfig `cfg` alone tells of its dataset (task, outputs, the run's input size), without reading an
+    image: only a folder listing or a manifest where the outputs are in files. Where it knows a field,
+    `build_datasets(cfg).info` has the same value (tests/data/test_registry_datasets.py holds them together).
+
+    Raises:
+        UserError: an unknown dataset, data.kwargs its builder does not take, or values the builder would refuse.
+    """
     builder = DATASETS.get(cfg.name)
-    accepted = inspect.signature(builder).parameters
-    kwargs = {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
+    description = DESCRIPTIONS[cfg.name]  # every registered dataset has one: a missing one is a bug
+    signature = inspect.signature(builder)
     try:
-        raw = builder(**kwargs, **cfg.kwargs)
+        bound = signature.bind(**_path_args(cfg, signature.parameters), **cfg.kwargs)
+        bound.apply_defaults()
+        arguments = {}
+        for name, value in bound.arguments.items():  # a builder's **kwargs are passed on by name
+            arguments.update(
+                value if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD else {name: value}
+            )
+        inspect.signature(description.describe).bind(**arguments)  # what a builder's **kwargs would refuse
+    except TypeError as e:
+        raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
+    info = description.describe(**arguments)
+    return dataclasses.replace(info, input_size=run_input_size(cfg, info.input_size, description.streamed))
+
+
+def _path_args(cfg, accepted) -> dict:
+    """data.root and data.download, for a builder whose parameters (`accepted`) take them."""
+    return {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
+
+
+def _given_stats(cfg, channels: int) -> dict[str, tuple[float, ...]]:
+    """data.mean and data.std, both given, one value each or one per channel (one value stands for every channel)."""
+    if cfg.mean is None or cfg.std is None:
+        raise UserError("data.mean and data.std: give both or neither")
+    stats, counts = {}, "1 value" if channels == 1 else f"1 or {channels} values"
+    for key, values in (("mean", cfg.mean), ("std", cfg.std)):
+        if len(values) not in (1, channels):
+            raise UserError(
+                f"data.{key}: expected {counts} ({cfg.name!r} images have {channels} channel"
+                f"{'s' if channels != 1 else ''}), got {len(values)}"
+            )
+        stats[key] = tuple(values) * (channels if len(values) == 1 else 1)
+    return stats
+
+
+def _load(cfg) -> RawDataset:
+    """The builder's official splits, resized once here when held in memory and data.image_size asks for it
+    (`run_input_size` sets the info's size)."""
+    builder = DATASETS.get(cfg.name)
+    try:
+        raw = builder(**_path_args(cfg, inspect.signature(builder).parameters), **cfg.kwargs)
     except TypeError as e:
         raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
     if cfg.image_size and isinstance(raw.train, TensorSplit):  # in memory: resized once, here
-        size = cfg.image_size
-        raw = RawDataset(
-            train=resize_split(raw.train, size),
-            test=resize_split(raw.test, size),
-            info=dataclasses.replace(raw.info, input_size=(raw.info.input_size[0], size, size)),
-        )
+        raw = RawDataset(resize_split(raw.train, cfg.image_size), resize_split(raw.test, cfg.image_size), raw.info)
     return raw
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
+from collections.abc import Callable
 
 import torch
 
@@ -54,6 +55,46 @@ def saved_info(fields: dict) -> DatasetInfo:
 
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     return DatasetInfo(**{**CONVENTIONS.get(values.get("name"), {}), **values})
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticInfo:
+    """What a config alone tells of its dataset, before any image is read: enough to build the run's model.
+
+    A field that the dataset's files decide (an image folder's classes, a release's image size) is None when those
+    files are not found, and `missing` says what was looked for. Class names and statistics are not here: CIFAR's
+    names are in its meta file and every in-memory dataset's statistics come from its training images.
+    """
+
+    name: str
+    task: str | None  # registry key in TASKS
+    num_outputs: int | None
+    input_size: tuple[int, int, int] | None  # (C, H, W) as the builder returns it, before data.image_size
+    missing: str = ""
+
+
+# A registered dataset's description (`static_info` in data/__init__.py): the function that tells its StaticInfo from
+# the builder's arguments (defaults filled in), and whether it is streamed from disk (sized by data.image_size)
+@dataclasses.dataclass(frozen=True)
+class Description:
+    describe: Callable[..., StaticInfo]
+    streamed: bool
+
+
+DESCRIPTIONS: dict[str, Description] = {}
+
+
+def describes(name: str, streamed: bool = False) -> Callable:
+    """Register the function that describes dataset `name` without reading its images. It takes the builder's
+    arguments by name (extra ones it does not use go to `**_`) and returns a StaticInfo."""
+
+    def register(describe: Callable[..., StaticInfo]) -> Callable[..., StaticInfo]:
+        if name in DESCRIPTIONS:
+            raise ValueError(f"duplicate dataset description {name!r}")
+        DESCRIPTIONS[name] = Description(describe, streamed)
+        return describe
+
+    return register
 
 
 @dataclasses.dataclass
@@ -143,22 +184,41 @@ def class_name_problem(name: str) -> str | None:
     return f"holds the control character {bad!r}"
 
 
-def select_classes(raw: RawDataset, classes: list[int | str] | None) -> RawDataset:
-    """Keep the images of `classes` (indices or names, in the order given, which becomes the new label order) in
-    both splits of an in-memory classification dataset: `data.kwargs.classes` of the MNIST-like datasets."""
-    if classes is None:
-        return raw
-    names = raw.info.class_names
+def class_indices(names: tuple[str, ...], classes: list[int | str], dataset: str) -> list[int]:
+    """The label indices of `data.kwargs.classes` (indices or names of `dataset`'s classes `names`), in order.
+
+    Raises:
+        UserError: not a non-empty list, a class that `dataset` does not have, or one given twice.
+    """
     if not isinstance(classes, (list, tuple)) or not classes:
         raise UserError(f"data.kwargs.classes: expected a non-empty list of class indices or names, got {classes!r}")
     picked = []
     for c in classes:
         index = names.index(c) if isinstance(c, str) and c in names else c
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
-            raise UserError(f"data.kwargs.classes: {c!r} is not a class of {raw.info.name} ({', '.join(names)})")
+            raise UserError(f"data.kwargs.classes: {c!r} is not a class of {dataset} ({', '.join(names)})")
         if index in picked:
             raise UserError(f"data.kwargs.classes: {c!r} is given twice")
         picked.append(index)
+    return picked
+
+
+def subset_info(
+    name: str, class_names: tuple[str, ...], input_size: tuple[int, int, int], classes: list | None = None, **_
+) -> StaticInfo:
+    """Describes an in-memory classification dataset whose `data.kwargs.classes` keeps a subset (checked as
+    select_classes checks it); registered with its first three arguments bound (`functools.partial`)."""
+    count = len(class_names) if classes is None else len(class_indices(class_names, classes, name))
+    return StaticInfo(name, "classification", count, input_size)
+
+
+def select_classes(raw: RawDataset, classes: list[int | str] | None) -> RawDataset:
+    """Keep the images of `classes` (indices or names, in the order given, which becomes the new label order) in
+    both splits of an in-memory classification dataset: `data.kwargs.classes` of the MNIST-like datasets."""
+    if classes is None:
+        return raw
+    names = raw.info.class_names
+    picked = class_indices(names, classes, raw.info.name)
     remap = torch.full((len(names),), -1, dtype=torch.int64)
     remap[picked] = torch.arange(len(picked))
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from visionbench.data import sources
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, class_name_problem
+from visionbench.data.base import DatasetInfo, RawDataset, StaticInfo, TensorSplit, class_name_problem, describes
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import ARRAY_FILE_BYTES, read_bytes
@@ -246,8 +246,9 @@ def cifar10(root: str | None = None, download: bool = True) -> RawDataset:
     folder = _locate(layout, root, download)
     log.info("reading cifar10 from %s", folder)
     meta_path = folder / layout.meta_file
+    shape = _describe_cifar10()
     class_names = _class_names(
-        read_cifar_batch(meta_path, layout.file_md5s[layout.meta_file]), "label_names", meta_path, 10
+        read_cifar_batch(meta_path, layout.file_md5s[layout.meta_file]), "label_names", meta_path, shape.num_outputs
     )
 
     def read(files: tuple[str, ...]) -> TensorSplit:
@@ -259,16 +260,15 @@ def cifar10(root: str | None = None, download: bool = True) -> RawDataset:
             labels.append(_labels(batch, "labels", path, len(images[-1]), len(class_names)))
         return _split(images, labels)
 
-    info = DatasetInfo("cifar10", "classification", len(class_names), class_names, IMAGE_SHAPE)
+    info = DatasetInfo(shape.name, shape.task, shape.num_outputs, class_names, shape.input_size)
     return RawDataset(train=read(layout.train_files), test=read((layout.test_file,)), info=info)
 
 
 @DATASETS.register("cifar100")
 def cifar100(root: str | None = None, download: bool = True, label_type: str = "fine") -> RawDataset:
     """CIFAR-100 (Krizhevsky 2009): 50k/10k 32x32 colour images, 100 fine or 20 coarse classes."""
-    num_classes = {"fine": 100, "coarse": 20}.get(label_type)
-    if num_classes is None:
-        raise UserError(f"cifar100: label_type={label_type!r}, expected 'fine' or 'coarse'")
+    shape = _describe_cifar100(label_type)
+    num_classes = shape.num_outputs
     layout = CIFAR100
     folder = _locate(layout, root, download)
     log.info("reading cifar100 (%s labels) from %s", label_type, folder)
@@ -282,8 +282,21 @@ def cifar100(root: str | None = None, download: bool = True, label_type: str = "
         images = _images(batch, path)
         return _split([images], [_labels(batch, f"{label_type}_labels", path, len(images), num_classes)])
 
-    info = DatasetInfo("cifar100", "classification", num_classes, class_names, IMAGE_SHAPE)
+    info = DatasetInfo(shape.name, shape.task, num_classes, class_names, shape.input_size)
     return RawDataset(train=read(layout.train_files[0]), test=read(layout.test_file), info=info)
+
+
+@describes("cifar10")
+def _describe_cifar10(**_) -> StaticInfo:
+    return StaticInfo("cifar10", "classification", 10, IMAGE_SHAPE)
+
+
+@describes("cifar100")
+def _describe_cifar100(label_type: str, **_) -> StaticInfo:
+    num_classes = {"fine": 100, "coarse": 20}.get(label_type) if isinstance(label_type, str) else None
+    if num_classes is None:
+        raise UserError(f"cifar100: label_type={label_type!r}, expected 'fine' or 'coarse'")
+    return StaticInfo("cifar100", "classification", num_classes, IMAGE_SHAPE)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionbench.data.base import CONVENTIONS, DatasetInfo, RawDataset, TensorSplit, class_name_problem
+from visionbench.data.base import (
+    CONVENTIONS,
+    DatasetInfo,
+    RawDataset,
+    StaticInfo,
+    TensorSplit,
+    class_name_problem,
+    describes,
+)
 from visionbench.errors import UserError, first_line
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import (
@@ -214,11 +222,7 @@ def deeplense(
     workers: int = 1,
 ) -> RawDataset:
     """Strong-lensing images: log10 m_a regression or none/CDM/axion classification (min-max normalised)."""
-    if not 0 < test_fraction < 1:
-        raise UserError(f"data.kwargs.test_fraction: expected a number in (0, 1), got {test_fraction!r}")
-    folder = Path(path).expanduser() if path else (Path(root).expanduser() if root else None)
-    if folder is not None and root and path and not folder.is_absolute():
-        folder = Path(root).expanduser() / folder
+    folder = _folder(root, path, test_fraction)
     if folder is None:
         from visionbench.data import lensing_sim
 
@@ -241,12 +245,58 @@ def deeplense(
     if classes is None:  # regression: one target, log10 m_a
         targets = targets.reshape(-1, 1)
     cut = len(images) - n_test
+    shape = _info(classes, tuple(images.shape[1:]))
     info = DatasetInfo(
-        name=NAME,
-        task="regression" if classes is None else "classification",
-        num_outputs=1 if classes is None else len(classes),
-        class_names=(TARGET_NAME,) if classes is None else classes,
-        input_size=tuple(images.shape[1:]),
-        **CONVENTIONS[NAME],
+        shape.name, shape.task, shape.num_outputs, classes or (TARGET_NAME,), shape.input_size, **CONVENTIONS[NAME]
     )
     return RawDataset(TensorSplit(images[:cut], targets[:cut]), TensorSplit(images[cut:], targets[cut:]), info)
+
+
+def _folder(root: str | None, path: str | None, test_fraction: float) -> Path | None:
+    """The folder the images are read from (`path`, under `root` when relative, else `root`); None: the cache."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"data.kwargs.test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    folder = Path(path).expanduser() if path else (Path(root).expanduser() if root else None)
+    if folder is not None and root and path and not folder.is_absolute():
+        folder = Path(root).expanduser() / folder
+    return folder
+
+
+def _info(classes: tuple[str, ...] | None, input_size: tuple[int, int, int]) -> StaticInfo:
+    """Classification over `classes`, or (None) regression of log10 m_a."""
+    if classes is None:
+        return StaticInfo(NAME, "regression", 1, input_size)
+    return StaticInfo(NAME, "classification", len(classes), input_size)
+
+
+@describes(NAME)
+def _describe(root, path, preset, n, seed, variant, substructure, test_fraction, **_) -> StaticInfo:
+    """From the simulation's meta.json and the header of images.npy, a release's class folders and one of its files,
+    or (nothing simulated yet) the preset's image size."""
+    from visionbench.data import lensing_sim
+
+    folder = _folder(root, path, test_fraction)
+    if folder is None:
+        folder = lensing_sim.cache_path(preset, n, seed, variant, substructure)
+        if not (folder / "meta.json").is_file():  # simulated on first use, at the preset's size
+            side = lensing_sim.PRESETS[preset].num_pix
+            return _info(lensing_sim.CLASS_NAMES if variant == "classes" else None, (1, side, side))
+    if not folder.is_dir():
+        return StaticInfo(NAME, None, None, None, f"{folder}: no such folder")
+    if (folder / "meta.json").exists() or (folder / "images.npy").exists():
+        meta = lensing_sim.read_meta(folder)
+        try:
+            with open_regular(folder / "images.npy", "array file", ARRAY_FILE_BYTES) as f:
+                shape = read_npy_header(f)[0]
+        except (OSError, ValueError) as e:
+            raise UserError(f"{folder}: cannot read the simulated arrays ({first_line(e)})") from None
+        if len(shape) != 4:
+            raise UserError(f"{folder / 'images.npy'}: shape {shape}, expected (N, 1, H, W)")
+        classes = tuple(meta.get("class_names") or ()) if meta.get("variant") == "classes" else None
+        return _info(classes, tuple(shape[1:]))
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.npy")))
+    first = next(iter(sorted((subdirs[0] if subdirs else folder).glob("*.npy"))), None)
+    if first is None:
+        return StaticInfo(NAME, None, None, None, f"{folder}: no .npy files found")
+    image, _ = load_release_file(first)
+    return _info(tuple(d.name for d in subdirs) if subdirs else None, (1, *image.shape))

@@ -7,13 +7,16 @@ image-mining table (a different dataset, no shared images). There is no official
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, select_classes
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, describes, select_classes, subset_info
 from visionbench.registry import DATASETS
 
 DIGITS_TEST = 297  # 1,500 train / 297 test
 DIGIT_NAMES = tuple(str(d) for d in range(10))
+IMAGE_SIZE = (1, 8, 8)
 
 
 @DATASETS.register("digits")
@@ -27,7 +30,7 @@ def digits(classes: list | None = None) -> RawDataset:
     targets = torch.from_numpy(bunch.target).long()
     n_train = len(images) - DIGITS_TEST
     info = DatasetInfo(
-        name="digits", task="classification", num_outputs=10, class_names=DIGIT_NAMES, input_size=(1, 8, 8)
+        name="digits", task="classification", num_outputs=10, class_names=DIGIT_NAMES, input_size=IMAGE_SIZE
     )
     raw = RawDataset(
         train=TensorSplit(images[:n_train], targets[:n_train]),
@@ -35,3 +38,6 @@ def digits(classes: list | None = None) -> RawDataset:
         info=info,
     )
     return select_classes(raw, classes)
+
+
+describes("digits")(functools.partial(subset_info, "digits", DIGIT_NAMES, IMAGE_SIZE))

@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionbench.data.base import FileSplit, RawDataset, class_name_problem, streamed_info
+from visionbench.data.base import (
+    STREAMED_INPUT_SIZE,
+    FileSplit,
+    RawDataset,
+    StaticInfo,
+    class_name_problem,
+    describes,
+    streamed_info,
+)
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import CSV_BYTES, IMAGE_FILE_BYTES, UnreadableFile, check_regular, open_text
@@ -137,6 +145,9 @@ def _scan_classes(
     return FileSplit(paths=paths, targets=torch.tensor(labels, dtype=torch.int64))
 
 
+_FOLDER_LAYOUT = "a folder holding train/<class>/<image files>"
+
+
 @DATASETS.register("image_folder")
 def image_folder(
     root: str | None = None,
@@ -148,7 +159,7 @@ def image_folder(
 ) -> RawDataset:
     """Images in `root/train/<class>/` (and `root/test/<class>/`, else a seeded carve); `download` is unused."""
     if root is None:
-        raise UserError("image_folder: data.root is required: a folder holding train/<class>/<image files>")
+        raise UserError(f"image_folder: data.root is required: {_FOLDER_LAYOUT}")
     base = Path(os.path.abspath(Path(root).expanduser()))
     train_path = base / train_dir
     if not train_path.is_dir():
@@ -179,6 +190,20 @@ def image_folder(
         fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
         train, test = carve_test(train, fraction, seed, train_path)
     return RawDataset(train=train, test=test, info=streamed_info("image_folder", "classification", tuple(class_names)))
+
+
+@describes("image_folder", streamed=True)
+def _describe_image_folder(root: str | None, train_dir: str, **_) -> StaticInfo:
+    """The classes counted from the train folder's sub-folders (a listing: no image is opened)."""
+    task, name = "classification", "image_folder"
+    if root is None:
+        return StaticInfo(name, task, None, STREAMED_INPUT_SIZE, f"data.root is not set ({_FOLDER_LAYOUT})")
+    train_path = Path(os.path.abspath(Path(root).expanduser())) / train_dir
+    if not train_path.is_dir():
+        return StaticInfo(name, task, None, STREAMED_INPUT_SIZE, f"{train_path}: folder not found")
+    classes = _class_dirs(train_path)
+    missing = "" if classes else f"{train_path}: no class folders"
+    return StaticInfo(name, task, len(classes) or None, STREAMED_INPUT_SIZE, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,11 +324,22 @@ def _checked_label(name: str, where: str) -> str:
     return name
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
+def _listed_image(resolved: str, image: str, where: str) -> FileId:
+    """The identity of the image a manifest row names (`image` as written, `resolved` its absolute path)."""
+    if not os.path.exists(resolved):
+        raise UserError(f"{where}: image file {image!r} not found (looked for {resolved})")
+    try:
+        return _image_id(resolved)
+    except UnreadableFile as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def read_manifest(path: str | os.PathLike, images: bool = True) -> Manifest:
     """Parse and check one CSV manifest; every image it names must exist, once.
 
     Args:
         path: the CSV file (UTF-8, an Excel byte-order mark is fine; UTF-16 or UTF-32 too).
+        images: check the images (exist, regular, each once); False reads the labels alone, and `ids` stays empty.
 
     Returns:
         The manifest, image paths made absolute against the CSV's own folder.
@@ -337,23 +373,19 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 if not image:
                     raise UserError(f"{where}: empty path; expected an image file")
                 resolved = os.path.normpath(os.path.join(folder, image))  # an absolute `image` stays as it is
-                if not os.path.exists(resolved):
-                    raise UserError(f"{where}: image file {image!r} not found (looked for {resolved})")
-                try:
-                    file_id = _image_id(resolved)
-                except UnreadableFile as exc:
-                    raise UserError(f"{where}: {exc}") from None
+                file_id = _listed_image(resolved, image, where) if images else None
                 value = manifest.label_format.parse(row[1].strip(), where)
-                if file_id in first_row:
-                    raise UserError(
-                        f"{where}: image {image!r} is the same file as row {first_row[file_id]}'s; expected each "
-                        "image once (a duplicate row would put one image in both train and test)"
-                    )
-                first_row[file_id] = number
+                if file_id is not None:
+                    if file_id in first_row:
+                        raise UserError(
+                            f"{where}: image {image!r} is the same file as row {first_row[file_id]}'s; expected "
+                            "each image once (a duplicate row would put one image in both train and test)"
+                        )
+                    first_row[file_id] = number
+                    manifest.ids.append(file_id)
                 manifest.rows.append(number)
                 manifest.files.append(resolved)
                 manifest.values.append(value)
-                manifest.ids.append(file_id)
     except UnreadableFile as exc:
         if exc.missing:
             raise UserError(f"{path}: CSV manifest not found") from None
@@ -376,6 +408,14 @@ def _resolve_csv(value: str | os.PathLike, root: str | None, arg: str) -> Path:
     if not path.is_absolute():
         path = (Path(root).expanduser() if root else Path.cwd()) / path
     return path
+
+
+def _train_csv(root: str | None, train: str | None) -> Path:
+    if train is None:
+        raise UserError(
+            "csv_manifest: data.kwargs.train is required: a CSV file with a header path,label|labels|target"
+        )
+    return _resolve_csv(train, root, "train")
 
 
 def _class_names(train: Manifest, classes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -428,11 +468,7 @@ def csv_manifest(
     classes: list[str] | None = None,
 ) -> RawDataset:
     """Images listed in CSV manifests (`path,label|labels|target`); relative CSV paths are taken under `root`."""
-    if train is None:
-        raise UserError(
-            "csv_manifest: data.kwargs.train is required: a CSV file with a header path,label|labels|target"
-        )
-    train_manifest = read_manifest(_resolve_csv(train, root, "train"))
+    train_manifest = read_manifest(_train_csv(root, train))
     class_names = _class_names(train_manifest, classes)
     if classes is None:
         known = f"does not appear in {train_manifest.path}; expected one of the train labels"
@@ -463,3 +499,13 @@ def csv_manifest(
         test_split = FileSplit(test_manifest.files, _targets(test_manifest, class_names, known))
     info = streamed_info("csv_manifest", train_manifest.task, class_names)
     return RawDataset(train=train_split, test=test_split, info=info)
+
+
+@describes("csv_manifest", streamed=True)
+def _describe_csv_manifest(root: str | None, train: str | None, classes: list[str] | None, **_) -> StaticInfo:
+    """The task and classes of the train manifest, its labels read alone (no image is looked at)."""
+    path = _train_csv(root, train)
+    if not os.path.lexists(path):
+        return StaticInfo("csv_manifest", None, None, STREAMED_INPUT_SIZE, f"{path}: CSV manifest not found")
+    manifest = read_manifest(path, images=False)
+    return StaticInfo("csv_manifest", manifest.task, len(_class_names(manifest, classes)), STREAMED_INPUT_SIZE)

@@ -14,6 +14,7 @@ URLs and md5s are the ones torchvision publishes (`torchvision/datasets/mnist.py
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import logging
 import math
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from visionbench.data import sources
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, select_classes
+from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit, describes, select_classes, subset_info
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import ARRAY_FILE_BYTES, open_regular, size_text
@@ -288,3 +289,7 @@ def fashion_mnist(root: str | None = None, download: bool = True, classes: list 
 def mnist(root: str | None = None, download: bool = True, classes: list | None = None) -> RawDataset:
     """MNIST handwritten digits (LeCun et al. 1998): 60k/10k 28x28 grey images; `classes` keeps a subset."""
     return select_classes(load_idx_dataset("mnist", MNIST_CLASSES, root, download), classes)
+
+
+describes("fashion-mnist")(functools.partial(subset_info, "fashion-mnist", FASHION_MNIST_CLASSES, (1, *IMAGE_SIZE)))
+describes("mnist")(functools.partial(subset_info, "mnist", MNIST_CLASSES, (1, *IMAGE_SIZE)))

@@ -13,7 +13,8 @@ import dataclasses
 
 import torch
 
-from visionbench.data.base import RawDataset, TensorSplit
+from visionbench.data import mnist
+from visionbench.data.base import RawDataset, StaticInfo, TensorSplit, describes
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
@@ -38,14 +39,20 @@ def tile(split: TensorSplit, passes: int, num_classes: int, generator: torch.Gen
 @DATASETS.register("fashion-mnist-mosaic")
 def fashion_mnist_mosaic(root: str | None = None, download: bool = True, seed: int = 0, passes: int = 1) -> RawDataset:
     """2×2 mosaics of Fashion-MNIST items (15k train, 2.5k test with one pass); multi-label targets."""
-    if not isinstance(passes, int) or passes < 1:
-        raise UserError(f"data.kwargs.passes: expected an integer >= 1, got {passes!r}")
+    shape = _describe(passes)
     base = DATASETS.get("fashion-mnist")(root=root, download=download)
     k = base.info.num_outputs
     train = tile(base.train, passes, k, torch.Generator().manual_seed(seed * 2 + 0))
     test = tile(base.test, passes, k, torch.Generator().manual_seed(seed * 2 + 1))
-    _, H, W = base.info.input_size
     info = dataclasses.replace(
-        base.info, name="fashion-mnist-mosaic", task="multilabel", input_size=(1, GRID * H, GRID * W), mean=(), std=()
+        base.info, name=shape.name, task=shape.task, input_size=shape.input_size, mean=(), std=()
     )
     return RawDataset(train=train, test=test, info=info)
+
+
+@describes("fashion-mnist-mosaic")
+def _describe(passes: int, **_) -> StaticInfo:
+    if not isinstance(passes, int) or passes < 1:
+        raise UserError(f"data.kwargs.passes: expected an integer >= 1, got {passes!r}")
+    H, W = mnist.IMAGE_SIZE
+    return StaticInfo("fashion-mnist-mosaic", "multilabel", mnist.NUM_CLASSES, (1, GRID * H, GRID * W))

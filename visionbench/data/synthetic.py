@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from visionbench.data.base import DatasetInfo, RawDataset, TensorSplit
+from visionbench.data.base import DatasetInfo, RawDataset, StaticInfo, TensorSplit, describes
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 
@@ -61,6 +61,19 @@ def synthetic(
     seed: int = 0,
 ) -> RawDataset:
     """Seeded oriented-grating classification; `root` and `download` are accepted, like every builder, and unused."""
+    shape = _describe(num_classes, n_train, n_test, channels, size, seed)
+    generator = torch.Generator().manual_seed(seed)
+    patterns = class_patterns(num_classes, channels, size)
+    train = _draw(n_train, patterns, generator)
+    test = _draw(n_test, patterns, generator)
+    class_names = tuple(f"class_{k}" for k in range(num_classes))
+    info = DatasetInfo(shape.name, shape.task, shape.num_outputs, class_names, shape.input_size)
+    return RawDataset(train=train, test=test, info=info)
+
+
+@describes("synthetic")
+def _describe(num_classes: int, n_train: int, n_test: int, channels: int, size: int, seed: int, **_) -> StaticInfo:
+    """The sizes and classes the arguments ask for, checked."""
     checks = {
         "num_classes": (num_classes, 2),
         "n_train": (n_train, num_classes),
@@ -73,15 +86,4 @@ def synthetic(
             raise UserError(f"synthetic dataset: {key}={value!r}, expected an integer >= {minimum}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:  # torch's seed range
         raise UserError(f"synthetic dataset: seed={seed!r}, expected an integer in [-2**63, 2**64)")
-    generator = torch.Generator().manual_seed(seed)
-    patterns = class_patterns(num_classes, channels, size)
-    train = _draw(n_train, patterns, generator)
-    test = _draw(n_test, patterns, generator)
-    info = DatasetInfo(
-        name="synthetic",
-        task="classification",
-        num_outputs=num_classes,
-        class_names=tuple(f"class_{k}" for k in range(num_classes)),
-        input_size=(channels, size, size),
-    )
-    return RawDataset(train=train, test=test, info=info)
+    return StaticInfo("synthetic", "classification", num_classes, (channels, size, size))

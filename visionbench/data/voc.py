@@ -19,6 +19,7 @@ members that would land outside the cache. The 2012 test annotations are not pub
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from visionbench.data import sources
-from visionbench.data.base import FileSplit, RawDataset, streamed_info
+from visionbench.data.base import STREAMED_INPUT_SIZE, FileSplit, RawDataset, StaticInfo, describes, streamed_info
 from visionbench.errors import UserError
 from visionbench.registry import DATASETS
 from visionbench.utils.bounded import IMAGE_FILE_BYTES, LIST_BYTES, XML_BYTES, check_regular, read_bytes, read_text
@@ -321,6 +322,15 @@ def _check_image_set(spec: VocYear, image_set: str, arg: str) -> None:
         )
 
 
+def _image_sets(spec: VocYear, train_set: str | None, test_set: str | None) -> tuple[str, str]:
+    """The `ImageSets/Main` lists to train and test on, the edition's defaults for None, checked."""
+    train_set = spec.default_train_set if train_set is None else train_set
+    test_set = spec.default_test_set if test_set is None else test_set
+    _check_image_set(spec, train_set, "train_set")
+    _check_image_set(spec, test_set, "test_set")
+    return train_set, test_set
+
+
 def load_voc(
     spec: VocYear,
     root: str | os.PathLike | None = None,
@@ -347,10 +357,7 @@ def load_voc(
         UserError: files missing and not downloadable, a list, image or annotation is bad, or an image is in both
             lists (a test score on training images would be silently wrong).
     """
-    train_set = spec.default_train_set if train_set is None else train_set
-    test_set = spec.default_test_set if test_set is None else test_set
-    _check_image_set(spec, train_set, "train_set")
-    _check_image_set(spec, test_set, "test_set")
+    train_set, test_set = _image_sets(spec, train_set, test_set)
     rows: dict[str, np.ndarray] = {}
     splits = {}
     for arg, image_set in (("train", train_set), ("test", test_set)):
@@ -385,3 +392,13 @@ def voc2012(root: str | None = None, download: bool = True, **kwargs) -> RawData
     """Pascal VOC 2012 multi-label: 5,717 train / 5,823 val images, 20 classes; trains on train and tests on val by
     default; `kwargs` as voc2007's."""
     return load_voc(VOC2012, root, download, **kwargs)
+
+
+def _describe(spec: VocYear, root, download, train_set=None, test_set=None, include_difficult=False) -> StaticInfo:
+    """load_voc's arguments, named (no **kwargs, so static_info refuses a typo as load_voc does), checked."""
+    _image_sets(spec, train_set, test_set)
+    return StaticInfo(spec.name, "multilabel", len(VOC_CLASSES), STREAMED_INPUT_SIZE)
+
+
+for _spec in (VOC2007, VOC2012):
+    describes(_spec.name, streamed=True)(functools.partial(_describe, _spec))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from visionbench.data.transforms import normalize
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import grad_scaler
 from visionbench.engine.schedule import TimeBudget, build_scheduler
-from visionbench.engine.transfer import freeze_names, head_parameter_names, load_pretrained, set_frozen
+from visionbench.engine.transfer import Transfer, freeze_names, head_parameter_names, load_pretrained, set_frozen
 from visionbench.errors import UserError
 from visionbench.models import create_model, inspect_model
 from visionbench.tasks import build_task
@@ -39,6 +40,7 @@ class Assembly:
     mix: Any  # timm's Mixup for data.augment.mixup_alpha / cutmix_alpha, else None
     head: set[str]  # the head's parameter names (optim.backbone_lr_scale, transfer)
     frozen: list[str]  # parameter names frozen by model.freeze
+    transfer: Transfer | None  # what model.pretrained loaded (None without it, and on a resume)
     train_loader: Any  # a DeviceLoader or StreamLoader
     eval_loaders: dict[str, Any]  # split name -> loader
     optimizer: torch.optim.Optimizer
@@ -72,7 +74,7 @@ def assemble(
     model, params, flops = build_model(cfg, data)
     check_budget(cfg, params)
     mix = build_mix(cfg, task, data.info)
-    head, frozen = prepare_transfer(cfg, model, resumed)
+    head, frozen, transfer = prepare_transfer(cfg, model, resumed, warn=shard[0] == 0)
     spec = LoaderSpec(tcfg.batch_size, train=True, seed=tcfg.seed, channels_last=tcfg.channels_last, shard=shard)
     train_loader = build_loader(data, "train", cfg.data, device, spec)
     splits = [s for s in eval_splits if getattr(data, s) is not None]
@@ -98,6 +100,7 @@ def assemble(
         mix=mix,
         head=head,
         frozen=frozen,
+        transfer=transfer,
         train_loader=train_loader,
         eval_loaders=eval_loaders,
         optimizer=optimizer,
@@ -156,22 +159,30 @@ def check_budget(cfg: RunConfig, params: int) -> None:
         )
 
 
-def prepare_transfer(cfg: RunConfig, model: torch.nn.Module, resumed: bool) -> tuple[set[str], list[str]]:
+def prepare_transfer(
+    cfg: RunConfig, model: torch.nn.Module, resumed: bool, warn: bool = True
+) -> tuple[set[str], list[str], Transfer | None]:
     """Load model.pretrained (not on a resume: the checkpoint has the weights) and apply model.freeze.
 
-    Returns the head's parameter names (for optim.backbone_lr_scale) and the frozen parameter names.
+    Returns the head's parameter names (for optim.backbone_lr_scale), the frozen parameter names and what was
+    loaded; with `warn`, one line on stderr when more than the head stayed as initialised.
     """
     mcfg, tcfg = cfg.model, cfg.trainer
     if tcfg.unfreeze_at_epoch is not None and not mcfg.freeze:
         raise UserError("trainer.unfreeze_at_epoch: needs model.freeze (there is nothing frozen to unfreeze)")
     needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0 or mcfg.pretrained
     head = head_parameter_names(model) if needs_head else set()  # found once: it deep-copies the model
+    transfer = None
     if mcfg.pretrained and not resumed:
-        load_pretrained(model, mcfg.pretrained, mcfg.name, head)
+        key_map, keep_head = mcfg.pretrained_key_map, mcfg.keep_head
+        transfer = load_pretrained(model, mcfg.pretrained, mcfg.name, head=head, key_map=key_map, keep_head=keep_head)
+        warning = transfer.warning(mcfg.name)
+        if warning and warn:  # a half-loaded backbone trains, but must not pass for a pretrained one
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     frozen = freeze_names(model, mcfg.freeze, head) if mcfg.freeze else []
     if frozen:
         set_frozen(model, frozen, frozen=True)
-    return head, frozen
+    return head, frozen, transfer
 
 
 def eval_loader(data: Datasets, split: str, cfg: RunConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):

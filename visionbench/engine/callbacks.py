@@ -12,7 +12,9 @@ from visionbench.engine.loop import TrainState
 
 
 def format_row(row: dict[str, Any], epochs: int, images_per_second: float | None = None) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"step {row['step']}", f"lr {row['lr']:.3g}"]
+    parts = [f"epoch {row['epoch']}/{epochs}", f"step {row['step']}"]
+    if "lr" in row:  # not in the row of a run of 0 epochs, which only evaluates
+        parts.append(f"lr {row['lr']:.3g}")
     parts += [f"{k} {v:.4f}" for k, v in row.items() if "/" in k and isinstance(v, float)]
     if images_per_second:
         parts.append(f"{images_per_second:,.0f} img/s")
@@ -103,7 +105,8 @@ class ProgressBar(ProgressLines):
             self._last = now
 
     def after_epoch(self, state: TrainState) -> None:
-        self.progress.remove_task(self.task_id)
+        if self.task_id is not None:  # None after a run of 0 epochs' evaluation, which has no bar
+            self.progress.remove_task(self.task_id)
         self.task_id = None
         super().after_epoch(state)
 

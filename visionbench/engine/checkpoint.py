@@ -57,16 +57,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         UserError: not a regular file, not readable, a pickle of other objects than tensors and plain values, not
             a visionbench checkpoint, a digest or CRC-32 that does not match, or weights that are not finite.
     """
-    _regular_file(path, "checkpoint")
-    zipped = _check_zip(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found") from None
-    except Exception as e:  # noqa: BLE001  (the unpickler's and the zip reader's error types vary by torch version)
-        raise UserError(_load_error(path, e, zipped)) from None
+    state = torch_load(path, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a visionbench checkpoint (expected format {FORMAT!r})")
     saved = state.pop("sha256", None)
@@ -78,7 +69,41 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def _load_error(path: Path, e: Exception, zipped: bool) -> str:
+def torch_load(
+    path: Path,
+    source: str | None = None,
+    what: str = "checkpoint",
+    kind: str = "visionbench checkpoint",
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+) -> Any:
+    """What `torch.save` wrote to `path`, read with `weights_only=True` (tensors and plain values, never foreign
+    code), the zip records' CRC-32 checked first.
+
+    Args:
+        source: how messages name the file (default: the path).
+        what: the file's noun in messages ("checkpoint", "weights file").
+        kind: what a refused file is not ("visionbench checkpoint", "file of tensors").
+        mmap: map the tensors' storage instead of reading it (zip archives only): what is never used is never read.
+
+    Raises:
+        UserError: not a regular file, compressed or corrupted zip records, or a pickle of other objects
+            than tensors and plain values.
+    """
+    source = source or str(path)
+    _regular_file(path, what, source)
+    zipped = _check_zip(path, source, kind)
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
+    except FileNotFoundError:
+        raise UserError(f"{source}: {what} not found") from None
+    except Exception as e:  # noqa: BLE001  (the unpickler's and the zip reader's error types vary by torch version)
+        raise UserError(_load_error(source, kind, e, zipped)) from None
+
+
+def _load_error(source: str, kind: str, e: Exception, zipped: bool) -> str:
     """Our own one line for torch.load's refusal, without torch's advice (to load with weights_only=False, or to
     allowlist the global: both would run the file's code)."""
     text = str(e)
@@ -86,13 +111,13 @@ def _load_error(path: Path, e: Exception, zipped: bool) -> str:
         called = re.search(r"GLOBAL ([\w.]{1,100})", text)
         what = f"a call to {called.group(1)}" if called else "pickled Python objects"
         return (
-            f"{path}: refused: not a visionbench checkpoint; it holds {what}, not only tensors and plain values "
+            f"{source}: refused: not a {kind}; it holds {what}, not only tensors and plain values "
             "(visionbench never runs code from a checkpoint)"
         )
     if not zipped:  # torch.save has written zip archives since torch 1.6; the legacy reader's errors say little
-        return f"{path}: not a visionbench checkpoint (not the zip archive torch.save writes)"
+        return f"{source}: not a {kind} (not the zip archive torch.save writes)"
     reason = first_line(e).split(". ")[0]  # torch's zip reader adds advice sentences after the reason
-    return f"{path}: not a readable visionbench checkpoint ({reason or type(e).__name__})"
+    return f"{source}: not a readable {kind} ({reason or type(e).__name__})"
 
 
 def _regular_file(path: Path, what: str, source: str | None = None) -> None:
@@ -107,7 +132,7 @@ def _regular_file(path: Path, what: str, source: str | None = None) -> None:
         raise UserError(f"{source}: not a regular file; expected a {what}")
 
 
-def _check_zip(path: Path) -> bool:
+def _check_zip(path: Path, source: str, kind: str) -> bool:
     """The CRC-32 of every record of torch.save's zip format, which torch.load does not check; False when the file
     is no zip archive (torch.load then refuses it, naming a pickled call if it finds one)."""
     try:
@@ -116,14 +141,14 @@ def _check_zip(path: Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
                 # torch.save stores records as they are; a compressed one could inflate without bound (a zip bomb)
-                raise UserError(f"{path}: not a visionbench checkpoint (compressed records; torch.save writes none)")
+                raise UserError(f"{source}: not a {kind} (compressed records; torch.save writes none)")
             bad = archive.testzip()
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001  (zipfile on a damaged archive: BadZipFile, struct.error, EOFError ...)
-        raise UserError(f"{path}: not a readable visionbench checkpoint ({first_line(e)})") from None
+        raise UserError(f"{source}: not a readable {kind} ({first_line(e)})") from None
     if bad is not None:
-        raise UserError(f"{path}: checksum mismatch in its record {bad!r}: the file is corrupted")
+        raise UserError(f"{source}: checksum mismatch in its record {bad!r}: the file is corrupted")
     return True
 
 

@@ -3,7 +3,9 @@
 The graph takes `images` (batch, C, H, W), float32, already resized and standardised as `visionbench predict` does
 (the mean, std, class names and regression standardisation are in the file's `visionbench` metadata entry, JSON),
 and returns `logits` (batch, num_outputs) before the task's softmax, sigmoid or de-standardisation. The batch axis
-is dynamic.
+is dynamic. A run calibrated by `visionbench eval --calibrate` is exported with the division by its temperature
+baked into the graph (engine/calibration.py's `Temperature` after the model): its `logits` are already divided, and
+the metadata's `temperature_applied` says by what (null: not calibrated), so that no consumer divides twice.
 
 The exporter is torch.export-based (`torch.onnx.export(..., dynamo=True)`, PyTorch's default since 2.9, which
 needs onnxscript): the TorchScript one is deprecated, and it fails on models the new one exports (VGG's adaptive
@@ -108,7 +110,7 @@ def to_onnx(run: LoadedRun, run_dir: Path, opset: int, weights: str) -> bytes:
     example, _ = _random_batches(run)
     try:
         program = torch.onnx.export(
-            run.model,
+            exported_module(run),
             (example,),
             dynamo=True,
             input_names=["images"],
@@ -139,9 +141,19 @@ def to_onnx(run: LoadedRun, run_dir: Path, opset: int, weights: str) -> bytes:
         "data_info": vars(run.info),
         "task_stats": run.task.stats(),
         "weights": weights,
+        "temperature_applied": run.temperature,  # the graph's logits are already divided by it
     }
     onnx.helper.set_model_props(proto, {"visionbench": json.dumps(metadata, allow_nan=False)})
     return proto.SerializeToString()
+
+
+def exported_module(run: LoadedRun) -> torch.nn.Module:
+    """The module export writes: the run's model, followed by the division by its temperature when it has one."""
+    if run.temperature is None:
+        return run.model
+    from visionbench.engine.calibration import Temperature
+
+    return torch.nn.Sequential(run.model, Temperature(run.temperature)).eval()
 
 
 def _random_batches(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +187,7 @@ def check_onnx(run: LoadedRun, run_dir: Path, data: bytes, opset: int, out: Path
     except Exception as e:  # noqa: BLE001  (onnxruntime's own error types)
         raise UserError(f"--opset {opset}: onnxruntime cannot run the exported model ({first_line(e)})") from None
     with torch.inference_mode():
-        expected = run.model(images)
+        expected = exported_module(run)(images)
     got = torch.from_numpy(got)
     same_shape = got.shape == expected.shape
     diff = (got - expected).abs().max().item() if same_shape else float("inf")

@@ -52,6 +52,7 @@ class LoadedRun:
     info: DatasetInfo  # input size, mean/std, class names, per-image scaling and display conventions
     task: Task  # with the run's threshold and target standardisation
     model: nn.Module
+    temperature: float | None = None  # predict's logits are divided by it (engine/calibration.py's use_temperature)
 
 
 def check_split(split: str) -> None:
@@ -230,8 +231,10 @@ def predict_logits(run: LoadedRun, images: torch.Tensor, batch_size: int = BATCH
 
 
 def predict_outputs(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
-    """The task's activated outputs (probabilities, or values in target units) of a (B, C, H, W) batch."""
-    return run.task.activate(predict_logits(run, images))
+    """The task's activated outputs (probabilities, or values in target units) of a (B, C, H, W) batch, the logits
+    divided by the run's temperature first when it has one."""
+    logits = predict_logits(run, images)
+    return run.task.activate(logits if run.temperature is None else logits / run.temperature)
 
 
 def predict_files(run: LoadedRun, files: list[Path], top_k: int) -> list[dict[str, Any]]:
@@ -247,8 +250,9 @@ def predict_files(run: LoadedRun, files: list[Path], top_k: int) -> list[dict[st
         chunk = files[start : start + BATCH_SIZE]
         outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))
         check_finite_outputs(outputs, [str(p) for p in chunk])
+        scaled = {} if run.temperature is None else {"temperature": run.temperature}
         records += [
-            {"image": str(path), "task": run.task.name, **run.task.describe(out, top_k)}
+            {"image": str(path), "task": run.task.name, **scaled, **run.task.describe(out, top_k)}
             for path, out in zip(chunk, outputs, strict=True)
         ]
     return records
@@ -320,31 +324,69 @@ def display_images(info: DatasetInfo, images: torch.Tensor) -> torch.Tensor:
     return pixels(info, images) if info.display_denormalized else images
 
 
-def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dict[str, Any], Path]:
+def evaluate_run(
+    run_dir: Path, split: str, tta: str, weights: str, calibrate: bool = False
+) -> tuple[dict[str, Any], Path]:
     """`visionbench eval`: a run's weights on its whole split (data.test_subset ignored), with test-time
     augmentation `tta`; the metrics are saved as `eval-<split>-<tta>-<weights>.json` in the run directory.
+    `calibrate` fits a temperature on the validation split first (engine/calibration.py) and adds its scores.
 
     Returns:
-        The result (split, images, tta, weights, `<split>/<metric>`; a metric undefined on the split is None) and
-        the file it was written to.
+        The result (split, images, tta, weights, `<split>/<metric>`; a metric undefined on the split is None; with
+        `calibrate`, `calibration`) and the file it was written to.
 
     Raises:
-        UserError: bad arguments, a bad run directory, or outputs that are not finite.
+        UserError: bad arguments, a bad run directory, outputs that are not finite, or (`calibrate`) a run
+            without a validation split or whose outputs are not probabilities.
     """
     from visionbench import per_image
     from visionbench.config import load_config
     from visionbench.data import build_datasets
-    from visionbench.engine.assembly import eval_loader
-    from visionbench.engine.loop import evaluate
+    from visionbench.engine.calibration import check_calibratable
     from visionbench.engine.runtime import resolve_device
     from visionbench.utils.io import write_json
 
     if tta not in TTA:
         raise UserError(f"--tta: expected none or flip, got {tta!r}")
+    if calibrate and tta != "none":  # the temperature is for predict's and export's outputs, which have no TTA
+        raise UserError(
+            "--calibrate: the temperature is for predict's and export's outputs, which have no test-time "
+            "augmentation; drop --tta flip"
+        )
     run = load_run(run_dir, weights)  # the model with its weights, the task with the run's standardisation
+    if calibrate:
+        check_calibratable(run.task)
     cfg = load_config(run_dir / layout.CONFIG, [f"trainer.tta={tta}"])
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(cfg.data.model_copy(update={"test_subset": None}))  # the whole split, always
+    if calibrate and data.val is None:
+        raise UserError(
+            "--calibrate: this run has no val split (data.val_fraction is 0) to fit a temperature on; it is never "
+            "fitted on the test split"
+        )
+    metrics, logits, targets = _evaluate_split(run, data, split, cfg, device, run_dir)
+    images = len(getattr(data, split)) if getattr(data, split, None) is not None else 0
+    result = {
+        "split": split,
+        "images": images,
+        "tta": tta,
+        "weights": weights,
+        # a metric undefined on this split (from finite outputs) is null in the JSON, not NaN (invalid JSON)
+        **{f"{split}/{k}": v if math.isfinite(v) else None for k, v in metrics.items()},
+    }
+    if calibrate:
+        result["calibration"] = _calibrate(run, data, cfg, device, run_dir, weights, split, (logits, targets))
+    path = run_dir / layout.eval_result(split, tta, weights)
+    write_json(path, result)
+    per_image.save(run_dir / layout.eval_per_image(split, tta, weights), run.task, logits, targets, split)
+    return result, path
+
+
+def _evaluate_split(run: LoadedRun, data, split: str, cfg: RunConfig, device: torch.device, run_dir: Path):
+    """(metrics, logits, targets) of the run's model on a whole split, the outputs checked finite."""
+    from visionbench.engine.assembly import eval_loader
+    from visionbench.engine.loop import evaluate
+
     model, task = run.model.to(device), run.task.to(device)
     with warnings.catch_warnings(record=True) as caught:  # torchmetrics warns of NaN before we can say why
         warnings.simplefilter("always")
@@ -357,16 +399,13 @@ def evaluate_run(run_dir: Path, split: str, tta: str, weights: str) -> tuple[dic
         )
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    images = len(getattr(data, split)) if getattr(data, split, None) is not None else 0
-    result = {
-        "split": split,
-        "images": images,
-        "tta": tta,
-        "weights": weights,
-        # a metric undefined on this split (from finite outputs) is null in the JSON, not NaN (invalid JSON)
-        **{f"{split}/{k}": v if math.isfinite(v) else None for k, v in metrics.items()},
-    }
-    path = run_dir / layout.eval_result(split, tta, weights)
-    write_json(path, result)
-    per_image.save(run_dir / layout.eval_per_image(split, tta, weights), task, logits, targets, split)
-    return result, path
+    return metrics, logits, targets
+
+
+def _calibrate(run: LoadedRun, data, cfg, device, run_dir: Path, weights: str, split: str, outputs) -> dict[str, Any]:
+    """eval's `calibration`: a temperature fitted on the validation split's logits (those of `outputs` when
+    `split` is val), the evaluated split's scores before and after."""
+    from visionbench.engine.calibration import FITTED_ON, calibrate
+
+    fit = outputs if split == FITTED_ON else _evaluate_split(run, data, FITTED_ON, cfg, device, run_dir)[1:]
+    return calibrate(run, run_dir, weights, fit, split, outputs)

@@ -8,6 +8,10 @@ extend `fit`: they implement the events they need and receive the state explicit
 - `after_validate`: the epoch's row (training loss and this epoch's evaluations) is `state.rows[-1]`;
 - `checkpoint`: the loop stands where the config's cadence (trainer.checkpoint_every_*) wants the state kept, and the
   state is consistent (the losses read, the ranks' mean loss taken): a checkpoint written now resumes exactly.
+
+A run of `trainer.epochs: 0` trains nothing: `fit` evaluates the model as built (Lightning's `validate`/`test`) into
+an epoch-0 row with no training columns (no lr, no train/loss), then emits `after_validate`, `checkpoint` and
+`after_epoch` as an epoch's end does (no `before_epoch`, no `after_batch`), so its run directory is a trained run's.
 """
 
 from __future__ import annotations
@@ -182,8 +186,11 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
     """
     state = state or TrainState()
     cfg = trainer.cfg
-    with contextlib.nullcontext() if distributed() else interrupts.deferred():
+    # 0 epochs: no step to stop between, nothing to keep before the end, so a stop signal acts at once
+    with contextlib.nullcontext() if distributed() or cfg.epochs == 0 else interrupts.deferred():
         trainer._emit("before_fit", state)
+        if cfg.epochs == 0 and not state.rows:  # a resumed one holds its row: after_fit alone evaluates again
+            _evaluate_only(trainer, state)
         while state.epoch < cfg.epochs and not state.should_stop:
             trainer._emit("before_epoch", state)
             t0 = _clock(trainer.device)
@@ -205,6 +212,17 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
     return state
 
 
+def _evaluate_only(trainer: Trainer, state: TrainState) -> None:
+    """trainer.epochs 0: the model as built evaluated on its val and test splits, as the row of epoch 0, then the
+    events of an epoch's end (the checkpoint holds the row: a resume has nothing left but the end's evaluation)."""
+    row = {"epoch": 0, "step": state.step, "elapsed_seconds": 0.0}
+    _validate(trainer, state, row, last=True, t_start=_clock(trainer.device))
+    trainer._emit("after_validate", state)
+    if _epoch_checkpoint_due(trainer.cfg, state):
+        trainer._emit("checkpoint", state)
+    trainer._emit("after_epoch", state)
+
+
 def _end_epoch(trainer: Trainer, state: TrainState, train_loss: float, t_start: float) -> None:
     """Close the epoch: evaluate the splits due (every split on the last epoch, the test split only then unless
     trainer.eval_test_every_epoch), append its metrics.csv row and move the state to the next epoch."""
@@ -217,18 +235,28 @@ def _end_epoch(trainer: Trainer, state: TrainState, train_loss: float, t_start: 
         "train/loss": train_loss,
     }
     last = state.epoch + 1 == cfg.epochs or state.should_stop  # the budget ends a run mid-epoch
-    if (state.epoch + 1) % cfg.eval_every_epochs == 0 or last:
+    _validate(trainer, state, row, last, t_start, due=(state.epoch + 1) % cfg.eval_every_epochs == 0)
+    state.epoch += 1
+    state.batch = 0
+    state.loss_sum = torch.zeros((), device=trainer.device)
+
+
+def _validate(
+    trainer: Trainer, state: TrainState, row: dict[str, Any], last: bool, t_start: float, due: bool = True
+) -> None:
+    """Evaluate the splits into `row` when `due` or `last` (the test split only on the `last` row, unless
+    trainer.eval_test_every_epoch) and append it to the metrics rows. A metric undefined on a split (NaN: one class
+    present, constant targets) is left out of the row: an empty metrics.csv cell, no key in summary.json."""
+    cfg = trainer.cfg
+    if due or last:
         for split, loader in trainer.eval_loaders.items():
             if split == "test" and not (cfg.eval_test_every_epoch or last):
                 continue
             metrics, *trainer.outputs[split] = evaluate(trainer.eval_model, loader, trainer.task, trainer.device, cfg)
-            row.update({f"{split}/{k}": v for k, v in metrics.items()})
+            row.update({f"{split}/{k}": v for k, v in metrics.items() if math.isfinite(v)})
     state.seconds["eval"] += _clock(trainer.device) - t_start
     row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)
     state.rows.append(row)
-    state.epoch += 1
-    state.batch = 0
-    state.loss_sum = torch.zeros((), device=trainer.device)
 
 
 def train_one_epoch(trainer: Trainer, state: TrainState) -> float:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import csv
 import io
+import math
 import shlex
 import shutil
 import signal
@@ -82,7 +83,7 @@ class Recorder:
         self.start, self.seconds_data = start, parts.seconds_data
         self.base = _summary_base(cfg, parts)
         self.best_key = f"val/{parts.task.main_metric}" if "val" in parts.eval_loaders else None
-        self.details: dict[str, Any] = {}  # per-class test results of the final model
+        self.details: dict[str, dict[str, Any]] = {}  # split -> per-class results of the final model
         self.saved: dict[str, int] = {}  # where the newest checkpoint on disk stands: what a resume continues from
         self.writer = None  # TensorBoard's SummaryWriter (trainer.tensorboard)
         self._folder = contextlib.ExitStack()
@@ -95,6 +96,9 @@ class Recorder:
         A new run directory that cannot take its first files is removed."""
         if not new:
             self.saved = _position(self.state)  # the checkpoint resumed from
+            if self.cfg.model.pretrained:  # loaded by the first start only; its record is kept from there
+                previous = rundir.read_summary(self.run_dir).get("pretrained")
+                self.base.update({"pretrained": previous} if previous else {})
         if not self.main_rank:
             return
         self._folder.enter_context(keep_folder(self.run_dir))
@@ -134,7 +138,7 @@ class Recorder:
                 "epochs_completed": state.epoch,
                 "final": final,
                 "best": best,
-                **({"test_details": self.details} if self.details else {}),
+                **{f"{split}_details": details for split, details in self.details.items() if details},
                 "seconds": seconds,
                 **({"time_budget": budget_record(self.tcfg, state)} if self.trainer.budget is not None else {}),
                 "peak_memory_bytes": peak,  # kept for older readers
@@ -181,20 +185,26 @@ class Recorder:
 
     def after_fit(self, state: TrainState) -> None:
         """The final model's test results (measured here when the loop did not: a resume after the last epoch, or
-        a budget spent by an evaluation) and task artifacts, the best weights' test results, status `finished`."""
+        a budget spent by an evaluation), its task artifacts and details on val and test, the best weights' test
+        results, status `finished`."""
         trainer, task = self.trainer, self.trainer.task
         t_eval = time.monotonic()
         if "test" not in trainer.outputs:
             metrics, *trainer.outputs["test"] = self._test(trainer.eval_model)
             if not any(k.startswith("test/") for k in state.rows[-1]):
-                state.rows[-1].update({f"test/{k}": v for k, v in metrics.items()})
+                state.rows[-1].update({f"test/{k}": v for k, v in metrics.items() if math.isfinite(v)})
                 if self.main_rank:
                     rundir.write_metrics(self.run_dir, state.rows)
+        if "val" in trainer.eval_loaders and "val" not in trainer.outputs:  # a resume after the last epoch
+            _, *trainer.outputs["val"] = self._test(trainer.eval_model, "val")
         final = dict(state.rows[-1])
+        for split in ("val", "test"):
+            if split in trainer.outputs:
+                if self.main_rank:
+                    _write_artifacts(self.run_dir, task.artifacts(*trainer.outputs[split]), split)
+                self.details[split] = task.details(*trainer.outputs[split])
         if self.main_rank:
-            _write_artifacts(self.run_dir, task.artifacts(*trainer.outputs["test"]))
             per_image.save(self.run_dir / layout.per_image(), task, *trainer.outputs["test"])
-        self.details.update(task.details(*trainer.outputs["test"]))
         if self.best_key is None and self.main_rank:  # no validation split: the best weights are the final ones
             save_weights(self.run_dir / layout.BEST, trainer.eval_model, {"epoch": str(state.epoch)})
         if self.best_key is None or state.best_epoch == state.epoch:
@@ -211,9 +221,9 @@ class Recorder:
         if self.world > 1:
             dist.barrier()  # every rank done before any tears the group down
 
-    def _test(self, model):
+    def _test(self, model, split: str = "test"):
         trainer = self.trainer
-        return evaluate(model, trainer.eval_loaders["test"], trainer.task, trainer.device, self.tcfg)
+        return evaluate(model, trainer.eval_loaders[split], trainer.task, trainer.device, self.tcfg)
 
     # --- the stop story ---------------------------------------------------------------------------------------
 
@@ -238,6 +248,8 @@ class Recorder:
 
     def where(self) -> str:
         state, epochs = self.state, self.tcfg.epochs
+        if epochs == 0:
+            return "after its evaluation (0 epochs)" if state.rows else "in its evaluation (0 epochs)"
         if state.batch == 0 and state.epoch > 0:
             return f"after epoch {state.epoch}/{epochs} (step {state.step})"
         return f"in epoch {state.epoch + 1}/{epochs} at step {state.step}"
@@ -335,6 +347,7 @@ def _summary_base(cfg: RunConfig, parts: Assembly) -> dict[str, Any]:
         "epochs": cfg.trainer.epochs,
         "augment": augment_placement(cfg.data.augment),
         **({"task_stats": task.stats()} if task.stats() else {}),
+        **({"pretrained": parts.transfer.record()} if parts.transfer is not None else {}),
         "data_info": vars(parts.data.info),  # input size, mean/std, class names: `predict` and `export` need no data
     }
 
@@ -369,18 +382,18 @@ def _peer_lost(e: BaseException) -> bool:
 def _best_row(state: TrainState) -> dict[str, Any]:
     if state.best_epoch is None:
         return {}
-    row = state.rows[state.best_epoch - 1]
+    row = state.rows[max(state.best_epoch - 1, 0)]  # rows of epochs 1, 2, ...; or the one of a run of 0 epochs
     return {"epoch": state.best_epoch, **{k: v for k, v in row.items() if k.startswith("val/")}}
 
 
-def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
+def _write_artifacts(run_dir: Path, artifacts: dict[str, Any], split: str) -> None:
     """Task artifacts: a confusion matrix as JSON and as CSV with class names; a dict of equal-length columns
     (predictions) as CSV; anything else as JSON."""
     for name, value in artifacts.items():
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         if name == layout.CONFUSION_MATRIX:
-            write_json(run_dir / layout.artifact(name), value)
+            write_json(run_dir / layout.artifact(name, split), value)
             writer.writerow(["true\\pred", *value["class_names"]])
             for cls, counts in zip(value["class_names"], value["rows_true_cols_pred"], strict=True):
                 writer.writerow([cls, *counts])
@@ -388,6 +401,6 @@ def _write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
             writer.writerow(list(value))
             writer.writerows(zip(*value.values(), strict=True))
         else:
-            write_json(run_dir / layout.artifact(name), value)
+            write_json(run_dir / layout.artifact(name, split), value)
             continue
-        write_text(run_dir / layout.artifact(name, suffix=".csv"), buf.getvalue())
+        write_text(run_dir / layout.artifact(name, split, suffix=".csv"), buf.getvalue())

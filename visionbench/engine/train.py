@@ -63,6 +63,8 @@ def train(
         resumed = f"; resuming {recorder.where()}" if ckpt is not None else ""
         progress.message(f"writing to {run_dir}{resumed}")  # the end names it again as `run directory:`
         progress.message(_start_line(cfg, parts, proc))
+        if parts.transfer is not None:
+            progress.message(parts.transfer.line())
 
     # 5. Train; the recorder writes the final and best results at the end, or the stop story.
     try:
@@ -141,7 +143,7 @@ def _start_line(cfg: RunConfig, parts: Assembly, proc: Process) -> str:
     )
     where = f"{proc.device}" + (f" x {proc.world} processes" if proc.world > 1 else "")
     epochs, steps = cfg.trainer.epochs, parts.steps_per_epoch
-    return (
-        f"{cfg.model.name} ({parts.params:,} parameters) on {cfg.data.name} ({sizes} images), device {where}, "
-        f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps:,} steps"
-    )
+    plan = f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps:,} steps"
+    if epochs == 0:
+        plan = f"0 epochs: evaluating the model as built on {' and '.join(parts.eval_loaders)}, no training"
+    return f"{cfg.model.name} ({parts.params:,} parameters) on {cfg.data.name} ({sizes} images), device {where}, {plan}"

@@ -24,7 +24,7 @@ CONTRACT = ("forward_features", "forward_head", "num_features", "reset_head", "c
 def create_model(
     name: str, num_outputs: int, in_chans: int = 3, img_size: tuple[int, int] = (32, 32), **kwargs
 ) -> nn.Module:
-    """Build a registered model, or any timm model as `timm:<name>`.
+    """Build a registered model, any timm model as `timm:<name>`, or a torchvision one as `torchvision:<name>`.
 
     A kwarg of `None` means "the architecture's own default" and is dropped before the call (as timm does).
     """
@@ -34,6 +34,12 @@ def create_model(
 
         return create_timm_model(
             name.removeprefix("timm:"), num_outputs=num_outputs, in_chans=in_chans, img_size=img_size, **kwargs
+        )
+    if name.startswith("torchvision:"):
+        from visionbench.models.torchvision_adapter import create_torchvision_model
+
+        return create_torchvision_model(
+            name.removeprefix("torchvision:"), num_outputs=num_outputs, in_chans=in_chans, img_size=img_size, **kwargs
         )
     builder = MODELS.get(name)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ from visionbench.report.records import UNREADABLE, check_keys, find_runs, is_rea
 from visionbench.report.significance import result_tables
 from visionbench.report.tables import (
     DEFAULT_ROWS,
+    Cell,
     Table,
     cell_key,
     default_columns,
@@ -286,12 +288,94 @@ def _run_section(index: int, rec: dict[str, Any], figures: tuple[list[Path], lis
     parts += [f'<p class="problem">{_esc(p)}</p>' for p in problems]
     if paths:
         parts.append('<div class="figures">' + "".join(_figure_html(p, run_dir) for p in paths) + "</div>")
+    parts += _details_html(rec, index)
     try:  # shown as text whatever it holds (an alias bomb is harmless unparsed), but only a bounded regular file
         config = read_text(run_dir / layout.CONFIG, layout.CONFIG, CONFIG_BYTES)
         parts.append(f"<details><summary>{layout.CONFIG}</summary><pre>{_esc(config)}</pre></details>")
     except UnreadableFile as e:
         parts.append(f'<p class="problem">{_esc(e.reason)}</p>')
     return "\n".join(parts) + "</section>"
+
+
+# Rows of a per-class table shown unfolded; a longer one (ImageNet's 1,000 classes) starts folded
+UNFOLDED_ROWS = 40
+
+
+def _detail_cell(value: Any) -> Cell:
+    """A value of summary.json's details: a number right-aligned and sortable, None (undefined) empty."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return Cell("" if value is None else str(value))
+    text = str(value) if isinstance(value, int) else f"{value:.4f}" if abs(value) < 1e4 else f"{value:.6g}"
+    return Cell(text, sort=float(value))
+
+
+def _rows_table(title: str, first: str, rows: dict[str, Any]) -> Table | None:
+    """A table of `{name: {column: value}}` (per class) or `{name: [{column: value}, ...]}` (bins per target):
+    one row per name (or per name and bin), columns in the order of the first row; None when `rows` holds no such
+    thing (a summary written by hand, an older layout)."""
+    flat = (
+        [(n, r) for n, v in rows.items() for r in (v if isinstance(v, list) else [v])] if isinstance(rows, dict) else []
+    )
+    if not flat or not all(isinstance(r, dict) for _, r in flat):
+        return None
+    keys = list(dict.fromkeys(k for _, r in flat for k in r))
+    body = [[Cell(str(name)), *(_detail_cell(r.get(k)) for k in keys)] for name, r in flat]
+    numeric = [all(row[j + 1].sort is not None or not row[j + 1].text for row in body) for j in range(len(keys))]
+    return Table(title, [first, *keys], [False, *numeric], body)
+
+
+def _with_scores(details: dict[str, Any]) -> Any:
+    """`per_class` with the per-class AP or AUROC of the same details as a column each, when there are any."""
+    table = details.get("per_class")
+    if not isinstance(table, dict) or not all(isinstance(row, dict) for row in table.values()):
+        return table
+    scores = {k.removeprefix("per_class_"): details.get(k) for k in ("per_class_ap", "per_class_auroc")}
+    scores = {k: v for k, v in scores.items() if isinstance(v, dict)}
+    return {name: {**row, **{k: v.get(name) for k, v in scores.items()}} for name, row in table.items()}
+
+
+def _details_tables(rec: dict[str, Any]) -> list[tuple[Table, str]]:
+    """The per-class tables of summary.json's `test_details` and `val_details`, each with a line on calibration."""
+    tables = []
+    for split in ("test", "val"):
+        details = rec.get(f"{split}_details")
+        if not isinstance(details, dict):
+            continue
+        threshold = details.get("threshold")
+        at = f" (decisions at probability > {threshold})" if isinstance(threshold, (int, float)) else ""
+        calibration = details.get("calibration")
+        note = (
+            f"{split}: ECE {_detail_cell(calibration.get('ece')).text} ({calibration.get('ece_kind', '')}), "
+            f"Brier score {_detail_cell(calibration.get('brier')).text}"
+            if isinstance(calibration, dict)
+            else ""
+        )
+        candidates = [
+            (f"{split}: per class{at}", "class", _with_scores(details)),
+            (f"{split}: MAE by range of the true target", "target", details.get("error_by_range")),
+        ]
+        if isinstance(details.get("most_confused"), list):
+            pairs = {str(i + 1): p for i, p in enumerate(details["most_confused"])}
+            candidates.append((f"{split}: most confused pairs", "rank", pairs))
+        for title, first, rows in candidates:
+            table = _rows_table(title, first, rows)
+            if table is not None:
+                tables.append((table, note))
+                note = ""  # once per split
+    return tables
+
+
+def _details_html(rec: dict[str, Any], index: int) -> list[str]:
+    parts = []
+    for j, (table, note) in enumerate(_details_tables(rec)):
+        folded = "" if len(table.rows) <= UNFOLDED_ROWS else " (folded: click to show)"
+        parts.append(
+            f"<details{' open' if not folded else ''}><summary>{_esc(table.title + folded)}</summary>"
+            + (f'<p class="note">{_esc(note)}</p>' if note else "")
+            + _html_table(table, f"run-{index}-details-{j}")
+            + "</details>"
+        )
+    return parts
 
 
 def render_html(

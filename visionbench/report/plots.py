@@ -1,7 +1,7 @@
 """Figures of one run directory, drawn from its files alone: loss and metric curves (metrics.csv, also exported as
 `curves.csv`), the test confusion matrix (confusion_matrix_test.json), per-class AP or AUROC bars (summary.json's
-`test_details`) and, for regression, predicted against true test values (predictions_test.csv, the DeepLense
-study's figure).
+`test_details`), the reliability diagram of val and test (reliability_<split>.json) and, for regression, predicted
+against true test values (predictions_test.csv, the DeepLense study's figure).
 
 Each figure is written under `<run>/plots/` as PNG (for the HTML report) and SVG (for papers), each file atomically,
 so a figure is either whole or absent. Drawn at the end of training and again by `visionbench report`.
@@ -222,7 +222,56 @@ def plot_predictions(run_dir: Path) -> list[Path]:
     return [_save(fig, run_dir / layout.PLOTS / "pred_vs_true.png")]
 
 
-PLOTTERS = (plot_curves, plot_confusion, plot_per_class, plot_predictions)
+def _reliability_bins(path: Path) -> tuple[dict[str, Any], list[tuple[float, float, int, float, float]]]:
+    """A reliability_<split>.json: the file's object and its non-empty bins (low, high, count, mean probability,
+    observed frequency); a file that does not hold them is a one-line UserError naming it."""
+    data = read_json(path)
+    bins = data.get("bins") if isinstance(data, dict) else None
+    keys = ("low", "high", "count", "confidence", "observed")
+    columns = [bins.get(k) for k in keys] if isinstance(bins, dict) else []
+    if len(columns) != len(keys) or not all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
+        raise UserError(f"{path}: expected bins with equal-length lists {', '.join(keys)}")
+    rows = []
+    for row in zip(*columns, strict=True):
+        if row[2] == 0:
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row):
+            raise UserError(f"{path}: a non-empty bin holds something other than finite numbers")
+        rows.append(row)
+    return data, rows
+
+
+def plot_reliability(run_dir: Path) -> list[Path]:
+    """The reliability diagram of the final model on val and test, one panel per split: each bin's observed
+    frequency (bars) against its mean predicted probability (dots), the diagonal a perfectly calibrated model
+    follows, the split's ECE and Brier score in the title; nothing unless the task gives probabilities."""
+    splits = [s for s in ("val", "test") if (run_dir / layout.artifact(layout.RELIABILITY, s)).is_file()]
+    if not splits:
+        return []
+    fig, axes = _figure(len(splits))
+    for ax, split in zip(axes[0], splits, strict=True):
+        data, rows = _reliability_bins(run_dir / layout.artifact(layout.RELIABILITY, split))
+        low, high, count, confidence, observed = zip(*rows, strict=True) if rows else ((),) * 5
+        widths = [h - lo for lo, h in zip(low, high, strict=True)]
+        ax.bar(low, observed, width=widths, align="edge", color="tab:blue", alpha=0.7, edgecolor="black")
+        ax.plot(confidence, observed, "o", color="tab:red", markersize=3, label="mean predicted probability")
+        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+        title = f"{split}: ECE {_fmt(data.get('ece'))}, Brier {_fmt(data.get('brier'))} ({sum(count)} predictions)"
+        ax.set_title(title, fontsize=9)
+        kind = data.get("ece_kind")
+        xlabel = "predicted probability" + (f" ({kind})" if isinstance(kind, str) else "")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel="observed frequency")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(run_dir.name, fontsize=9, y=1.02)
+    return [_save(fig, run_dir / layout.PLOTS / f"{layout.RELIABILITY}.png")]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+PLOTTERS = (plot_curves, plot_confusion, plot_per_class, plot_reliability, plot_predictions)
 
 
 def plot_run(run_dir: Path) -> list[Path]:

@@ -25,6 +25,8 @@ class Task(nn.Module):
         one_class_per_image: a target is one class index per image: mixup / cutmix can blend its one-hot form, and
             embeddings can be coloured by it.
         columns: the columns of predict's table for one entry of `describe`'s predictions.
+        calibratable: the outputs are probabilities of logits (softmax, sigmoid): ECE, the Brier score and
+            temperature scaling apply (`calibration`, `nll`).
     """
 
     name: str = ""
@@ -32,6 +34,7 @@ class Task(nn.Module):
     mode: str = "min"
     one_class_per_image: bool = False
     columns: tuple[str, ...] = ()
+    calibratable: bool = False
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns a dict with `loss` (scalar) and `output` (activated predictions), as timm's TrainingTask."""
@@ -56,6 +59,16 @@ class Task(nn.Module):
 
     def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Small per-class results that belong in summary.json (per-class AP, per-class AUC ...)."""
+        return {}
+
+    def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the targets under `activate(logits)`, differentiable in the logits and in
+        their dtype: what temperature scaling minimises (tasks that are `calibratable`)."""
+        raise NotImplementedError
+
+    def calibration(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """`ece`, `brier`, `ece_kind` (what the ECE bins) and the reliability diagram's `bins` of a whole split's
+        outputs (tasks/calibration.py); empty for tasks that are not `calibratable`."""
         return {}
 
     def fit_targets(self, targets: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""Single-label classification: cross-entropy with label smoothing, top-1/top-5 accuracy, confusion matrix, and
+"""Single-label classification: cross-entropy with label smoothing, top-1/top-5 accuracy, confusion matrix,
+per-class precision, recall and F1 with the most-confused pairs, calibration (top-label ECE, Brier score), and
 optionally one-vs-rest ROC AUC (the DeepLense classification metric)."""
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix
 
+from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
 from visionbench.tasks._metrics import Fed, MacroMean
+from visionbench.tasks._per_class import most_confused, multiclass_table, table_columns
 from visionbench.tasks.base import Task
+from visionbench.tasks.calibration import multiclass_calibration
 
 
 def _mean_loss() -> Fed:
@@ -30,7 +34,9 @@ class _MacroAUROC(MacroMean):
         super().__init__(MulticlassAUROC(num_classes, average=None), num_classes)
 
     def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.float(), targets
+        # probabilities: torchmetrics takes values that all lie in [0, 1] for probabilities and would rank such
+        # logits as they are, and a class's logit does not rank images as its softmax probability does
+        return logits.float().softmax(-1), targets
 
     def count(self, targets: torch.Tensor) -> torch.Tensor:
         return torch.bincount(targets, minlength=len(self.counts))
@@ -45,6 +51,7 @@ class ClassificationTask(Task):
     mode = "max"
     one_class_per_image = True
     columns = ("rank", "class", "probability")
+    calibratable = True
 
     def __init__(self, info: DatasetInfo, label_smoothing: float = 0.0, auroc: bool = False):
         super().__init__()
@@ -71,17 +78,43 @@ class ClassificationTask(Task):
             metrics["auroc"] = _MacroAUROC(self.num_classes)
         return MetricCollection(metrics)
 
+    def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets)
+
+    def calibration(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        logits, targets = logits.cpu(), targets.cpu()
+        return multiclass_calibration(self.activate(logits), targets)
+
+    def _confusion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return MulticlassConfusionMatrix(self.num_classes)(logits.float().argmax(-1), targets)
+
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        matrix = MulticlassConfusionMatrix(self.num_classes)(logits.float().argmax(-1), targets)
-        return {"confusion_matrix": {"class_names": list(self.class_names), "rows_true_cols_pred": matrix.tolist()}}
+        logits, targets = logits.cpu(), targets.cpu()  # the metrics below are built on the CPU
+        names = list(self.class_names)
+        matrix = self._confusion(logits, targets)
+        return {
+            layout.CONFUSION_MATRIX: {"class_names": names, "rows_true_cols_pred": matrix.tolist()},
+            layout.PER_CLASS: table_columns(multiclass_table(logits.argmax(-1), targets, names)),
+            **({layout.RELIABILITY: calibration} if (calibration := self.calibration(logits, targets)) else {}),
+        }
 
     def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """`per_class` (precision, recall, F1, support), `most_confused` (true, predicted, count), `calibration`
+        (ECE, Brier) and, with `auroc`, `per_class_auroc`."""
+        logits, targets = logits.cpu(), targets.cpu()  # the metrics below are built on the CPU
+        names = list(self.class_names)
+        calibration = {k: v for k, v in self.calibration(logits, targets).items() if k != "bins"}
+        details = {
+            "per_class": multiclass_table(logits.argmax(-1), targets, names),
+            "most_confused": most_confused(self._confusion(logits, targets), names),
+            **({"calibration": calibration} if calibration else {}),
+        }
         if not self.auroc:
-            return {}
+            return details
         metric = _MacroAUROC(self.num_classes)
         metric.update(logits, targets)
         per_class = [None if v != v else round(v, 6) for v in metric.per_class().tolist()]  # NaN -> None
-        return {"per_class_auroc": dict(zip(self.class_names, per_class, strict=True))}
+        return {**details, "per_class_auroc": dict(zip(self.class_names, per_class, strict=True))}
 
     def decide(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(-1)

@@ -1,4 +1,5 @@
-"""Multi-label classification: one sigmoid per class, BCE-with-logits, mAP, per-class AP and F1.
+"""Multi-label classification: one sigmoid per class, BCE-with-logits, mAP, per-class AP, precision, recall and F1
+at the task's threshold, and calibration (binary ECE over all labels, Brier score).
 
 Targets are float (B, C): 1 present, 0 absent, -1 ignore. Pascal VOC marks objects that are hard to recognise as
 `difficult`; its evaluation neither rewards nor penalises them, so a class present in an image only through
@@ -16,11 +17,14 @@ import torch.nn.functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
+from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.errors import UserError
 from visionbench.registry import TASKS
 from visionbench.tasks._metrics import Fed, MacroMean
+from visionbench.tasks._per_class import multilabel_table, table_columns
 from visionbench.tasks.base import Task
+from visionbench.tasks.calibration import multilabel_calibration
 
 IGNORE = -1
 
@@ -59,6 +63,7 @@ class MultilabelTask(Task):
     main_metric = "map"
     mode = "max"
     columns = ("label", "probability", "positive")
+    calibratable = True
 
     def __init__(self, info: DatasetInfo, pos_weight: float | list[float] | None = None, threshold: float = 0.5):
         super().__init__()
@@ -92,15 +97,42 @@ class MultilabelTask(Task):
             }
         )
 
+    def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        keep = targets != IGNORE
+        loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype).clamp_min(0), reduction="none")
+        return loss[keep].mean()
+
+    def calibration(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        logits, targets = logits.cpu(), targets.cpu()
+        return multilabel_calibration(self.activate(logits), targets, IGNORE)
+
+    def _per_class(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, dict[str, Any]]:
+        return multilabel_table(self.activate(logits), targets, self.threshold, list(self.class_names), IGNORE)
+
+    def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        logits, targets = logits.cpu(), targets.cpu()  # the metrics below are built on the CPU
+        calibration = self.calibration(logits, targets)
+        return {
+            layout.PER_CLASS: table_columns(self._per_class(logits, targets), first="label"),
+            **({layout.RELIABILITY: calibration} if calibration else {}),
+        }
+
     def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """`per_class_ap`, `per_class` (precision, recall, F1 at `threshold`, support: positives), `threshold`
+        and `calibration` (ECE, Brier)."""
+        logits, targets = logits.cpu(), targets.cpu()  # the metrics below are built on the CPU
         metric = _MacroAP(self.num_classes)
         metric.update(logits, targets)
+        calibration = {k: v for k, v in self.calibration(logits, targets).items() if k != "bins"}
         # JSON has no NaN: a class without positives in the split has no AP (None)
         return {
             "per_class_ap": {
                 n: (round(float(v), 6) if torch.isfinite(v) else None)
                 for n, v in zip(self.class_names, metric.per_class(), strict=True)
-            }
+            },
+            "per_class": self._per_class(logits, targets),
+            "threshold": self.threshold,
+            **({"calibration": calibration} if calibration else {}),
         }
 
     def decide(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -161,8 +193,10 @@ class _MacroAP(MacroMean):
 
 
 def _on_int_targets(metric: Metric) -> Fed:
-    """torchmetrics' multilabel metrics want integer targets; ours are float."""
-    return Fed(metric, lambda logits, targets: (logits.float(), targets.long()))
+    """torchmetrics' multilabel metrics want integer targets (ours are float) and get probabilities: torchmetrics
+    takes a batch whose values all lie in [0, 1] for probabilities, so logits that happen to would be thresholded
+    as they are (a logit of 0.3 counted negative at threshold 0.5)."""
+    return Fed(metric, lambda logits, targets: (logits.float().sigmoid(), targets.long()))
 
 
 @TASKS.register(MultilabelTask.name)

@@ -1,4 +1,5 @@
-"""Regression: L1, MSE or Huber loss on standardised targets; MAE, RMSE and R² in the targets' own units.
+"""Regression: L1, MSE or Huber loss on standardised targets; MAE, RMSE and R² in the targets' own units, and the
+MAE by range of the true target (quantile bins).
 
 The network learns z = (y - mean) / std, with mean and std of the train split (`fit_targets`), so a target in
 dex around -23 (DeepLense's log10 m_a) or in metres trains at the same learning rates as one around zero. The
@@ -14,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection, R2Score
 
+from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
 from visionbench.tasks._metrics import Fed
+from visionbench.tasks._per_class import error_by_range, range_columns
 from visionbench.tasks.base import Task
 
 
@@ -79,7 +82,13 @@ class RegressionTask(Task):
             suffix = "" if self.num_outputs == 1 else f"_{name}"
             columns[f"true{suffix}"] = [round(v, 6) for v in targets[:, j].tolist()]
             columns[f"pred{suffix}"] = [round(v, 6) for v in preds[:, j].tolist()]
-        return {"predictions": columns}
+        ranges = error_by_range(preds, targets, list(self.target_names))
+        return {layout.PREDICTIONS: columns, layout.ERROR_BY_RANGE: range_columns(ranges)}
+
+    def details(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """`error_by_range`: per target, the MAE in each quantile bin of the true values (low, high, count)."""
+        preds = self.activate(logits).cpu()
+        return {"error_by_range": error_by_range(preds, targets.reshape(preds.shape).cpu(), list(self.target_names))}
 
     def agreement(self, before: torch.Tensor, after: torch.Tensor) -> tuple[float, str]:
         return float((after - before).abs().mean()), "mean |change|"

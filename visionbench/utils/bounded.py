@@ -38,6 +38,9 @@ LIST_BYTES = 64 * MiB  # VOC ImageSets lists: the largest official one is 70 KiB
 XML_BYTES = 1 * MiB  # a VOC annotation: ~1 KiB each
 ARRAY_FILE_BYTES = 4 * GiB  # one idx file (uncompressed), CIFAR batch or .npy: CIFAR-100's train batch is 155 MiB
 IMAGE_FILE_BYTES = 1 * GiB  # one image file of an image folder or manifest
+# a pretrained weights file (model.pretrained): 1B parameters with Adam's two moments, all float32, are 11.2 GiB;
+# the largest library files: torchvision's RegNetY-128GF SWAG 2.46 GB, timm's vit_gigantic_patch14_clip 7.4 GB
+WEIGHTS_FILE_BYTES = 16 * GiB
 # Elements of one image in an array file (.npy, a pickled array): Pillow's decompression-bomb limit for pixels
 # (Image.MAX_IMAGE_PIXELS, ~89 M, a 9459 x 9459 image). A DeepLense image is 150 x 150.
 MAX_IMAGE_ELEMENTS = 89_478_485
