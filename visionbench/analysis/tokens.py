@@ -11,15 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-
-def token_grid(model: nn.Module) -> tuple[int, tuple[int, int]]:
-    """(prefix tokens, (h, w)) of an "NLC" model's last token grid."""
-    grid = getattr(model, "grid_size", None)
-    if grid is None and hasattr(model, "patch_embed"):
-        grid = getattr(model.patch_embed, "grid_size", None)
-    if grid is None:
-        raise TypeError(f"{type(model).__name__} declares NLC features but neither grid_size nor patch_embed.grid_size")
-    return int(getattr(model, "num_prefix_tokens", 0)), (int(grid[0]), int(grid[1]))
+from visionbench.models import token_grid
 
 
 def reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:

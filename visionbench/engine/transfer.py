@@ -408,16 +408,19 @@ def _resample_pos_embed(model: nn.Module, theirs: torch.Tensor, value: torch.Ten
 
 
 def _token_grid(model: nn.Module, tokens: int) -> tuple[int, int] | None:
-    """The model's patch grid: timm's `patch_embed.grid_size`, torchvision's image_size // patch_size, or the
-    square root of its tokens less timm's `num_prefix_tokens`."""
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if grid is None and isinstance(getattr(model, "image_size", None), int) and hasattr(model, "patch_size"):
-        side = model.image_size // model.patch_size
-        grid = (side, side)
-    if grid is None and isinstance(getattr(model, "num_prefix_tokens", None), int):
+    """The model's patch grid as it declares it (`models.token_grid`), else the square root of its tokens less
+    `num_prefix_tokens`."""
+    from visionbench.models import token_grid
+
+    try:
+        return token_grid(model)[1]
+    except TypeError:
+        pass
+    if isinstance(getattr(model, "num_prefix_tokens", None), int):
         side = math.isqrt(max(tokens - model.num_prefix_tokens, 0))
-        grid = (side, side) if side * side == tokens - model.num_prefix_tokens else None
-    return (int(grid[0]), int(grid[1])) if grid is not None else None
+        if side * side == tokens - model.num_prefix_tokens:
+            return side, side
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

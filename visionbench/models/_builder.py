@@ -101,6 +101,21 @@ def inspect_on_meta(
     return inspect_model(model, input_size, name)
 
 
+def token_grid(model: nn.Module) -> tuple[int, tuple[int, int]]:
+    """(prefix tokens, (h, w)) of a token model's patch grid: `grid_size` (ours, torchvision's through its adapter) or
+    timm's `patch_embed.grid_size`, after `num_prefix_tokens` (class/register tokens).
+
+    Raises:
+        TypeError: the model declares neither.
+    """
+    grid = getattr(model, "grid_size", None)
+    if grid is None and hasattr(model, "patch_embed"):
+        grid = getattr(model.patch_embed, "grid_size", None)
+    if grid is None:
+        raise TypeError(f"{type(model).__name__} declares neither grid_size nor patch_embed.grid_size")
+    return int(getattr(model, "num_prefix_tokens", 0)), (int(grid[0]), int(grid[1]))
+
+
 def resolve_module(model: nn.Module, dotted: str) -> nn.Module:
     """The submodule at a dotted path such as `cam_layer` (no eval, unlike grad-cam's tests)."""
     return model.get_submodule(dotted)

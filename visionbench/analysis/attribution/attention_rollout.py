@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionbench.analysis.attribution._base import Attribution
-from visionbench.analysis.tokens import token_grid
+from visionbench.models import token_grid
 from visionbench.registry import ATTRIBUTIONS
 
 
