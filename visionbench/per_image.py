@@ -132,11 +132,6 @@ _METRICS = {
 }
 
 
-def stored(metric: str) -> bool:
-    """Whether per-image outputs are kept for runs whose main metric is `metric`."""
-    return metric in _METRICS
-
-
 def _digest(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(arrays):

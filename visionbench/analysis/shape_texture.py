@@ -51,7 +51,6 @@ STIMULUS_NAME = re.compile(r"(?P<shape>[^\W\d]+)\d+-(?P<texture>[^\W\d]+)\d+")
 GRIDS = (1, 2, 4, 8)  # patches per side
 LOW_PASS_SIGMAS = (0.03, 0.06, 0.12)  # Gaussian sigma, fractions of the shorter side: 0.8, 1.7, 3.4 px at 28 px
 SHUFFLE_SEED = 0
-BATCH_SIZE = 64  # stimuli decoded and predicted at a time
 OVERALL = "(all)"  # the cue-conflict table's row of every shape class
 
 
@@ -171,17 +170,13 @@ def decide_stimuli(run: LoadedRun, stimuli: Stimuli) -> torch.Tensor:
     Raises:
         UserError: an unreadable image, or an output that is not finite (naming the file).
     """
-    from visionbench.engine.inference import Preprocess, check_finite_outputs, predict_outputs
+    from visionbench.engine.inference import predicted_batches
 
-    preprocess = Preprocess.from_info(run.info)
     average = torch.zeros(run.info.num_outputs, len(stimuli.classes))  # (K, S): probabilities -> class means
     for s, indices in enumerate(stimuli.members):
         average[list(indices), s] = 1.0 / len(indices)
     decisions = []
-    for start in range(0, len(stimuli.files), BATCH_SIZE):
-        chunk = stimuli.files[start : start + BATCH_SIZE]
-        outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))
-        check_finite_outputs(outputs, [str(p) for p in chunk])
+    for _, outputs in predicted_batches(run, stimuli.files):
         decisions.append((outputs.float() @ average).argmax(1))
     return torch.cat(decisions)
 

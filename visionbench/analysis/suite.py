@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,12 +73,10 @@ class Evaluator:
 
 
 def robustness(ev: Evaluator, pixels: torch.Tensor, targets: torch.Tensor) -> list[dict]:
-    from torchvision.transforms.v2 import functional as TF
-
     gen = torch.Generator().manual_seed(0)
     corruptions: dict[str, tuple[tuple[float, ...], Callable[[torch.Tensor, float], torch.Tensor]]] = {
         "gaussian_noise": (NOISE_STD, lambda x, s: x + s * torch.randn(x.shape, generator=gen)),
-        "gaussian_blur": (BLUR_SIGMA, lambda x, s: TF.gaussian_blur(x, [2 * math.ceil(3 * s) + 1] * 2, [s, s])),
+        "gaussian_blur": (BLUR_SIGMA, shape_texture.low_pass),
         "contrast": (
             CONTRAST,
             lambda x, c: (x - x.mean((1, 2, 3), keepdim=True)) * c + x.mean((1, 2, 3), keepdim=True),

@@ -95,12 +95,12 @@ def _count_config(
             f"{config}: data {cfg.data.name!r} is sized by its files: {info.missing}; give {' and '.join(wanted)}"
         )
     shaped = dataclasses.replace(info, input_size=size, num_outputs=outputs)
-    # resumed=True: model.freeze and the head are what a run gets, and the pretrained weights are not loaded
+    # load=False: model.freeze and the head are what a run gets, and the pretrained weights are not loaded
     figures = measure(
         cfg.model.name,
         lambda: create_run_model(cfg, shaped),
         size,
-        prepare=lambda model: prepare_transfer(cfg, model, resumed=True),
+        prepare=lambda model: prepare_transfer(cfg, model, load=False),
     )
     about = {"input_size": size_name(size), "num_outputs": outputs, "dataset": cfg.data.name, "task": info.task}
     if cfg.model.pretrained:

@@ -74,7 +74,7 @@ def assemble(
     model, params, flops = build_model(cfg, data)
     check_budget(cfg, params)
     mix = build_mix(cfg, task, data.info)
-    head, frozen, transfer = prepare_transfer(cfg, model, resumed, warn=shard[0] == 0)
+    head, frozen, transfer = prepare_transfer(cfg, model, load=not resumed, warn=shard[0] == 0)
     spec = LoaderSpec(tcfg.batch_size, train=True, seed=tcfg.seed, channels_last=tcfg.channels_last, shard=shard)
     train_loader = build_loader(data, "train", cfg.data, device, spec)
     splits = [s for s in eval_splits if getattr(data, s) is not None]
@@ -160,9 +160,10 @@ def check_budget(cfg: RunConfig, params: int) -> None:
 
 
 def prepare_transfer(
-    cfg: RunConfig, model: torch.nn.Module, resumed: bool, warn: bool = True
+    cfg: RunConfig, model: torch.nn.Module, load: bool = True, warn: bool = True
 ) -> tuple[set[str], list[str], Transfer | None]:
-    """Load model.pretrained (not on a resume: the checkpoint has the weights) and apply model.freeze.
+    """Load model.pretrained (with `load`: not on a resume, where the checkpoint has the weights, nor for counting)
+    and apply model.freeze.
 
     Returns the head's parameter names (for optim.backbone_lr_scale), the frozen parameter names and what was
     loaded; with `warn`, one line on stderr when more than the head stayed as initialised.
@@ -173,7 +174,7 @@ def prepare_transfer(
     needs_head = mcfg.freeze == "backbone" or cfg.optim.backbone_lr_scale != 1.0 or mcfg.pretrained
     head = head_parameter_names(model) if needs_head else set()  # found once: it deep-copies the model
     transfer = None
-    if mcfg.pretrained and not resumed:
+    if mcfg.pretrained and load:
         key_map, keep_head = mcfg.pretrained_key_map, mcfg.keep_head
         transfer = load_pretrained(model, mcfg.pretrained, mcfg.name, head=head, key_map=key_map, keep_head=keep_head)
         warning = transfer.warning(mcfg.name)

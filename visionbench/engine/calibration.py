@@ -106,7 +106,7 @@ def _scores(task: Task, logits: torch.Tensor, targets: torch.Tensor) -> dict[str
 def _weights_sha256(model: nn.Module) -> str:
     from visionbench.engine.checkpoint import weights_digest
 
-    return weights_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    return weights_digest(model.state_dict())  # state_digest reads each tensor from its device itself
 
 
 def _config_sha256(run_dir: Path) -> str:

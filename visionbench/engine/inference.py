@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,18 +245,29 @@ def predict_files(run: LoadedRun, files: list[Path], top_k: int) -> list[dict[st
     Raises:
         UserError: an unreadable file, or an output that is not finite (naming the file).
     """
-    preprocess = Preprocess.from_info(run.info)
     records = []
-    for start in range(0, len(files), BATCH_SIZE):
-        chunk = files[start : start + BATCH_SIZE]
-        outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))
-        check_finite_outputs(outputs, [str(p) for p in chunk])
+    for chunk, outputs in predicted_batches(run, files):
         scaled = {} if run.temperature is None else {"temperature": run.temperature}
         records += [
             {"image": str(path), "task": run.task.name, **scaled, **run.task.describe(out, top_k)}
             for path, out in zip(chunk, outputs, strict=True)
         ]
     return records
+
+
+def predicted_batches(run: LoadedRun, files: list[Path]) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """(files, their activated outputs) of image files decoded and preprocessed as the run was trained, BATCH_SIZE
+    at a time.
+
+    Raises:
+        UserError: an unreadable file, or an output that is not finite (naming the file).
+    """
+    preprocess = Preprocess.from_info(run.info)
+    for start in range(0, len(files), BATCH_SIZE):
+        chunk = files[start : start + BATCH_SIZE]
+        outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))
+        check_finite_outputs(outputs, [str(p) for p in chunk])
+        yield chunk, outputs
 
 
 def non_finite_rows(outputs: torch.Tensor) -> torch.Tensor:
