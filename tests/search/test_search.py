@@ -203,9 +203,14 @@ def _start(config: Path, space: Path, *args: str) -> tuple[subprocess.Popen, Pat
     return proc, log
 
 
-def _running_trial_with_checkpoint(storage: str, name: str, deadline: float):
-    """A RUNNING trial whose run directory already holds a checkpoint (the kill lands mid-trial)."""
+def _running_trial_with_checkpoint(storage: str, name: str, deadline: float, proc=None, log: Path | None = None):
+    """A RUNNING trial whose run directory already holds a checkpoint (the kill lands mid-trial); a search that
+    ended before one did is reported with its output's end, not waited for."""
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"the search ended ({proc.returncode}) before a trial checkpointed: {log.read_text()[-3000:]}"
+            )
         try:
             for t in _study(storage, name).get_trials(states=(TrialState.RUNNING,)):
                 run = t.user_attrs.get("run_dir")
@@ -241,7 +246,7 @@ def test_two_workers_share_a_grid_and_a_killed_workers_trial_is_retried(tmp_path
     study_name = f"grid-{backend}-{os.getpid()}-{time.monotonic_ns()}"
     proc, log = _start(config, space, "--workers", "2", "--storage", storage, "--study-name", study_name)
     try:
-        victim = _running_trial_with_checkpoint(storage, study_name, time.monotonic() + 300)
+        victim = _running_trial_with_checkpoint(storage, study_name, time.monotonic() + 300, proc, log)
         pid = int(victim.user_attrs["worker"].split(":")[1])
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
@@ -259,7 +264,7 @@ def test_a_killed_study_resumes_with_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs/base/grid/study.db'}"
     proc, log = _start(config, space)
     try:
-        victim = _running_trial_with_checkpoint(storage, "grid", time.monotonic() + 300)
+        victim = _running_trial_with_checkpoint(storage, "grid", time.monotonic() + 300, proc, log)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole search: no worker is left
         proc.wait(timeout=30)
     finally:
