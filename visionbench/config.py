@@ -310,7 +310,8 @@ class TrainerConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32)  # NumPy's seed range
     deterministic: bool = False  # deterministic algorithms: bit-identical resume on CPU
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always trains in fp32
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA
+    cpu_precision: Literal["bf16", "fp32"] = "fp32"  # autocast dtype on CPU (bf16 pays on AVX-512 BF16 CPUs)
     channels_last: bool = True  # NHWC memory format: faster on CUDA and on CPU (oneDNN), measured in benchmarks/
     compile: bool = False  # torch.compile the training model; falls back to eager with a warning if it fails
     # torch.compile's mode: reduce-overhead adds CUDA graphs (fewer kernel launches for small models)
@@ -338,6 +339,7 @@ class TrainerConfig(Section):
     # anneals and ends at the budget (`epochs` stays an upper bound); evaluation is not counted unless asked
     time_budget_minutes: float | None = Field(None, gt=0.0)
     time_budget_counts_eval: bool = False
+    plots: bool = True  # `train` draws the run's figures as it ends; false leaves them to `report` (start-up: matplotlib)
     tensorboard: bool = False  # also write TensorBoard event files (`<run>/tensorboard/`) during training
 
     @field_validator("unfreeze_at_epoch", "time_budget_minutes")

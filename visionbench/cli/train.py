@@ -63,7 +63,8 @@ def train(
     run_dir = run_train(cfg, resume_dir=resume_dir, start_time=_START)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes and prints
         return
-    _draw_plots(run_dir)
+    if cfg.trainer.plots:
+        _draw_plots(run_dir)
     print(f"run directory: {run_dir}")
 
 

@@ -30,12 +30,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from visionbench import layout
 from visionbench.errors import UserError, first_line
 
 if TYPE_CHECKING:
+    import torch
+
     from visionbench.engine.inference import LoadedRun
 
 FORMATS = ("onnx",)
@@ -106,6 +106,7 @@ def to_onnx(run: LoadedRun, run_dir: Path, opset: int, weights: str) -> bytes:
         UserError: an operator the exporter cannot take, or an opset the model cannot be converted to.
     """
     import onnx
+    import torch  # here: `visionbench --help` and every other command import this module's names
 
     example, _ = _random_batches(run)
     try:
@@ -149,6 +150,8 @@ def to_onnx(run: LoadedRun, run_dir: Path, opset: int, weights: str) -> bytes:
 
 def exported_module(run: LoadedRun) -> torch.nn.Module:
     """The module export writes: the run's model, followed by the division by its temperature when it has one."""
+    import torch
+
     if run.temperature is None:
         return run.model
     from visionbench.engine.calibration import Temperature
@@ -158,6 +161,8 @@ def exported_module(run: LoadedRun) -> torch.nn.Module:
 
 def _random_batches(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor]:
     """The exported example and the checked images: standard normal (standardised units), one seeded draw."""
+    import torch
+
     C, H, W = run.info.input_size
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(EXAMPLE_BATCH, C, H, W, generator=generator)
@@ -179,6 +184,7 @@ def check_onnx(run: LoadedRun, run_dir: Path, data: bytes, opset: int, out: Path
         OutputsDiffer: the outputs differ beyond RTOL, ATOL (naming `out`, which is then not written).
     """
     import onnxruntime
+    import torch
 
     _, images = _random_batches(run)
     try:

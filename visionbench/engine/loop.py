@@ -100,7 +100,7 @@ class TrainStep:
         """The micro-batch's loss, after its backward pass; `check(loss)` runs between the two."""
         if self.mix is not None:
             images, targets = self.mix(images, targets)  # targets become (B, C) probabilities
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.cfg.precision, self.cfg.cpu_precision):
             logits = (self.forward or self.model)(images)
             loss = self.task.loss(logits, targets)
         if check is not None:
@@ -317,7 +317,7 @@ def evaluate(
     metrics = task.metrics().to(device)
     all_logits, all_targets = [], []
     for images, targets in loader:
-        with autocast(device, cfg.precision):
+        with autocast(device, cfg.precision, cfg.cpu_precision):
             logits = model(images).float()
             if cfg.tta == "flip":
                 logits = (logits + model(images.flip(-1)).float()) / 2

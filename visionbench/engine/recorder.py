@@ -28,7 +28,7 @@ from visionbench.engine import rundir
 from visionbench.engine.assembly import Assembly
 from visionbench.engine.checkpoint import first_non_finite, load_weights, rng_state, save_checkpoint, save_weights
 from visionbench.engine.loop import RunStopped, Trainer, TrainingDiverged, TrainState, evaluate
-from visionbench.engine.runtime import PeerFailed, Process, peak_memory_bytes, peak_rss_bytes
+from visionbench.engine.runtime import PeerFailed, Process, peak_memory_bytes, peak_rss_bytes, process_start
 from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
 from visionbench.utils.interrupts import Interrupted, signal_name
@@ -81,6 +81,8 @@ class Recorder:
         self.rank, self.world = proc.shard
         self.main_rank = self.rank == 0  # the one process that writes files
         self.start, self.seconds_data = start, parts.seconds_data
+        self.process_start = process_start() or start
+        self.first_step: float | None = None  # when this process's first training step ended (time.monotonic)
         self.base = _summary_base(cfg, parts)
         self.best_key = f"val/{parts.task.main_metric}" if "val" in parts.eval_loaders else None
         self.details: dict[str, dict[str, Any]] = {}  # split -> per-class results of the final model
@@ -130,6 +132,8 @@ class Recorder:
         peak = peak_memory_bytes(device)  # GPU on CUDA, else RSS
         seconds = {"data": round(self.seconds_data, 3), **{k: round(v, 3) for k, v in state.seconds.items()}}
         seconds["total"] = round(state.elapsed_offset + time.monotonic() - self.start, 3)
+        if self.first_step is not None:  # start-up: the process's start (interpreter, imports, data) to one step done
+            seconds["to_first_step"] = round(self.first_step - self.process_start, 3)
         rundir.write_summary(
             self.run_dir,
             {
@@ -149,6 +153,10 @@ class Recorder:
         )
 
     # --- the loop's events ------------------------------------------------------------------------------------
+
+    def after_batch(self, state: TrainState) -> None:
+        if self.first_step is None:
+            self.first_step = time.monotonic()
 
     def after_validate(self, state: TrainState) -> None:
         """The epoch's row: TensorBoard, the best weights when the validation metric improved, metrics.csv and

@@ -34,6 +34,7 @@ RUN_SETTINGS = frozenset(
         "trainer.checkpoint_every_epochs",
         "trainer.checkpoint_every_steps",
         "trainer.tensorboard",
+        "trainer.plots",
         "data.root",
         "data.download",
     }

@@ -11,6 +11,7 @@ import random
 import resource
 import signal
 import sys
+import time
 
 import numpy as np
 import torch
@@ -95,11 +96,27 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA; on CPU training stays fp32 (CPU bf16 is slower here, not faster)."""
+def autocast(device: torch.device, precision: str, cpu_precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA (`precision`); on CPU, bf16 autocast only when `cpu_precision` asks for it: it
+    pays on CPUs with AVX-512 BF16 for convolution-heavy small models (benchmarks/fmnist_cpu.py), not in general."""
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_precision == "bf16" else contextlib.nullcontext()
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def process_start() -> float | None:
+    """When this process started, on time.monotonic's clock (Linux: /proc/self/stat's start time, 10 ms ticks), so
+    that start-up figures include the interpreter's start and imports; None where /proc cannot tell."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            started_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, after the parenthesised name
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return time.monotonic() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import LayerNorm, resample_abs_pos_embed, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from visionbench.models.layers import get_act_layer
@@ -99,6 +97,10 @@ class CNNT(nn.Module):
                 f"cnn_t with {len(conv_widths)} conv stages needs inputs of at least {stride}x{stride}, "
                 f"got img_size {H}x{W}"
             )
+        # timm is imported where a model is built, so that importing the zoo (every `train`) does not pay for it
+        from timm.layers import LayerNorm, trunc_normal_
+        from timm.models.vision_transformer import Block
+
         act = get_act_layer(act_layer)
         widths = (in_chans,) + conv_widths
         self.stem = nn.Sequential(*(_conv_stage(widths[i], widths[i + 1], act) for i in range(len(conv_widths))))
@@ -136,6 +138,8 @@ class CNNT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
+        from timm.layers import trunc_normal_
+
         if isinstance(module, nn.Linear):  # timm's ViT init; convs and norms keep torch's
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
@@ -149,6 +153,8 @@ class CNNT(nn.Module):
                 f"cnn_t was built for a {self.grid_size[0]}x{self.grid_size[1]} token grid but the input gives "
                 f"{grid[0]}x{grid[1]}: build it with the input's img_size, or dynamic_img_size=True"
             )
+        from timm.layers import resample_abs_pos_embed
+
         return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid_size), self.num_prefix_tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

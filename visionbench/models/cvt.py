@@ -37,7 +37,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from visionbench.registry import MODELS
@@ -159,6 +158,8 @@ class ConvBlock(nn.Module):
         drop_path: float,
         num_prefix_tokens: int,
     ):
+        from timm.layers import DropPath, Mlp  # here: importing the zoo must not pay for timm (`train`'s start-up)
+
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = ConvAttention(
@@ -289,10 +290,14 @@ class CvT(nn.Module):
         self.cam_layer = f"stages.{len(stages) - 1}.blocks.{depths[-1] - 1}.norm1"
         self.feature_layout = "NLC"
         self.apply(self._init_weights)
+        from timm.layers import trunc_normal_
+
         trunc_normal_(self.stages[-1].cls_token, std=0.02)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
+        from timm.layers import trunc_normal_
+
         if isinstance(module, nn.Linear):  # the official init ("trunc_norm"); convs and norms keep torch's
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:

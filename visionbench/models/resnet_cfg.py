@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropBlock2d
 from torch import nn
 
 from visionbench.models.layers import get_act_layer
@@ -56,7 +55,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, conv_kernel, stride, padding=conv_kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
-        self.drop_block = DropBlock2d(drop_block, drop_block_size) if drop_block > 0 else nn.Identity()
+        self.drop_block = nn.Identity()
+        if drop_block > 0:
+            from timm.layers import DropBlock2d  # only here: timm's import is most of a small run's start-up
+
+            self.drop_block = DropBlock2d(drop_block, drop_block_size)
         self.act1 = act_layer()
         self.conv2 = nn.Conv2d(out_chs, out_chs, conv_kernel, 1, padding=conv_kernel // 2, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 
-import timm
 import torch
 from torch import nn
 
@@ -67,6 +66,8 @@ def create_timm_model(
     Raises:
         UserError: for a name timm does not know (naming the closest ones) or kwargs its constructor rejects.
     """
+    import timm  # here, not at the top: `timm:<name>` pays for timm's import, the zoo's own models do not
+
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"

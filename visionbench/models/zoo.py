@@ -19,11 +19,7 @@ Random init only here; `model.pretrained` loads weights afterwards (`engine/tran
 
 from __future__ import annotations
 
-import timm
 import torch
-from timm.layers import ClassifierHead
-from timm.models.vision_transformer import VisionTransformer
-from timm.models.vision_transformer_hybrid import HybridEmbed
 from torch import nn
 
 from visionbench.models.timm_adapter import give_contract
@@ -31,6 +27,8 @@ from visionbench.registry import MODELS
 
 
 def _timm(name: str, num_outputs: int, in_chans: int, img_size: tuple[int, int], **kwargs) -> nn.Module:
+    import timm  # timm is imported by the builders that use it: a registry lookup must not cost its import
+
     return timm.create_model(name, pretrained=False, num_classes=num_outputs, in_chans=in_chans, **kwargs)
 
 
@@ -51,6 +49,8 @@ def _vgg(name: str, num_outputs: int, in_chans: int, img_size: tuple[int, int], 
     model = _timm(name, num_outputs, in_chans, img_size)
     if classifier == "pool":  # the 512-channel map, average-pooled, into one linear layer
         model.pre_logits = nn.Identity()
+        from timm.layers import ClassifierHead
+
         model.head = ClassifierHead(model.num_features, num_outputs, pool_type="avg")
         model.head_hidden_size = model.num_features
     last_relu = max(i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU))
@@ -122,6 +122,8 @@ def _patch_check(name: str, img_size: tuple[int, int], patch_size: int) -> None:
 
 def _vit(num_outputs: int, in_chans: int, img_size: tuple[int, int], depth: int, **kwargs) -> nn.Module:
     """timm's VisionTransformer given the model contract, Grad-CAM at the last block's first norm (its tokens)."""
+    from timm.models.vision_transformer import VisionTransformer
+
     model = VisionTransformer(
         img_size=tuple(img_size), in_chans=in_chans, num_classes=num_outputs, depth=depth, **kwargs
     )
@@ -153,6 +155,8 @@ def vit(
 def vit_r50_hybrid(num_outputs: int, in_chans: int = 3, img_size: tuple[int, int] = (224, 224)):
     """ViT-B/16 on a ResNet-50 (v2, group norm) stem, overall stride 16: timm's `vit_base_r50_s16_224`."""
     _patch_check("vit_r50_hybrid", img_size, 16)
+    import timm
+
     model = timm.create_model(
         "vit_base_r50_s16_224", pretrained=False, num_classes=num_outputs, in_chans=in_chans, img_size=tuple(img_size)
     )
@@ -188,8 +192,10 @@ def cnn_vit(
     H, W = img_size
     grid = (-(-H // stride), -(-W // stride))  # stride-2 convs with padding 1 round up
 
-    def embed(**kwargs) -> HybridEmbed:
+    def embed(**kwargs) -> nn.Module:
         kwargs.pop("patch_size", None)
+        from timm.models.vision_transformer_hybrid import HybridEmbed
+
         return HybridEmbed(
             _conv_stem(in_chans, tuple(conv_widths)),
             patch_size=1,
