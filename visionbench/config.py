@@ -339,7 +339,7 @@ class TrainerConfig(Section):
     # anneals and ends at the budget (`epochs` stays an upper bound); evaluation is not counted unless asked
     time_budget_minutes: float | None = Field(None, gt=0.0)
     time_budget_counts_eval: bool = False
-    plots: bool = True  # `train` draws the run's figures as it ends; false leaves them to `report` (start-up: matplotlib)
+    plots: bool = True  # `train` draws the run's figures as it ends; false leaves them to `report` (matplotlib: ~1 s)
     tensorboard: bool = False  # also write TensorBoard event files (`<run>/tensorboard/`) during training
 
     @field_validator("unfreeze_at_epoch", "time_budget_minutes")

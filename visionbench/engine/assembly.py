@@ -36,7 +36,7 @@ class Assembly:
     task: Task
     model: torch.nn.Module
     params: int
-    flops: int
+    flops: int | None  # None until the run ends (the recorder counts them): counting imports torch._dynamo
     mix: Any  # timm's Mixup for data.augment.mixup_alpha / cutmix_alpha, else None
     head: set[str]  # the head's parameter names (optim.backbone_lr_scale, transfer)
     frozen: list[str]  # parameter names frozen by model.freeze
@@ -71,7 +71,7 @@ def assemble(
     data = build_datasets(cfg.data)
     task = build_task(cfg.task, data.info)
     task.fit_targets(data.train.targets)
-    model, params, flops = build_model(cfg, data)
+    model, params, flops = build_model(cfg, data, flops=False)  # counted as the run ends (start-up)
     check_budget(cfg, params)
     mix = build_mix(cfg, task, data.info)
     head, frozen, transfer = prepare_transfer(cfg, model, load=not resumed, warn=shard[0] == 0)
@@ -118,11 +118,12 @@ def create_run_model(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
     return create_model(cfg.model.name, info.num_outputs, in_chans=C, img_size=(H, W), **cfg.model.kwargs)
 
 
-def build_model(cfg: RunConfig, data: Datasets) -> tuple[torch.nn.Module, int, int]:
-    """The configured model for `data`, checked against the input size; returns (model, params, flops)."""
+def build_model(cfg: RunConfig, data: Datasets, flops: bool = True) -> tuple[torch.nn.Module, int, int | None]:
+    """The configured model for `data`, checked against the input size; returns (model, params, flops: None unless
+    `flops`)."""
     model = create_run_model(cfg, data.info)
-    params, flops = inspect_model(model, data.info.input_size, cfg.model.name)
-    return model, params, flops
+    params, n_flops = inspect_model(model, data.info.input_size, cfg.model.name, flops=flops)
+    return model, params, n_flops
 
 
 def build_mix(cfg: RunConfig, task: Task, info: DatasetInfo):

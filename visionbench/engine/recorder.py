@@ -30,6 +30,7 @@ from visionbench.engine.checkpoint import first_non_finite, load_weights, rng_st
 from visionbench.engine.loop import RunStopped, Trainer, TrainingDiverged, TrainState, evaluate
 from visionbench.engine.runtime import PeerFailed, Process, peak_memory_bytes, peak_rss_bytes, process_start
 from visionbench.errors import UserError, first_line
+from visionbench.models import count_flops
 from visionbench.utils import interrupts
 from visionbench.utils.interrupts import Interrupted, signal_name
 from visionbench.utils.io import FolderGone, WriteFailed, keep_folder, write_json, write_text
@@ -84,6 +85,7 @@ class Recorder:
         self.process_start = process_start() or start
         self.first_step: float | None = None  # when this process's first training step ended (time.monotonic)
         self.base = _summary_base(cfg, parts)
+        self._flops_of = (parts.model, parts.data.info.input_size)  # counted as the run ends (assembly says why)
         self.best_key = f"val/{parts.task.main_metric}" if "val" in parts.eval_loaders else None
         self.details: dict[str, dict[str, Any]] = {}  # split -> per-class results of the final model
         self.saved: dict[str, int] = {}  # where the newest checkpoint on disk stands: what a resume continues from
@@ -225,6 +227,8 @@ class Recorder:
             metrics, _, _ = self._test(best_model)
             best = {**_best_row(state), **{f"test/{k}": v for k, v in metrics.items()}}
         state.seconds["eval"] += time.monotonic() - t_eval
+        if self.base["flops"] is None:
+            self.base["flops"] = count_flops(*self._flops_of, name=self.cfg.model.name)
         self.summary("finished", final, best)
         if self.world > 1:
             dist.barrier()  # every rank done before any tears the group down

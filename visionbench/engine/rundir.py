@@ -6,6 +6,7 @@ Every file is written atomically, so a kill never leaves a half-written one.
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import platform
 import re
@@ -115,9 +116,9 @@ def write_env(run_dir: Path, cfg: RunConfig, device: torch.device) -> None:
         **_git_state(),
     }
     for name in ("torchvision", "timm", "torchmetrics", "numpy"):
-        try:
-            env[name] = __import__(name).__version__
-        except ImportError:
+        try:  # the installed distribution's version: importing them to ask would cost a small run seconds
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             env[name] = None
     write_json(run_dir / layout.ENV, env)
 

@@ -49,7 +49,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     else:  # also undoes an earlier deterministic run in the same process (tests, notebooks)
-        torch.use_deterministic_algorithms(False)
+        if torch.are_deterministic_algorithms_enabled():  # the call imports torch._inductor (seconds): only if needed
+            torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
 
 

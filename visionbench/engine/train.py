@@ -24,6 +24,7 @@ from visionbench.engine.recorder import Recorder, place_run_dir, tensorboard_wri
 from visionbench.engine.runtime import CompiledForward, Process, end_distributed, start_process
 from visionbench.engine.transfer import Unfreeze
 from visionbench.errors import UserError, first_line
+from visionbench.utils.preload import preload
 
 
 def train(
@@ -66,7 +67,9 @@ def train(
         if parts.transfer is not None:
             progress.message(parts.transfer.line())
 
-    # 5. Train; the recorder writes the final and best results at the end, or the stop story.
+    # 5. Train; the recorder writes the final and best results at the end, or the stop story. The metrics' library
+    #    is imported beside the first epoch (utils/preload.py): every import the steps need has happened by now.
+    preload("torchmetrics")
     try:
         fit(trainer, state)
     except BaseException as e:  # noqa: BLE001  (recorded, then it propagates)

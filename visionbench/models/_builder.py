@@ -8,12 +8,12 @@ Contract: builder signature `(num_outputs: int, in_chans: int = 3, img_size: tup
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from visionbench.errors import UserError, first_line
 from visionbench.registry import MODELS
@@ -64,19 +64,29 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str = "model") -> tuple[int, int]:
-    """Run one image through the model on CPU: return (params, forward FLOPs per image).
+def inspect_model(
+    model: nn.Module, input_size: tuple[int, int, int], name: str = "model", flops: bool = True
+) -> tuple[int, int | None]:
+    """Run one image through the model: return (params, forward FLOPs per image, None unless `flops`).
+
+    Counting FLOPs imports torch._dynamo (torch's dispatch modes need it: about a second on a small CPU), so `train`
+    checks the size without counting and counts at the end of the run (`count_flops`).
 
     Raises a UserError when the model cannot take `input_size` (C, H, W), so a bad size fails before training.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    counter = FlopCounterMode(display=False)
+    counter = None
     try:
         x = torch.zeros(1, *input_size, device=device)  # inside: an input too large to allocate is the size's fault
-        # FlopCounterMode counts 0 for the fused attention kernels on CPU: count attention through the math path
-        with counter, sdpa_kernel(SDPBackend.MATH):
+        with contextlib.ExitStack() as stack:
+            if flops:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                counter = stack.enter_context(FlopCounterMode(display=False))
+                # FlopCounterMode counts 0 for the fused attention kernels on CPU: count attention by the math path
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             out = model(x)
     except (RuntimeError, ValueError, AssertionError) as e:
         size = "x".join(map(str, input_size))
@@ -85,7 +95,12 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int, int], name: str 
         model.train(was_training)
     if out.ndim != 2:
         raise TypeError(f"{name} returned shape {tuple(out.shape)}, expected (B, num_outputs)")
-    return count_params(model), int(counter.get_total_flops())
+    return count_params(model), None if counter is None else int(counter.get_total_flops())
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int, int], name: str = "model") -> int:
+    """Forward FLOPs per image of `model` at `input_size` (torch's FlopCounterMode)."""
+    return inspect_model(model, input_size, name)[1]
 
 
 def inspect_on_meta(

@@ -26,7 +26,7 @@ def _feature_size(size: int) -> int:
 
 
 class SmallCNN(nn.Module):
-    """conv(5×5, c1) -> act -> pool -> conv(5×5, c2) -> act -> pool -> flatten -> linear(hidden) -> act -> linear.
+    """conv(5×5, c1) -> pool -> act -> conv(5×5, c2) -> pool -> act -> flatten -> linear(hidden) -> act -> linear.
 
     `forward_features` returns the (B, c2, h, w) map; `forward_head` flattens it and applies the hidden layer,
     dropout and the classifier. `num_features` is the width the classifier sees (`hidden`).
@@ -76,8 +76,10 @@ class SmallCNN(nn.Module):
         self.feature_layout = "NCHW"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.act1(self.conv1(x)))
-        return self.pool2(self.act2(self.conv2(x)))  # (B, c2, h, w)
+        # pool, then activate: the same values (max-pooling commutes with a non-decreasing activation) with the
+        # activation on a quarter of the elements, forward and backward (a third of a CPU step at 28 px)
+        x = self.act1(self.pool1(self.conv1(x)))
+        return self.act2(self.pool2(self.conv2(x)))  # (B, c2, h, w)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.flatten(1)  # (B, c2·h·w)

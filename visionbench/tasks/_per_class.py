@@ -13,15 +13,6 @@ import math
 from typing import Any
 
 import torch
-from torchmetrics.classification import (
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-    MultilabelF1Score,
-    MultilabelPrecision,
-    MultilabelRecall,
-)
-from torchmetrics.functional import mean_absolute_error
 
 MOST_CONFUSED = 10  # pairs listed: the head of the off-diagonal counts, which on 10 classes holds the usual suspects
 # Quantile bins of the true target for the error by range: each holds a fifth of the split, so that each bin's MAE
@@ -31,6 +22,8 @@ RANGE_BINS = 5
 
 def multiclass_table(preds: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, dict[str, Any]]:
     """Per class (in `names` order): precision, recall, F1 and support of (N,) predicted and true class indices."""
+    from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+
     C = len(names)
     preds, targets = preds.long(), targets.long()
     scores = {
@@ -49,6 +42,8 @@ def multilabel_table(
     """Per label: precision, recall and F1 of the decisions `probs > threshold`, and support (positives), over
     the (image, label) pairs whose target is not `ignore`. `probs` are probabilities (torchmetrics would take values
     that all lie in [0, 1] for probabilities, logits or not)."""
+    from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+
     C = len(names)
     targets = targets.long()
     kwargs = {"threshold": threshold, "average": None, "ignore_index": ignore}
@@ -104,6 +99,8 @@ def error_by_range(preds: torch.Tensor, targets: torch.Tensor, names: list[str])
     """Per target column: the MAE in each quantile bin of the true target, each bin [low, high) but the last
     [low, high]; (N, T) predictions and targets in target units. `RANGE_BINS` bins, fewer where ties merge bin edges
     or the split is small (at most N - 1: more would leave a bin between two neighbouring values empty)."""
+    from torchmetrics.functional import mean_absolute_error
+
     preds, targets = preds.double().reshape(len(preds), -1), targets.double().reshape(len(targets), -1)
     result = {}
     for j, name in enumerate(names):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
 
 from visionbench.data.base import DatasetInfo
 from visionbench.errors import UserError
 from visionbench.registry import TASKS
+
+if TYPE_CHECKING:  # torchmetrics is imported where metrics are built (tasks/_metrics.py says why)
+    from torchmetrics import MetricCollection
 
 
 class Task(nn.Module):

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
 from visionbench.errors import UserError
 
@@ -38,6 +37,8 @@ TEMPERATURE_RANGE = (1e-2, 1e2)
 
 def multiclass_calibration(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """Top-label ECE, Brier score and reliability bins of (N, C) softmax probabilities and (N,) class indices."""
+    from torchmetrics.classification import MulticlassCalibrationError  # here: start-up (tasks/_metrics.py)
+
     if not len(probs):
         return {}
     probs, targets = probs.double(), targets.long()
@@ -55,6 +56,8 @@ def multiclass_calibration(probs: torch.Tensor, targets: torch.Tensor) -> dict[s
 def multilabel_calibration(probs: torch.Tensor, targets: torch.Tensor, ignore: int) -> dict[str, Any]:
     """Binary ECE over all labels, Brier score and reliability bins of (N, C) sigmoid probabilities and (N, C)
     targets (1, 0, or `ignore`, which drops the pair out)."""
+    from torchmetrics.classification import BinaryCalibrationError
+
     keep = targets != ignore
     probs, outcomes = probs.double()[keep], targets[keep].double()
     if not len(probs):

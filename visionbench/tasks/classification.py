@@ -4,45 +4,20 @@ optionally one-vs-rest ROC AUC (the DeepLense classification metric)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix
 
 from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
-from visionbench.tasks._metrics import Fed, MacroMean
 from visionbench.tasks._per_class import most_confused, multiclass_table, table_columns
 from visionbench.tasks.base import Task
+
+if TYPE_CHECKING:  # torchmetrics is imported where metrics are built: `train` reaches its first step without it
+    from torchmetrics import MetricCollection
 from visionbench.tasks.calibration import multiclass_calibration
-
-
-def _mean_loss() -> Fed:
-    """Mean cross-entropy over a split (unsmoothed, so values compare across label_smoothing settings)."""
-    return Fed(MeanMetric(), lambda logits, targets: (F.cross_entropy(logits.float(), targets, reduction="none"),))
-
-
-class _MacroAUROC(MacroMean):
-    """One-vs-rest ROC AUC, averaged over the classes that the split holds, but not alone."""
-
-    unscorable = "No (positive|negative) samples"
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(MulticlassAUROC(num_classes, average=None), num_classes)
-
-    def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # probabilities: torchmetrics takes values that all lie in [0, 1] for probabilities and would rank such
-        # logits as they are, and a class's logit does not rank images as its softmax probability does
-        return logits.float().softmax(-1), targets
-
-    def count(self, targets: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(targets, minlength=len(self.counts))
-
-    def scorable(self) -> torch.Tensor:
-        return (self.counts > 0) & (self.counts < self.counts.sum())
 
 
 class ClassificationTask(Task):
@@ -68,14 +43,20 @@ class ClassificationTask(Task):
 
     def metrics(self) -> MetricCollection:
         # micro average = the fraction of images classified correctly, the number papers quote
-        metrics: dict[str, Metric] = {
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+
+        from visionbench.tasks._metrics import MacroAUROC, mean_loss
+
+        metrics = {
             "acc1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
-            "loss": _mean_loss(),
+            # unsmoothed, so values compare across label_smoothing settings
+            "loss": mean_loss(lambda logits, targets: F.cross_entropy(logits.float(), targets, reduction="none")),
         }
         if self.num_classes > 5:
             metrics["acc5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
         if self.auroc:
-            metrics["auroc"] = _MacroAUROC(self.num_classes)
+            metrics["auroc"] = MacroAUROC(self.num_classes)
         return MetricCollection(metrics)
 
     def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,6 +67,8 @@ class ClassificationTask(Task):
         return multiclass_calibration(self.activate(logits), targets)
 
     def _confusion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         return MulticlassConfusionMatrix(self.num_classes)(logits.float().argmax(-1), targets)
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
@@ -111,7 +94,9 @@ class ClassificationTask(Task):
         }
         if not self.auroc:
             return details
-        metric = _MacroAUROC(self.num_classes)
+        from visionbench.tasks._metrics import MacroAUROC
+
+        metric = MacroAUROC(self.num_classes)
         metric.update(logits, targets)
         per_class = [None if v != v else round(v, 6) for v in metric.per_class().tolist()]  # NaN -> None
         return {**details, "per_class_auroc": dict(zip(self.class_names, per_class, strict=True))}

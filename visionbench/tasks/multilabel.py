@@ -10,21 +10,21 @@ definition VOC adopted from 2010 on (not the 11-point interpolation of VOC2007's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
 from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.errors import UserError
 from visionbench.registry import TASKS
-from visionbench.tasks._metrics import Fed, MacroMean
 from visionbench.tasks._per_class import multilabel_table, table_columns
 from visionbench.tasks.base import Task
 from visionbench.tasks.calibration import multilabel_calibration
+
+if TYPE_CHECKING:  # torchmetrics is imported where metrics are built (start-up)
+    from torchmetrics import MetricCollection
 
 IGNORE = -1
 
@@ -36,26 +36,6 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Te
         logits.float(), targets.float().clamp_min(0), pos_weight=pos_weight, reduction="none"
     )
     return (loss * keep).sum() / keep.sum().clamp_min(1)
-
-
-class _MeanBCE(Metric):
-    """Mean BCE over a split, every kept (image, class) pair weighing the same."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        keep = targets != IGNORE
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float().clamp_min(0), reduction="none")
-        self.total += loss[keep].sum().double()
-        self.count += keep.sum()
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
 
 
 class MultilabelTask(Task):
@@ -88,12 +68,21 @@ class MultilabelTask(Task):
         return logits.float().sigmoid()
 
     def metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelF1Score
+
+        from visionbench.tasks._metrics import Fed, MacroAP, MeanBCE
+
         n = self.num_classes
+        f1 = MultilabelF1Score(n, self.threshold, average="macro", ignore_index=IGNORE)
+        # torchmetrics' multilabel metrics want integer targets (ours are float) and get probabilities: torchmetrics
+        # takes a batch whose values all lie in [0, 1] for probabilities, so logits that happen to would be
+        # thresholded as they are (a logit of 0.3 counted negative at threshold 0.5)
         return MetricCollection(
             {
-                "map": _MacroAP(n),
-                "f1": _on_int_targets(MultilabelF1Score(n, self.threshold, average="macro", ignore_index=IGNORE)),
-                "loss": _MeanBCE(),
+                "map": MacroAP(n, IGNORE),
+                "f1": Fed(f1, lambda logits, targets: (logits.float().sigmoid(), targets.long())),
+                "loss": MeanBCE(IGNORE),
             }
         )
 
@@ -121,7 +110,9 @@ class MultilabelTask(Task):
         """`per_class_ap`, `per_class` (precision, recall, F1 at `threshold`, support: positives), `threshold`
         and `calibration` (ECE, Brier)."""
         logits, targets = logits.cpu(), targets.cpu()  # the metrics below are built on the CPU
-        metric = _MacroAP(self.num_classes)
+        from visionbench.tasks._metrics import MacroAP
+
+        metric = MacroAP(self.num_classes, IGNORE)
         metric.update(logits, targets)
         calibration = {k: v for k, v in self.calibration(logits, targets).items() if k != "bins"}
         # JSON has no NaN: a class without positives in the split has no AP (None)
@@ -170,33 +161,6 @@ class MultilabelTask(Task):
             if len(panels) >= n:
                 break
         return {"labels": panels[:n]}
-
-
-class _MacroAP(MacroMean):
-    """Per-class AP, averaged over the classes with a positive in the split. VOC's devkit never meets a class
-    without one, but a small validation split does, and a class that cannot be scored should not pull the mean
-    down."""
-
-    unscorable = "No positive samples"
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(MultilabelAveragePrecision(num_classes, average=None, ignore_index=IGNORE), num_classes)
-
-    def inputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.float(), targets.long()
-
-    def count(self, targets: torch.Tensor) -> torch.Tensor:
-        return (targets == 1).sum(0)
-
-    def scorable(self) -> torch.Tensor:
-        return self.counts > 0
-
-
-def _on_int_targets(metric: Metric) -> Fed:
-    """torchmetrics' multilabel metrics want integer targets (ours are float) and get probabilities: torchmetrics
-    takes a batch whose values all lie in [0, 1] for probabilities, so logits that happen to would be thresholded
-    as they are (a logit of 0.3 counted negative at threshold 0.5)."""
-    return Fed(metric, lambda logits, targets: (logits.float().sigmoid(), targets.long()))
 
 
 @TASKS.register(MultilabelTask.name)

@@ -9,18 +9,19 @@ and every prediction is in the original units.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection, R2Score
 
 from visionbench import layout
 from visionbench.data.base import DatasetInfo
 from visionbench.registry import TASKS
-from visionbench.tasks._metrics import Fed
 from visionbench.tasks._per_class import error_by_range, range_columns
 from visionbench.tasks.base import Task
+
+if TYPE_CHECKING:  # torchmetrics is imported where metrics are built (start-up)
+    from torchmetrics import MetricCollection
 
 
 class RegressionTask(Task):
@@ -66,13 +67,21 @@ class RegressionTask(Task):
         return logits.float() * self.target_std + self.target_mean
 
     def metrics(self) -> MetricCollection:
-        metrics = {
-            "mae": MeanAbsoluteError(),
-            "rmse": MeanSquaredError(squared=False),
-            "r2": _R2Score(),
-            "loss": _TaskLoss(self),
-        }
-        return MetricCollection({k: _on_predictions(m, self) if k != "loss" else m for k, m in metrics.items()})
+        from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+
+        from visionbench.tasks._metrics import Fed, R2OrNaN, TaskLoss
+
+        def on_predictions(metric):  # fed the de-standardised predictions, flattened over outputs
+            return Fed(metric, lambda logits, targets: (self.activate(logits).reshape(-1), targets.reshape(-1).float()))
+
+        return MetricCollection(
+            {
+                "mae": on_predictions(MeanAbsoluteError()),
+                "rmse": on_predictions(MeanSquaredError(squared=False)),
+                "r2": on_predictions(R2OrNaN()),
+                "loss": TaskLoss(self.loss),
+            }
+        )
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         preds = self.activate(logits).cpu()
@@ -113,39 +122,6 @@ class RegressionTask(Task):
             true, pred = float(targets[i].reshape(-1)[0]), float(outputs[i].reshape(-1)[0])
             panels.append((i, 0, f"#{i} true {true:.3g}, pred {pred:.3g}"))
         return {"samples": panels}
-
-
-def _on_predictions(metric: Metric, task: RegressionTask) -> Fed:
-    """A torchmetrics regression metric fed the de-standardised predictions, flattened over outputs."""
-    return Fed(metric, lambda logits, targets: (task.activate(logits).reshape(-1), targets.reshape(-1).float()))
-
-
-class _R2Score(R2Score):
-    """torchmetrics' R², NaN instead of an error on fewer than two values (a one-image validation split)."""
-
-    def compute(self) -> torch.Tensor:
-        if int(self.total) < 2:
-            return torch.tensor(float("nan"))
-        return super().compute()
-
-
-class _TaskLoss(Metric):
-    """The training loss (in standardised units) averaged over a split, for the loss curves."""
-
-    full_state_update = False
-
-    def __init__(self, task: RegressionTask) -> None:
-        super().__init__()
-        self._task = [task]
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.total += self._task[0].loss(logits, targets).double() * len(logits)
-        self.count += len(logits)
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
 
 
 @TASKS.register(RegressionTask.name)
