@@ -7,7 +7,7 @@
 # Environment: N (images, 25000), WORKERS (simulation processes, all CPUs), EPOCHS (300, the config's), and
 # BUDGET_S: when set, a 2-epoch probe run times one epoch first and EPOCHS becomes min(EPOCHS, BUDGET_S / epoch),
 # so the run fits a time limit; the probe's figures are printed and the epochs actually run are in summary.json.
-# The schedule (cosine over the epochs run) adapts to the epoch count, so a shortened run is a complete run.
+# The schedule (one-cycle over the epochs run) adapts to the epoch count, so a shortened run is a complete run.
 set -euo pipefail
 OUT_DIR=${1:-runs/bench-deeplense}
 N=${N:-25000}

@@ -274,7 +274,7 @@ class TaskConfig(Section):
     auroc: bool = False  # classification: also one-vs-rest ROC AUC (macro, and per class in summary.json)
     pos_weight: float | list[float] | None = None  # multilabel: BCE weight of positives (one value or per class)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # multilabel: probability threshold of F1
-    loss: Literal["l1", "mse", "huber"] = "l1"  # regression
+    loss: Literal["l1", "mse", "rmse", "huber"] = "l1"  # regression; rmse: the square root of each batch's MSE
     huber_delta: float = Field(1.0, gt=0.0)  # regression, huber loss, in standardised target units
     standardize_targets: bool = True  # regression: train on (y - mean) / std of the train split
 

@@ -20,7 +20,7 @@ from visionbench.models import count_params, create_model, inspect_model
 from visionbench.models._catalog import measure_model
 
 SMOKE = "configs/smoke/synthetic.yaml"
-VGG16_TRANSFER = "configs/cifar10/vgg16_transfer.yaml"  # kwargs, freeze: backbone, pretrained: timm; CIFAR-10
+VGG16_TRANSFER = "configs/cifar10/vgg16_transfer.yaml"  # torchvision:vgg16, freeze: backbone, pretrained: imagenet
 VGG16_ROW = ("cifar10", "classification", "3x32x32", 10)
 
 
@@ -78,7 +78,7 @@ def test_models_config_says_the_pretrained_weights_are_not_loaded(monkeypatch, c
     _no_data_and_no_weights(monkeypatch)
     assert main(["models", "--config", VGG16_TRANSFER]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "model.pretrained (timm) is not loaded" in out and "vgg16" in out and "cifar10" in out, out
+    assert "model.pretrained (imagenet) is not loaded" in out and "vgg16" in out and "cifar10" in out, out
 
 
 def test_models_config_follows_set_overrides_of_data_and_model(capsys) -> None:

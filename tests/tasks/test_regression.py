@@ -42,7 +42,12 @@ def test_metrics_match_hand_computed_values_in_the_targets_units():
 
 @pytest.mark.parametrize(
     ("loss", "expected"),
-    [("l1", 1.25), ("mse", (0.25 + 4.0) / 2), ("huber", (0.5 * 0.25 + (2.0 - 0.5)) / 2)],
+    [
+        ("l1", 1.25),
+        ("mse", (0.25 + 4.0) / 2),
+        ("rmse", ((0.25 + 4.0) / 2) ** 0.5),
+        ("huber", (0.5 * 0.25 + (2.0 - 0.5)) / 2),
+    ],
 )
 def test_losses_on_standardised_targets(loss, expected):
     task = _task(loss=loss)
@@ -50,6 +55,13 @@ def test_losses_on_standardised_targets(loss, expected):
     targets = torch.tensor([[12.0], [12.0]])
     logits = torch.tensor([[0.5], [2.0]])  # standardised predictions 0.5 and 2 (target z = 0)
     assert float(task.loss(logits, targets)) == pytest.approx(expected)
+
+
+def test_rmse_loss_has_a_finite_gradient_at_zero_error():
+    task = _task(loss="rmse", standardize_targets=False)
+    logits = torch.tensor([[-23.0], [-22.5]], requires_grad=True)
+    task.loss(logits, logits.detach().clone()).backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
 
 
 @settings(max_examples=25, deadline=None)

@@ -4,7 +4,10 @@ The study (Thakkar et al., "Efficient ResNets: Residual Network Design", https:/
 building on kuangliu/pytorch-cifar's CIFAR ResNet) searches N residual layers (stages) with, per stage i,
 B_i basic blocks, C_i channels, F_i conv kernel size and K_i skip-connection kernel size, plus the average-pool
 size P before the classifier. Here those are `blocks`, `channels`, `conv_kernels`, `skip_kernels` and
-`pool_size`. Small-image stem: one 3×3 conv, no max-pool; stage 1 has stride 1, later stages stride 2.
+`pool_output` (P as the pooled map's side) or `pool_size` (P as the pooling kernel). The study's README calls P
+a kernel size, but its final P = [1, 1] is an output of 1×1 (global average pooling): only that reading gives its
+4,435,082 parameters (N=2, C_1=128, B=[3,3], F=[3,3], K=[3,3]); a 1×1 kernel keeps the 16×16 map and a 655k
+classifier. Small-image stem: one 3×3 conv, no max-pool; stage 1 has stride 1, later stages stride 2.
 Optional regularisers: timm's DropBlock2d in the last two stages (as timm's ResNet places it) and dropout
 before the classifier. Basic block after He et al., 2015 (https://arxiv.org/abs/1512.03385).
 """
@@ -32,6 +35,33 @@ def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[
 def _conv_out(size: int, kernel: int, stride: int) -> int:
     """Output side of a conv with padding kernel // 2."""
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def _pool_choice(
+    pool_size: int | None, pool_output: int | None, map_size: tuple[int, int]
+) -> tuple[int | None, int | None]:
+    """(pool_size, pool_output) with exactly one set: P as a kernel (default 4) or as the pooled map's side."""
+    if pool_size is not None and pool_output is not None:
+        raise ValueError(
+            f"pool_size ({pool_size}, P as a kernel) and pool_output ({pool_output}, P as the pooled side): give one"
+        )
+    if pool_output is None:
+        pool_size = 4 if pool_size is None else pool_size
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be positive, got {pool_size}")
+        return pool_size, None
+    H, W = map_size
+    if not 1 <= pool_output <= min(H, W):
+        raise ValueError(f"pool_output must be between 1 and the last map's side ({H}x{W}), got {pool_output}")
+    return None, pool_output
+
+
+def _pooled_area(pool_size: int | None, pool_output: int | None, map_size: tuple[int, int]) -> int:
+    """Positions per channel after pooling: P² for an output side, (H // P)·(W // P) for a kernel."""
+    if pool_output is not None:
+        return pool_output**2
+    H, W = map_size
+    return (H // min(pool_size, H)) * (W // min(pool_size, W))
 
 
 class BasicBlock(nn.Module):
@@ -91,7 +121,9 @@ class ResNetCfg(nn.Module):
             `channels`, so that a search can vary the number of stages and the width independently.
         conv_kernels: F_i, odd conv kernel size, one int for all stages or one per stage.
         skip_kernels: K_i, odd shortcut conv kernel size, one int or one per stage.
-        pool_size: P, the average-pool kernel before the classifier (clipped to the map when the map is smaller).
+        pool_size: P read as the average-pool kernel before the classifier (clipped to the map when the map is
+            smaller); 4 when neither it nor `pool_output` is given.
+        pool_output: P read as the side of the pooled map: adaptive average pooling to P×P (1: global pooling).
         stem_channels: Width of the 3×3 stem conv; defaults to channels[0].
         drop_rate: Dropout on the flattened features before the classifier.
         drop_block: DropBlock probability in the blocks of the last two stages (timm's DropBlock2d).
@@ -99,7 +131,8 @@ class ResNetCfg(nn.Module):
         act_layer: Activation name or class.
 
     Raises:
-        ValueError: on inconsistent per-stage lists, an empty stage or even kernel sizes.
+        ValueError: on inconsistent per-stage lists, an empty stage, even kernel sizes, both `pool_size` and
+            `pool_output`, or a `pool_output` larger than the last map.
     """
 
     def __init__(
@@ -111,7 +144,8 @@ class ResNetCfg(nn.Module):
         channels: Sequence[int] = (64, 128, 256, 512),
         conv_kernels: int | Sequence[int] = 3,
         skip_kernels: int | Sequence[int] = 1,
-        pool_size: int = 4,
+        pool_size: int | None = None,
+        pool_output: int | None = None,
         base_channels: int | None = None,
         stem_channels: int | None = None,
         drop_rate: float = 0.0,
@@ -156,9 +190,8 @@ class ResNetCfg(nn.Module):
                 in_chs = out_chs
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.pool_size = pool_size
-        pool_h, pool_w = min(pool_size, H), min(pool_size, W)
-        self.num_features = in_chs * (H // pool_h) * (W // pool_w)
+        self.pool_size, self.pool_output = _pool_choice(pool_size, pool_output, (H, W))
+        self.num_features = in_chs * _pooled_area(self.pool_size, self.pool_output, (H, W))
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_outputs)
         self.num_outputs = num_outputs
@@ -171,7 +204,10 @@ class ResNetCfg(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         B, C, H, W = x.shape
-        x = F.avg_pool2d(x, (min(self.pool_size, H), min(self.pool_size, W)))  # (B, C, H // P, W // P)
+        if self.pool_output is not None:
+            x = F.adaptive_avg_pool2d(x, self.pool_output)  # (B, C, P, P)
+        else:
+            x = F.avg_pool2d(x, (min(self.pool_size, H), min(self.pool_size, W)))  # (B, C, H // P, W // P)
         x = self.drop(x.flatten(1))  # (B, num_features)
         return x if pre_logits else self.fc(x)
 
@@ -186,7 +222,7 @@ class ResNetCfg(nn.Module):
 
 @MODELS.register("resnet_cfg")
 def resnet_cfg(num_outputs: int, in_chans: int = 3, img_size: tuple[int, int] = (32, 32), **kwargs) -> ResNetCfg:
-    """The study's defaults: B=(2,1,1,1), C=(64,128,256,512), F=3, K=1, P=4; ~4.9M parameters at 32×32."""
+    """The study's defaults: B=(2,1,1,1), C=(64,128,256,512), F=3, K=1, P=4 (a kernel); ~4.9M parameters at 32×32."""
     return ResNetCfg(num_outputs, in_chans=in_chans, img_size=img_size, **kwargs)
 
 

@@ -1,5 +1,5 @@
-"""Regression: L1, MSE or Huber loss on standardised targets; MAE, RMSE and R² in the targets' own units, and the
-MAE by range of the true target (quantile bins).
+"""Regression: L1, MSE, RMSE or Huber loss on standardised targets; MAE, RMSE and R² in the targets' own units, and
+the MAE by range of the true target (quantile bins).
 
 The network learns z = (y - mean) / std, with mean and std of the train split (`fit_targets`), so a target in
 dex around -23 (DeepLense's log10 m_a) or in metres trains at the same learning rates as one around zero. The
@@ -61,6 +61,8 @@ class RegressionTask(Task):
             return F.l1_loss(pred, z)
         if self.loss_name == "mse":
             return F.mse_loss(pred, z)
+        if self.loss_name == "rmse":  # the DeepLense study's loss; the floor keeps the gradient finite at zero error
+            return F.mse_loss(pred, z).clamp_min(1e-12).sqrt()
         return F.huber_loss(pred, z, delta=self.huber_delta)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
