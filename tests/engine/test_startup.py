@@ -120,3 +120,27 @@ def test_plots_is_a_run_setting_that_a_resume_may_change(key):
     from visionbench.engine.rundir import RUN_SETTINGS
 
     assert key in RUN_SETTINGS
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "relu", "gelu"])
+def test_small_cnn_pooling_before_a_non_decreasing_activation_changes_no_value_or_gradient(act):
+    from visionbench.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, in_chans=1, img_size=(28, 28), act_layer=act)
+    x = torch.randn(4, 1, 28, 28)
+
+    def run(pool_first: bool):
+        model.pool_first = pool_first
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    expected = model.pool_first
+    assert expected == (act != "gelu")  # GELU dips below zero: pooling first would change it
+    if expected:
+        out_a, grads_a = run(True)
+        out_b, grads_b = run(False)
+        assert torch.equal(out_a, out_b)
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
