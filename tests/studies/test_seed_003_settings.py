@@ -10,11 +10,11 @@ at the card's image size with ImageNet's 1000 classes, as the cards count them."
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from settings_table import check_row, resolved, short_variant
 
 from visionbench.config import load_config
 from visionbench.models import count_params, create_model
@@ -77,22 +77,9 @@ REFERENCE = {
 }
 
 
-def resolved(cfg, key: str):
-    if key in DERIVED:
-        return DERIVED[key](cfg)
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
 @pytest.mark.parametrize(("config", "key", "expected", "where"), SETTINGS, ids=[f"{r[0]}-{r[1]}" for r in SETTINGS])
 def test_each_config_resolves_to_the_seeds_setting(config, key, expected, where):
-    value = resolved(load_config(CONFIGS[config]), key)
-    if callable(expected):
-        assert expected(value), f"{config}.yaml: {key} = {value!r}; the seed says {where}"
-    else:
-        assert value == expected, f"{config}.yaml: {key} = {value!r}; the seed says {where}"
+    check_row(load_config(CONFIGS[config]), f"{config}.yaml", key, expected, where, DERIVED)
 
 
 def test_exact_parameter_counts_of_the_two_cards():
@@ -135,11 +122,8 @@ def test_each_short_variant_only_shrinks_the_run(config):
     """The header's short variant is valid and changes only what makes it run on a CPU in seconds (one epoch, a
     few images at 32 px, random init of a one-block ViT, a seconds-long budget); every other setting of the
     study stays."""
-    text = CONFIGS[config].read_text()
-    (command,) = re.findall(r"^#   (visionbench train \S+ .*)$", text, re.M)
-    words = shlex.split(command)
-    assert words[2] == f"configs/cifar100/{config}.yaml"
-    overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    path, overrides = short_variant(CONFIGS[config])
+    assert path == f"configs/cifar100/{config}.yaml"
     shrinking = {
         "trainer.epochs", "data.subset", "data.test_subset", "data.image_size", "model.pretrained", "model.kwargs",
         "trainer.time_budget_minutes",

@@ -7,10 +7,10 @@ setting the README does not state is not in it (the configs' headers give our re
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest
+from settings_table import check_row, resolved, short_variant
 
 from visionbench.config import AugmentConfig, load_config
 
@@ -62,20 +62,9 @@ REFERENCE = {
 }
 
 
-def resolved(cfg, key: str):
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
 @pytest.mark.parametrize(("version", "key", "expected", "where"), SETTINGS, ids=[f"{r[0]}-{r[1]}" for r in SETTINGS])
 def test_each_config_resolves_to_the_seeds_setting(version, key, expected, where):
-    value = resolved(load_config(CONFIGS[version]), key)
-    if callable(expected):
-        assert expected(value), f"{CONFIGS[version].name}: {key} = {value!r}; the seed says {where}"
-    else:
-        assert value == expected, f"{CONFIGS[version].name}: {key} = {value!r}; the seed says {where}"
+    check_row(load_config(CONFIGS[version]), CONFIGS[version].name, key, expected, where)
 
 
 @pytest.mark.parametrize("version", sorted(CONFIGS))
@@ -91,11 +80,8 @@ def test_each_config_cites_the_seeds_figures_as_reference_not_as_ours(version):
 def test_each_short_variant_only_shrinks_the_run(version):
     """The header's short variant is a valid command whose overrides shrink the run (epochs, images, size) and
     leave every other setting of the study as it is."""
-    header = CONFIGS[version].read_text()
-    (command,) = re.findall(r"^#   (visionbench train \S+ .*)$", header, re.M)
-    words = shlex.split(command)
-    assert words[2] == f"configs/voc/resnet18_{version}.yaml"
-    overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    path, overrides = short_variant(CONFIGS[version])
+    assert path == f"configs/voc/resnet18_{version}.yaml"
     shrinking = {"trainer.epochs", "data.subset", "data.test_subset", "data.image_size"}
     assert {o.split("=", 1)[0] for o in overrides} <= shrinking, overrides
     short, full = load_config(CONFIGS[version], overrides), load_config(CONFIGS[version])
