@@ -119,7 +119,7 @@ def test_each_config_cites_the_seeds_figures_as_reference_not_as_ours(config):
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_each_short_variant_only_shrinks_the_run(config):
-    """The header's short variant is valid and changes only what makes it run on a CPU in seconds (one epoch, a
+    """The header's short variant is valid and changes only what makes it run on a CPU (one epoch, a
     few images at 32 px, random init of a one-block ViT, a seconds-long budget); every other setting of the
     study stays."""
     path, overrides = short_variant(CONFIGS[config])
