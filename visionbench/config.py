@@ -183,11 +183,12 @@ class AugmentConfig(Section):
     """Augmentation of the training split.
 
     Batched on the device for every dataset (airbench-style, no per-image Python): flips, rotations, translation,
-    cutout, mixup/cutmix (timm's Mixup) and, by default, random erasing. Streamed datasets (VOC, folders) also crop
-    and colour-jitter each image in the DataLoader workers with torchvision.transforms.v2, since those run before
-    the images have a common size. Augmentations with no batched equivalent (timm's auto_augment: RandAugment,
-    AugMix, AutoAugment) run per image in DataLoader workers for every dataset, through timm's create_transform;
-    the workers then also normalise, and the device-side augmentations follow. summary.json records which ran where.
+    cutout, mixup/cutmix (timm's Mixup) and, by default, random erasing; for in-memory datasets also the random
+    resized crop. Streamed datasets (VOC, folders) crop and colour-jitter each image in the DataLoader workers with
+    torchvision.transforms.v2, since those run before the images have a common size. Augmentations with no batched
+    equivalent (timm's auto_augment: RandAugment, AugMix, AutoAugment) run per image in DataLoader workers for every
+    dataset, through timm's create_transform; the workers then also normalise, and the device-side augmentations
+    follow. summary.json records which ran where.
     """
 
     flip: bool = False  # horizontal flip
@@ -195,7 +196,8 @@ class AugmentConfig(Section):
     vflip: bool = False  # vertical flip (lensing images have no up or down)
     rot90: bool = False  # rotate by a random multiple of 90 degrees (square images)
     rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)  # rotate by U(-d, d) degrees, bilinear, zero fill
-    translate_pixels: int = Field(0, ge=0)  # random crop after padding by this many pixels (reflect)
+    translate_pixels: int = Field(0, ge=0)  # random crop after padding by this many pixels (pad_mode)
+    pad_mode: Literal["reflect", "zeros"] = "reflect"  # translate_pixels' padding: reflected borders or zeros
     cutout_pixels: int = Field(0, ge=0)  # side of a zeroed square at a random position
     # classification: timm's Mixup on whole device batches (one lambda a batch), soft targets
     mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) mixing of image pairs; 0: off
@@ -209,9 +211,18 @@ class AugmentConfig(Section):
     # this probability per image; batched on the device (ours) or per image in the workers (timm's RandomErasing)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
     random_erasing_on: Literal["device", "workers"] = "device"
+    # torchvision's RandomResizedCrop (aspect 3/4-4/3) to data.image_size with data.interpolation: area scale, e.g.
+    # [0.5, 1]; streamed datasets in the workers, in-memory ones batched on the device (one resampling a batch)
+    random_resized_crop: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(None, min_length=2, max_length=2)
     # streamed datasets only (in the workers):
-    random_resized_crop: list[float] | None = Field(None, min_length=2, max_length=2)  # area scale, e.g. [0.5, 1]
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness, contrast and saturation strength
+
+    @field_validator("random_resized_crop")
+    @classmethod
+    def _ordered(cls, scale: list[float] | None) -> list[float] | None:
+        if scale is not None and scale[0] > scale[1]:
+            raise ValueError("expected [smallest, largest] area fractions")
+        return scale
 
 
 def _default_dataset() -> str:
@@ -232,8 +243,15 @@ class DataConfig(Section):
     kwargs: dict[str, Any] = {}  # extra arguments of the dataset builder
     augment: AugmentConfig = AugmentConfig()
     # square side after resizing. Streamed datasets (VOC, image folders, CSV manifests): in DataLoader workers,
-    # default 224. In-memory datasets: all images once at load (e.g. 28 px Fashion-MNIST to 32 px for VGG16)
+    # default 224. In-memory datasets: shrunk once at load; enlarged per batch on the device, so that only the
+    # stored images are held (CIFAR-100 at 384 px would be 22 GB of uint8 held whole)
     image_size: int | None = Field(None, ge=8)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # every resize (antialiased, as torchvision's)
+    # evaluation as timm's crop_pct: shorter side resized to floor(image_size / crop_pct), then the centre
+    # image_size square; null: resized to image_size x image_size, nothing cut
+    eval_crop_pct: float | None = Field(None, gt=0.0, le=1.0)
+    # false: images only scaled to [0, 1] (grey levels / 255), no mean or std, in training and at predict/export
+    normalize: bool = True
     # per-channel statistics that standardise the images, in [0, 1] units, in place of the train split's (streamed
     # datasets: ImageNet's); e.g. [0.5, 0.5, 0.5] for timm's ViT weights (their pretrained_cfg's mean and std)
     mean: list[float] | None = Field(None, min_length=1)

@@ -289,6 +289,7 @@ def test_export_onnx_matches_pytorch_with_a_dynamic_batch(classification_run, tm
     saved = json.loads(metadata["visionbench"])
     assert saved["task"] == "classification" and saved["data_info"]["class_names"] == list(info.class_names)
     assert saved["data_info"]["mean"] == list(info.mean), "what a consumer needs to standardise its images"
+    assert saved["resize"] == {"interpolation": "bilinear", "eval_crop_pct": None}, "and to resize them"
 
     custom = tmp_path / "out" / "last.onnx"
     assert main(["export", str(classification_run), "--format", "onnx", "--weights", "last", "--out", str(custom)]) == 0

@@ -1,4 +1,5 @@
-"""scikit-learn's digits as a dataset, and `data.image_size` for datasets held in memory (resized once at load)."""
+"""scikit-learn's digits as a dataset, and `data.image_size` for datasets held in memory (shrunk once at load,
+enlarged batch by batch)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visionbench.config import DataConfig
-from visionbench.data import build_datasets
+from visionbench.data import LoaderSpec, build_datasets, build_loader
 from visionbench.data.base import TensorSplit, resize_split
 from visionbench.registry import DATASETS
 
@@ -27,14 +28,25 @@ def test_digits_is_sklearns_data_with_a_fixed_split() -> None:
     assert set(subset.train.targets.tolist()) == {0, 1} and subset.info.class_names == ("7", "1")
 
 
-def test_image_size_resizes_an_in_memory_dataset_once_at_load() -> None:
-    data = build_datasets(DataConfig(name="digits", image_size=32, val_fraction=0.1))
+def test_image_size_above_the_stored_size_keeps_the_stored_images_and_sizes_the_batches() -> None:
+    cfg = DataConfig(name="digits", image_size=32, val_fraction=0.1)
+    data = build_datasets(cfg)
     assert data.info.input_size == (1, 32, 32)
-    assert data.train.images.shape[1:] == (1, 32, 32) and data.test.images.shape[1:] == (1, 32, 32)
-    assert data.val.images.shape[1:] == (1, 32, 32) and data.train.images.dtype == torch.uint8
-    small = build_datasets(DataConfig(name="digits", val_fraction=0.1))
-    # the statistics are those of the resized train split (bilinear keeps the mean close)
-    assert abs(data.info.mean[0] - small.info.mean[0]) < 0.02
+    assert data.train.images.shape[1:] == (1, 8, 8) and data.test.images.shape[1:] == (1, 8, 8), "held as stored"
+    assert data.val.images.shape[1:] == (1, 8, 8) and data.train.images.dtype == torch.uint8
+    x, _ = next(iter(build_loader(data, "test", cfg, torch.device("cpu"), LoaderSpec(64))))
+    assert x.shape == (64, 1, 32, 32), "batches come out at data.image_size"
+    expected = resize_split(data.test.take(slice(0, 64)), 32).images.float() / 255
+    torch.testing.assert_close(
+        x, (expected - data.info.mean[0]) / data.info.std[0], msg="as a resize at load would give"
+    )
+
+
+def test_image_size_below_the_stored_size_shrinks_the_split_once_at_load() -> None:
+    data = build_datasets(DataConfig(name="synthetic", image_size=8, val_fraction=0.1))
+    assert data.info.input_size == (1, 8, 8)
+    assert data.train.images.shape[1:] == (1, 8, 8) and data.test.images.shape[1:] == (1, 8, 8)
+    assert data.val.images.shape[1:] == (1, 8, 8)
 
 
 @settings(max_examples=30, deadline=None)

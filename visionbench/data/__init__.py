@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE_SIZE = 224
-STREAM_AUGMENTS = ("random_resized_crop", "color_jitter")  # v2, in the workers, streamed datasets only
+STREAM_AUGMENTS = ("color_jitter",)  # v2, in the workers, streamed datasets only
 
 
 def build_datasets(cfg) -> Datasets:
@@ -61,6 +61,8 @@ def build_datasets(cfg) -> Datasets:
     data.info = dataclasses.replace(data.info, input_size=run_input_size(cfg, data.info.input_size, data.streamed))
     if cfg.mean is not None or cfg.std is not None:
         data.info = dataclasses.replace(data.info, **_given_stats(cfg, data.info.input_size[0]))
+    if not cfg.normalize:
+        data.info = _unit_scale(cfg, data.info)
     if not data.streamed:
         if cfg.num_workers is not None and not needs_worker_transform(cfg.augment):
             raise UserError(
@@ -78,7 +80,7 @@ def build_datasets(cfg) -> Datasets:
             if getattr(cfg.augment, key):
                 raise UserError(
                     f"data.augment.{key} applies to datasets streamed from disk; {cfg.name!r} is held in memory "
-                    f"(use translate_pixels, flips and rotations)"
+                    f"(use translate_pixels, random_resized_crop, flips and rotations)"
                 )
     _, H, W = data.info.input_size
     if cfg.augment.rot90 and H != W:
@@ -136,6 +138,15 @@ def _path_args(cfg, accepted) -> dict:
     return {k: v for k, v in (("root", cfg.root), ("download", cfg.download)) if k in accepted}
 
 
+def _unit_scale(cfg, info: DatasetInfo) -> DatasetInfo:
+    """data.normalize: false: a mean of 0 and a std of 1 per channel, so that every consumer of the statistics (the
+    loaders, predict, export's metadata, figures) scales images to [0, 1] only, as the run did."""
+    if cfg.mean is not None or cfg.std is not None:
+        raise UserError("data.normalize: false scales images to [0, 1] only; drop data.mean and data.std, or normalize")
+    channels = info.input_size[0]
+    return dataclasses.replace(info, mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
 def _given_stats(cfg, channels: int) -> dict[str, tuple[float, ...]]:
     """data.mean and data.std, both given, one value each or one per channel (one value stands for every channel)."""
     if cfg.mean is None or cfg.std is None:
@@ -152,15 +163,17 @@ def _given_stats(cfg, channels: int) -> dict[str, tuple[float, ...]]:
 
 
 def _load(cfg) -> RawDataset:
-    """The builder's official splits, resized once here when held in memory and data.image_size asks for it
-    (`run_input_size` sets the info's size)."""
+    """The builder's official splits; held in memory, they are shrunk once here when data.image_size is smaller
+    than the stored images, and kept as stored when it is larger: the loaders enlarge them batch by batch
+    (`run_input_size` sets the info's size either way)."""
     builder = DATASETS.get(cfg.name)
     try:
         raw = builder(**_path_args(cfg, inspect.signature(builder).parameters), **cfg.kwargs)
     except TypeError as e:
         raise UserError(f"data.kwargs for {cfg.name!r}: {e}") from None
-    if cfg.image_size and isinstance(raw.train, TensorSplit):  # in memory: resized once, here
-        raw = RawDataset(resize_split(raw.train, cfg.image_size), resize_split(raw.test, cfg.image_size), raw.info)
+    if cfg.image_size and isinstance(raw.train, TensorSplit) and cfg.image_size <= min(raw.train.images.shape[-2:]):
+        train, test = (resize_split(s, cfg.image_size, cfg.interpolation) for s in (raw.train, raw.test))
+        raw = RawDataset(train, test, raw.info)
     return raw
 
 
@@ -168,22 +181,26 @@ def build_loader(data: Datasets, split: str, cfg, device: torch.device, spec: Lo
     """The loader of one split as `spec` says: a DeviceLoader for in-memory datasets, a StreamLoader for streamed
     ones (or for augmentations that run per image in workers); `cfg` is the DataConfig (augmentation, workers)."""
     augment = cfg.augment if spec.train else None
+    sizing = {"interpolation": cfg.interpolation, "eval_crop_pct": cfg.eval_crop_pct}
     if not data.streamed and not needs_worker_transform(augment):
-        return DeviceLoader(data.split(split), data.info, device, spec, augment)
+        return DeviceLoader(data.split(split), data.info, device, spec, augment, **sizing)
     from visionbench.data.stream import StreamLoader
 
     stream = {"image_size": data.info.input_size[-1], "grayscale": cfg.grayscale, "num_workers": cfg.num_workers}
-    return StreamLoader(data.split(split), data.info, device, spec, augment, **stream)
+    return StreamLoader(data.split(split), data.info, device, spec, augment, **stream, **sizing)
 
 
-def augment_placement(augment) -> dict[str, list[str]]:
-    """The training augmentations in use and where they run: batched on the device, or per image in workers."""
+def augment_placement(augment, streamed: bool = True) -> dict[str, list[str]]:
+    """The training augmentations in use and where they run: batched on the device, or per image in workers (the
+    random resized crop of a dataset held in memory runs on the device unless timm's per-image transform runs)."""
     from visionbench.config import AugmentConfig
 
     default = AugmentConfig()
-    settings = ("flip_mode", "mix_prob", "mix_switch_prob", "random_erasing_on")  # modify others
+    settings = ("flip_mode", "pad_mode", "mix_prob", "mix_switch_prob", "random_erasing_on")  # modify others
     active = [k for k in AugmentConfig.model_fields if k not in settings and getattr(augment, k) != getattr(default, k)]
     in_workers = set(STREAM_AUGMENTS) | {"auto_augment"}
+    if streamed or needs_worker_transform(augment):
+        in_workers.add("random_resized_crop")
     if augment.random_erasing_on == "workers":
         in_workers.add("random_erasing")
     return {"device": [k for k in active if k not in in_workers], "workers": [k for k in active if k in in_workers]}

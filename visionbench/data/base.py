@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from visionbench.data.transforms import resize
 from visionbench.errors import UserError
 
 
@@ -230,18 +231,17 @@ def select_classes(raw: RawDataset, classes: list[int | str] | None) -> RawDatas
     return RawDataset(keep(raw.train), keep(raw.test), info)
 
 
-def resize_split(split: TensorSplit, size: int, chunk: int = 4096) -> TensorSplit:
-    """Every image of an in-memory split resized to size x size (bilinear, antialiased when shrinking), in chunks;
-    uint8 stays uint8 (rounded). `data.image_size` for datasets held in memory: done once, before training."""
+def resize_split(split: TensorSplit, size: int, interpolation: str = "bilinear", chunk: int = 4096) -> TensorSplit:
+    """Every image of an in-memory split resized to size x size (`transforms.resize`: antialiased, as the loaders
+    resize batches), in chunks; uint8 stays uint8 (rounded). `data.image_size` below the stored size: once, at load."""
     if tuple(split.images.shape[-2:]) == (size, size):
         return split
-    out = []
-    for start in range(0, len(split.images), chunk):
-        x = split.images[start : start + chunk].float()
-        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out.append(y.round_().clamp_(0, 255).to(torch.uint8) if split.images.dtype == torch.uint8 else y.to(x.dtype))
+    out = [
+        resize(split.images[start : start + chunk], (size, size), interpolation)
+        for start in range(0, len(split), chunk)
+    ]
     images = torch.cat(out) if out else split.images.new_empty((0, split.images.shape[1], size, size))
-    return TensorSplit(images.to(split.images.dtype), split.targets)
+    return TensorSplit(images, split.targets)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ batches do not depend on the number of workers, and resuming mid-epoch means ski
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from visionbench.config import AugmentConfig
 from visionbench.data.base import DatasetInfo, FileSplit, TensorSplit
 from visionbench.data.loader import (
+    CROP_RATIO,
     LoaderSpec,
     batch_slice,
     check_shard,
@@ -225,11 +227,21 @@ def needs_worker_transform(augment: AugmentConfig | None) -> bool:
     return bool(augment.auto_augment or (augment.random_erasing and augment.random_erasing_on == "workers"))
 
 
-def worker_transform(augment: AugmentConfig | None, channels: int, size: tuple[int, int], mean, std):
+def worker_transform(
+    augment: AugmentConfig | None,
+    channels: int,
+    size: tuple[int, int],
+    mean,
+    std,
+    interpolation: str = "bilinear",
+    crop: bool = False,
+):
     """timm's create_transform for the per-image augmentations (auto_augment, and random erasing when it runs in
-    the workers), or None when there are none. Its random crop is the whole image and its flips are off: resizing,
-    cropping and flipping stay where they were (v2 in the workers, batched on the device). It ends with ToTensor
-    and Normalize, so the device does not normalise these batches again."""
+    the workers), or None when there are none. Its flips are off and its random crop is the whole image, resized to
+    `size`, unless `crop` (an in-memory image, not cropped before): then it is augment.random_resized_crop with
+    torchvision's aspect range. Other resizing, cropping and flipping stay where they were (v2 in the workers,
+    batched on the device). It ends with ToTensor and Normalize, so the device does not normalise these batches
+    again."""
     if not needs_worker_transform(augment):
         return None
     from timm.data import create_transform
@@ -241,17 +253,18 @@ def worker_transform(augment: AugmentConfig | None, channels: int, size: tuple[i
             f"data.augment.auto_augment: {spec!r} is not a timm auto_augment spec (expected e.g. "
             "'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2' or 'original')"
         )
+    crop = crop and augment.random_resized_crop is not None
     try:
         return create_transform(
             input_size=(channels, *size),
             is_training=True,
-            scale=(1.0, 1.0),
-            ratio=(1.0, 1.0),
+            scale=tuple(augment.random_resized_crop) if crop else (1.0, 1.0),
+            ratio=CROP_RATIO if crop else (1.0, 1.0),
             hflip=0.0,
             vflip=0.0,
             color_jitter=None,
             auto_augment=augment.auto_augment,
-            interpolation="bilinear",
+            interpolation=interpolation,
             mean=tuple(mean),
             std=tuple(std),
             re_prob=erase,
@@ -295,23 +308,45 @@ class TensorItems(Dataset):
         return _finish(self.transform, self.images[index], "the dataset"), self.targets[index]
 
 
+def resize_ops(size: tuple[int, int], interpolation: str = "bilinear", crop_pct: float | None = None) -> list:
+    """torchvision v2 ops that bring one decoded image to `size` (H, W) for evaluation (and for training without a
+    random resized crop): resized to it; with `crop_pct`, timm's eval transform of a square size (shorter side
+    resized to floor(H / crop_pct), centre crop). The streaming loader's and predict's resize."""
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode(interpolation)
+    if crop_pct is None:
+        return [v2.Resize(list(size), interpolation=mode, antialias=True)]
+    return [v2.Resize(math.floor(size[0] / crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(list(size))]
+
+
 class FileDataset(Dataset):
-    """Items are (index, sample_seed) pairs; returns the decoded, resized (and, with a seed, augmented) image."""
+    """Items are (index, sample_seed) pairs; returns the decoded, resized (and, with a seed, augmented) image.
+    `interpolation` and `eval_crop_pct` are `data.interpolation` and `data.eval_crop_pct` (`resize_ops`)."""
 
     def __init__(
-        self, split: FileSplit, size: int, grayscale: bool, augment: AugmentConfig | None, finish=None
+        self,
+        split: FileSplit,
+        size: int,
+        grayscale: bool,
+        augment: AugmentConfig | None,
+        finish=None,
+        interpolation: str = "bilinear",
+        eval_crop_pct: float | None = None,
     ) -> None:
         self.paths, self.targets = split.paths, split.targets
         self.size, self.grayscale, self.augment, self.finish = size, grayscale, augment, finish
+        self.interpolation, self.eval_crop_pct = interpolation, eval_crop_pct
         self._train_tf = self._eval_tf = None
 
     def _transforms(self, train: bool):
         from torchvision.transforms import v2
 
         if train and self.augment is not None and self.augment.random_resized_crop:
-            ops = [v2.RandomResizedCrop(self.size, scale=tuple(self.augment.random_resized_crop), antialias=True)]
+            scale, mode = tuple(self.augment.random_resized_crop), v2.InterpolationMode(self.interpolation)
+            ops = [v2.RandomResizedCrop(self.size, scale=scale, ratio=CROP_RATIO, interpolation=mode, antialias=True)]
         else:
-            ops = [v2.Resize((self.size, self.size), antialias=True)]
+            ops = resize_ops((self.size, self.size), self.interpolation, None if train else self.eval_crop_pct)
         if train and self.augment is not None and self.augment.color_jitter:
             s = self.augment.color_jitter
             ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=0.0 if self.grayscale else s))
@@ -386,6 +421,8 @@ class StreamLoader:
         image_size: side of the square images after resizing.
         grayscale: decode as one channel.
         num_workers: DataLoader worker processes (0 decodes in this process).
+        interpolation: of every resize (`data.interpolation`).
+        eval_crop_pct: evaluation images as timm's crop_pct makes them (`data.eval_crop_pct`); None: resized.
     """
 
     def __init__(
@@ -398,6 +435,8 @@ class StreamLoader:
         image_size: int = 224,
         grayscale: bool = False,
         num_workers: int | None = None,
+        interpolation: str = "bilinear",
+        eval_crop_pct: float | None = None,
     ) -> None:
         train, seed, shard = spec.train, spec.seed, spec.shard
         self.split, self.device, self.train, self.seed = split, device, train, seed
@@ -412,12 +451,15 @@ class StreamLoader:
         self.sampler = _PlanSampler(len(split), self.batch_size, train, seed, self.shard)
         workers = default_workers() if num_workers is None else num_workers
         channels = info.input_size[0] if isinstance(split, TensorSplit) else (1 if grayscale else 3)
-        finish = worker_transform(self.augment, channels, (image_size, image_size), mean, std)
+        in_memory = isinstance(split, TensorSplit)
+        size = (image_size, image_size)
+        finish = worker_transform(self.augment, channels, size, mean, std, interpolation, crop=in_memory)
         self.normalized = finish is not None  # the workers' timm transform ends with Normalize
-        if isinstance(split, TensorSplit):
+        if in_memory:
             dataset = TensorItems(split, finish)
         else:
-            dataset = FileDataset(split, image_size, grayscale, self.augment, finish)
+            sizing = {"interpolation": interpolation, "eval_crop_pct": eval_crop_pct}
+            dataset = FileDataset(split, image_size, grayscale, self.augment, finish, **sizing)
         self.dataloader = DataLoader(
             dataset,
             batch_sampler=self.sampler,

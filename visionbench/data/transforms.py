@@ -6,15 +6,20 @@ the same result however the epoch is cut into batches (which makes mid-epoch res
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def translate(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, pad: int) -> torch.Tensor:
-    """Shift each image by (dx, dy) pixels in [-pad, pad], filling with reflected borders: a random crop
-    of the reflect-padded image."""
+def translate(
+    images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, pad: int, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """Shift each image by (dx, dy) pixels in [-pad, pad]: a random crop of the image padded by `pad` pixels,
+    with reflected borders (`pad_mode` "reflect") or zeros ("zeros", torchvision's RandomCrop(padding=p))."""
     B, C, H, W = images.shape
-    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(images.dtype)  # (B, C, H+2p, W+2p)
+    mode = "constant" if pad_mode == "zeros" else "reflect"
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode=mode).to(images.dtype)  # (B, C, H+2p, W+2p)
     rows = (torch.arange(H, device=images.device) + pad + dy[:, None]).long()  # (B, H)
     cols = (torch.arange(W, device=images.device) + pad + dx[:, None]).long()  # (B, W)
     b = torch.arange(B, device=images.device)[:, None, None]
@@ -94,3 +99,80 @@ def random_erasing(x: torch.Tensor, p: dict[str, torch.Tensor], generator: torch
     mask = (rows[:, :, None] & cols[:, None, :] & p["erase"][:, None, None])[:, None]  # (B, 1, H, W)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.where(mask, noise, x)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """(B, C, H, W) resized to `size` (h, w): torch's antialiased interpolation, what torchvision's Resize does to
+    tensors (bicubic with Pillow's a = -0.5 kernel, so it matches timm's Pillow transforms within a grey level).
+    Computed in float32 whatever the device, so a CPU and a GPU give the same images; uint8 stays uint8 (rounded)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    x = F.interpolate(images.float(), size=tuple(size), mode=interpolation, align_corners=False, antialias=True)
+    return _like(x, images)
+
+
+def eval_resize(images: torch.Tensor, size: int, interpolation: str, crop_pct: float | None) -> torch.Tensor:
+    """The evaluation view of a batch: with `crop_pct`, timm's eval transform (shorter side resized to
+    floor(size / crop_pct), as torchvision's Resize(int) does, then the centre size x size square, as CenterCrop
+    places it); without, resized to size x size."""
+    H, W = images.shape[-2:]
+    if crop_pct is None:
+        return resize(images, (size, size), interpolation)
+    short = math.floor(size / crop_pct)
+    x = resize(images, (short, int(short * W / H)) if H <= W else (int(short * H / W), short), interpolation)
+    top, left = int(round((x.shape[-2] - size) / 2.0)), int(round((x.shape[-1] - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def resized_crop(
+    images: torch.Tensor, boxes: dict[str, torch.Tensor], size: tuple[int, int], interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """Each image's box (`boxes["top"]`, `["left"]`, `["height"]`, `["width"]`, (B,) pixels) cut out and resized to
+    `size`: torchvision's resized_crop (antialiased) for a whole batch at once.
+
+    No library function resamples a different box per image with antialiasing (roi_align averages bins and
+    grid_sample neither antialiases nor uses Pillow's bicubic), so the resampling is written out: per image, one
+    weight matrix per axis holding torch's antialiased filter (the weights of `resize`), restricted to the box and
+    normalised there as cropping first would; the batch is then two batched matrix products, (B, h_out, H) x
+    (B, C, H, W) x (B, W, w_out).
+    """
+    kernel = _bicubic if interpolation == "bicubic" else _triangle
+    H, W = images.shape[-2:]
+    rows = _resample_weights(boxes["top"], boxes["height"], H, size[0], kernel)  # (B, h_out, H)
+    cols = _resample_weights(boxes["left"], boxes["width"], W, size[1], kernel)  # (B, w_out, W)
+    x = torch.einsum("boh,bchw->bcow", rows, images.float())  # (B, C, h_out, W)
+    return _like(torch.einsum("bcow,bpw->bcop", x, cols), images)  # (B, C, h_out, w_out)
+
+
+def _resample_weights(start, length, n_in: int, n_out: int, kernel) -> torch.Tensor:
+    """(B, n_out, n_in) weights of torch's antialiased 1-D resampling of `length` input pixels from `start` to
+    n_out: output pixel i is centred at scale * (i + 0.5) in the box, and the kernel is stretched by the scale when
+    shrinking (scale = length / n_out > 1)."""
+    device = start.device
+    scale = length.double() / n_out  # (B,)
+    stretch = scale.clamp(min=1.0)
+    centre = scale[:, None] * (torch.arange(n_out, device=device, dtype=torch.float64) + 0.5)  # (B, n_out)
+    j = torch.arange(n_in, device=device, dtype=torch.float64)[None, :] - start[:, None].double()  # (B, n_in)
+    arg = (j[:, None, :] + 0.5 - centre[:, :, None]) / stretch[:, None, None]  # (B, n_out, n_in)
+    inside = (j >= 0) & (j < length[:, None].double())  # (B, n_in)
+    weights = kernel(arg).masked_fill(~inside[:, None, :], 0.0)
+    return (weights / weights.sum(-1, keepdim=True)).float()
+
+
+def _triangle(x: torch.Tensor) -> torch.Tensor:
+    return (1 - x.abs()).clamp_(min=0)
+
+
+def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel with Pillow's a = -0.5 (torch's antialiased bicubic), zero beyond 2."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _like(x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Float results in the dtype of `images`: uint8 rounded and clamped to 0-255."""
+    if images.dtype == torch.uint8:
+        return x.round_().clamp_(0, 255).to(torch.uint8)
+    return x.to(images.dtype)

@@ -17,7 +17,7 @@ import torch
 
 from visionbench.config import RunConfig
 from visionbench.data import DatasetInfo, Datasets, LoaderSpec, build_datasets, build_loader
-from visionbench.data.transforms import normalize
+from visionbench.data.transforms import normalize, resize
 from visionbench.engine.optim import build_optimizer
 from visionbench.engine.runtime import grad_scaler
 from visionbench.engine.schedule import TimeBudget, build_scheduler
@@ -81,7 +81,8 @@ def assemble(
     eval_loaders = {s: eval_loader(data, s, cfg, device, shard) for s in splits}
     seconds_data = time.monotonic() - t_data
     if not resumed and hasattr(model, "init_from_data") and not data.streamed:  # fastnet's whitening layer
-        model.init_from_data(normalize(data.train.images[:5000], train_loader.mean.cpu(), train_loader.std.cpu()))
+        images = resize(data.train.images[:5000], data.info.input_size[1:], cfg.data.interpolation)  # as batches are
+        model.init_from_data(normalize(images, train_loader.mean.cpu(), train_loader.std.cpu()))
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,11 +1,12 @@
 """A run's model as ONNX (`visionbench export`), checked against PyTorch with onnxruntime before it is written.
 
 The graph takes `images` (batch, C, H, W), float32, already resized and standardised as `visionbench predict` does
-(the mean, std, class names and regression standardisation are in the file's `visionbench` metadata entry, JSON),
-and returns `logits` (batch, num_outputs) before the task's softmax, sigmoid or de-standardisation. The batch axis
-is dynamic. A run calibrated by `visionbench eval --calibrate` is exported with the division by its temperature
-baked into the graph (engine/calibration.py's `Temperature` after the model): its `logits` are already divided, and
-the metadata's `temperature_applied` says by what (null: not calibrated), so that no consumer divides twice.
+(the mean, std, class names, resize settings and regression standardisation are in the file's `visionbench` metadata
+entry, JSON), and returns `logits` (batch, num_outputs) before the task's softmax, sigmoid or de-standardisation.
+The batch axis is dynamic. A run calibrated by `visionbench eval --calibrate` is exported with the division by its
+temperature baked into the graph (engine/calibration.py's `Temperature` after the model): its `logits` are already
+divided, and the metadata's `temperature_applied` says by what (null: not calibrated), so that no consumer divides
+twice.
 
 The exporter is torch.export-based (`torch.onnx.export(..., dynamo=True)`, PyTorch's default since 2.9, which
 needs onnxscript): the TorchScript one is deprecated, and it fails on models the new one exports (VGG's adaptive
@@ -140,6 +141,8 @@ def to_onnx(run: LoadedRun, run_dir: Path, opset: int, weights: str) -> bytes:
         "model": run.cfg.model.name,
         "task": run.task.name,
         "data_info": vars(run.info),
+        # how predict resizes a file to data_info's input size (stream.resize_ops): timm's crop_pct view when set
+        "resize": {"interpolation": run.cfg.data.interpolation, "eval_crop_pct": run.cfg.data.eval_crop_pct},
         "task_stats": run.task.stats(),
         "weights": weights,
         "temperature_applied": run.temperature,  # the graph's logits are already divided by it

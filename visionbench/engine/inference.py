@@ -9,10 +9,12 @@ predates takes the dataset's registered convention (`data.base.saved_info`).
 
 Each image file goes through the run's own evaluation preprocessing, whatever its size: decoded with Pillow as one
 grey or three RGB channels (the model's `in_chans`; `.npy` arrays as they are), resized to the run's input size
-with the streaming loader's resize (bilinear, antialiased; skipped when the size already fits), min-max scaled per
-image for datasets that scale each image on their own, then standardised with the mean and std the run trained
-with. A prediction that is not finite is an error naming the image, never a NaN: weights and inputs are checked
-finite when read, so it means the model overflows on that image.
+with the streaming loader's evaluation resize (antialiased, the run's `data.interpolation`, timm's crop_pct view
+with `data.eval_crop_pct`; skipped when the size already fits and no crop is asked for), min-max scaled per image
+for datasets that scale each image on their own, then standardised with the mean and std the run trained with
+(0 and 1 for a run with `data.normalize: false`: scaled to [0, 1] only, as its training was). A prediction that
+is not finite is an error naming the image, never a NaN: weights and inputs are checked finite when read, so it
+means the model overflows on that image.
 
 The run's task object (its threshold, its standardisation) answers every question about the outputs: what they
 decide, how predict reports them, what explain attributes.
@@ -161,24 +163,29 @@ def _load_task_stats(task: Task, stats: Any, source: Path) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """The evaluation preprocessing of a run, from its dataset facts."""
+    """The evaluation preprocessing of a run, from its dataset facts and its data section's resize settings."""
 
     info: DatasetInfo
     mean: torch.Tensor  # (C,), [0, 1] units
     std: torch.Tensor  # (C,)
+    interpolation: str = "bilinear"  # data.interpolation
+    crop_pct: float | None = None  # data.eval_crop_pct
 
     @classmethod
-    def from_info(cls, info: DatasetInfo) -> Preprocess:
+    def from_info(cls, info: DatasetInfo, data_cfg=None) -> Preprocess:
+        """`data_cfg`: the run's DataConfig (its interpolation and eval_crop_pct); None: their defaults."""
         mean, std = info.mean, info.std
         if info.input_size[0] == 1 and len(mean) > 1:  # grey images of an RGB-statistics dataset: StreamLoader's rule
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-        return cls(info, torch.tensor(mean), torch.tensor(std))
+        sizing = {"interpolation": data_cfg.interpolation, "crop_pct": data_cfg.eval_crop_pct} if data_cfg else {}
+        return cls(info, torch.tensor(mean), torch.tensor(std), **sizing)
 
     def __call__(self, path: Path) -> torch.Tensor:
         """One file as a (C, H, W) float32 tensor, standardised as the run's evaluation batches are."""
-        from torchvision.transforms.v2 import functional as TF
+        from torchvision.transforms import v2
 
         from visionbench.data.image_file import read_image_file, scale_image
+        from visionbench.data.stream import resize_ops
         from visionbench.data.transforms import normalize
 
         C, H, W = self.info.input_size
@@ -188,8 +195,8 @@ class Preprocess:
                 x = x.expand(C, -1, -1)
             else:
                 raise UserError(f"{path}: an array of {x.shape[0]} channels; the model takes {C}")
-        if tuple(x.shape[-2:]) != (H, W):
-            x = TF.resize(x, [H, W], antialias=True)  # v2.Resize's defaults, as the streaming loader uses
+        if tuple(x.shape[-2:]) != (H, W) or self.crop_pct is not None:
+            x = v2.Compose(resize_ops((H, W), self.interpolation, self.crop_pct))(x)  # as the streaming loader's
         x = scale_image(x, self.info)  # after resizing, so that the model sees exactly its training images' range
         return normalize(x[None], self.mean, self.std)[0]
 
@@ -262,7 +269,7 @@ def predicted_batches(run: LoadedRun, files: list[Path]) -> Iterator[tuple[list[
     Raises:
         UserError: an unreadable file, or an output that is not finite (naming the file).
     """
-    preprocess = Preprocess.from_info(run.info)
+    preprocess = Preprocess.from_info(run.info, run.cfg.data)
     for start in range(0, len(files), BATCH_SIZE):
         chunk = files[start : start + BATCH_SIZE]
         outputs = predict_outputs(run, torch.stack([preprocess(p) for p in chunk]))

@@ -357,7 +357,7 @@ def _summary_base(cfg: RunConfig, parts: Assembly) -> dict[str, Any]:
         "params": parts.params,
         "flops": parts.flops,
         "epochs": cfg.trainer.epochs,
-        "augment": augment_placement(cfg.data.augment),
+        "augment": augment_placement(cfg.data.augment, parts.data.streamed),
         **({"task_stats": task.stats()} if task.stats() else {}),
         **({"pretrained": parts.transfer.record()} if parts.transfer is not None else {}),
         "data_info": vars(parts.data.info),  # input size, mean/std, class names: `predict` and `export` need no data
