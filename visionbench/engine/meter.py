@@ -1,13 +1,13 @@
 """`TrainMeter`: the task's training metrics (metrics.csv's `train/<metric>`, e.g. `train/acc1`, `train/map`,
 `train/mae`) measured on the training batches as they pass: no extra pass over the data, no device sync per batch.
 
-Each micro-batch's logits and targets are kept on the device as they come out of the forward (a reference, not a
-copy) and fed to the task's metrics (`Task.train_metrics`: the torchmetrics objects that val and test use, so both
-columns share one definition) a chunk of `CHUNK_BYTES` at a time. torchmetrics' updates check their arguments on the
-host (a sync on a GPU), so the sync comes once per chunk, not once per batch; a small dataset's epoch is one chunk.
-Sums (accuracy's counts, MAE's total) stay a few numbers; a metric that keeps every output (AP) holds the epoch's
-scores and targets on the device, at most `KEEP_BYTES`: beyond that the epoch's value is left out of metrics.csv (an
-empty cell) rather than estimated.
+Each micro-batch's logits and targets are kept on the device (the logits copied, B x C values: a CUDA-graph replay,
+compile_mode reduce-overhead, reuses its output's memory) and fed to the task's metrics (`Task.train_metrics`: the
+torchmetrics objects that val and test use, so both columns share one definition) a chunk of `CHUNK_BYTES` at a
+time. torchmetrics' updates check their arguments on the host (a sync on a GPU), so the sync comes once per chunk,
+not once per batch; a small dataset's epoch is one chunk. Sums (accuracy's counts, MAE's total) stay a few numbers; a
+metric that keeps every output (AP) holds the epoch's scores and targets on the device, at most `KEEP_BYTES`: beyond
+that the epoch's value is left out of metrics.csv (an empty cell) rather than estimated.
 
 The values are those of the model as it trains: train mode (dropout on, BatchNorm on batch statistics), weights
 changing from batch to batch, augmented images. They are not an evaluation of the epoch's final weights on the
@@ -55,7 +55,7 @@ class TrainMeter:
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         if self.over:
             return
-        logits = logits.detach()
+        logits = logits.detach().clone()
         self.pending.append((logits, targets))
         self.pending_bytes += _nbytes(logits) + _nbytes(targets)
         if self.pending_bytes >= CHUNK_BYTES:
