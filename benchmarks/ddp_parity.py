@@ -50,7 +50,7 @@ def main() -> None:
         finals, weights = {}, {}
         for n, run in runs.items():
             summary = json.loads((run / layout.SUMMARY).read_text())
-            finals[n] = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
+            finals[n] = {k: v for k, v in summary["final"].items() if k not in ("elapsed_seconds", layout.WALL_TIME)}
             weights[n] = safetensors.torch.load_file(str(run / layout.BEST))
     one, many = weights[1], weights[args.procs]
     diff = max((one[k] - many[k]).abs().max().item() for k in one)

@@ -8,7 +8,7 @@ the end) or inside its N-th atomic file write, after the data is in the temp fil
 files). It is resumed until it finishes: `train --resume auto` (from scratch when the kill came before the first
 checkpoint), the same `compare` command (finished cells are skipped, an interrupted one resumes), `search --resume`
 (the dead trial is failed by its stale heartbeat and retried in its run directory). Every run directory's
-metrics.csv (without the wall-clock column), final metrics and weights must be bit-identical to the reference's.
+metrics.csv (without the clock columns), final metrics and weights must be bit-identical to the reference's.
 Prints kills survived out of kills landed.
 
     python benchmarks/fault_injection.py [--command train|compare|search] [--kills 20] [--seed 0]
@@ -30,6 +30,8 @@ from pathlib import Path
 import yaml
 
 from visionbench import layout
+
+CLOCKS = ("elapsed_seconds", layout.WALL_TIME)  # metrics.csv columns that differ between identical runs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -98,12 +100,13 @@ def _finished(out: Path, command: str, expected: int) -> dict[str, Path] | None:
 
 
 def _result(run: Path) -> tuple[list[dict], dict[str, bytes]]:
-    """metrics.csv rows without elapsed_seconds, and the raw tensors of the last checkpoint's model and best weights."""
+    """metrics.csv rows without the clock columns, and the raw tensors of the last checkpoint's model and best
+    weights."""
     import safetensors.torch
     import torch
 
     with (run / layout.METRICS).open() as f:
-        rows = [{k: v for k, v in row.items() if k != "elapsed_seconds"} for row in csv.DictReader(f)]
+        rows = [{k: v for k, v in row.items() if k not in CLOCKS} for row in csv.DictReader(f)]
     last = torch.load(run / "checkpoints" / "last", map_location="cpu", weights_only=True)
     tensors = {f"last.{k}": v.numpy().tobytes() for k, v in last["model"].items()}
     best = safetensors.torch.load_file(str(run / layout.BEST))

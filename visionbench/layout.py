@@ -4,9 +4,9 @@ A run directory is `runs/<experiment>/<YYYYmmdd-HHMMSS>-<model>-<dataset>/`. `tr
 `env.json`, `metrics.csv` (one row per epoch), `summary.json`, `checkpoints/last` (everything a bit-identical resume
 needs), `checkpoints/best.safetensors` and the task's artifacts of the final model on the val and test splits
 (`confusion_matrix_test.json`, `per_class_val.csv`, `reliability_test.json`, `predictions_test.csv` ...); `report`
-adds `plots/`, `explain` adds `explain/<method>-<split>/`, `analyze` adds `analysis/`, `eval` adds
-`eval-<split>-<tta>-<weights>.json`, `eval --calibrate` adds `temperature-<weights>.json`, `export` writes under
-`export/`. `lr-find` writes its own folder of `lr_find.*` files beside a `config.yaml`.
+adds `plots/` (and `plots/tag_logs/` with `--tag-logs`), `explain` adds `explain/<method>-<split>/`, `analyze` adds
+`analysis/`, `eval` adds `eval-<split>-<tta>-<weights>.json`, `eval --calibrate` adds `temperature-<weights>.json`,
+`export` writes under `export/`. `lr-find` writes its own folder of `lr_find.*` files beside a `config.yaml`.
 
 The writer (engine), the readers (report, inference, transfer, compare) and the tests name these files through this
 module only. It sits beside `config.py`, below engine and report, and imports nothing of visionbench.
@@ -34,6 +34,9 @@ LR_FIND_PNG = "lr_find.png"
 LR_FIND_JSON = "lr_find.json"
 LR_FIND_FILES = (LR_FIND_JSON, LR_FIND_CSV, LR_FIND_PNG, CONFIG)  # all that an lr-find folder holds
 
+# metrics.csv's column of when each row was recorded, in Unix seconds (the per-tag logs' `Wall time`)
+WALL_TIME = "wall_time"
+
 # Task artifacts of the final model on a split: `<name>_<split>.json`, or `.csv` for a table of columns
 CONFUSION_MATRIX = "confusion_matrix"
 PREDICTIONS = "predictions"
@@ -41,6 +44,8 @@ PER_CLASS = "per_class"  # .csv: precision, recall, F1 and support per class
 RELIABILITY = "reliability"  # .json: ECE, Brier score and the reliability diagram's bins; plots/reliability.png
 ERROR_BY_RANGE = "error_by_range"  # .csv: regression's MAE per quantile bin of the true target
 CURVES = "curves"  # plots/curves.png and the values it shows, plots/curves.csv
+TAG_LOGS = "tag_logs"  # plots/tag_logs/: `report --tag-logs`' per-tag CSV logs and SVG curves (report/tag_logs.py)
+TAG_LOGS_INDEX = "tag_logs.json"  # in a folder of tag logs: each file written there and the run it is from
 PER_IMAGE = "per_image"  # per-image outputs (per_image.py): what report's intervals and paired tests resample
 
 # analyze's parts under analysis/ that write `<name>.csv` and `<name>.png`

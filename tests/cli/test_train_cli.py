@@ -59,7 +59,8 @@ def test_train_synthetic_writes_every_file_and_learns(tmp_path, capsys):
     assert set(summary["seconds"]) == {"data", "train", "eval", "total"} and summary["params"] > 0
     rows = list(csv.DictReader((run / layout.METRICS).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert {"epoch", "step", "elapsed_seconds", "lr", "train/loss", "val/acc1", "val/loss"} <= set(rows[0])
+    assert {"epoch", "step", "elapsed_seconds", layout.WALL_TIME, "lr", "train/loss", "train/acc1"} <= set(rows[0])
+    assert {"val/acc1", "val/loss"} <= set(rows[0])
     assert rows[-1]["test/acc1"] != "" and rows[0]["test/acc1"] == ""
     env = json.loads((run / layout.ENV).read_text())
     assert {"torch", "git_commit", "git_dirty", "seed", "device"} <= set(env)
@@ -84,7 +85,8 @@ def test_training_again_from_the_written_config_reproduces_the_run(tmp_path):
     assert main(["train", str(first / layout.CONFIG), "--set", f"trainer.out_dir={tmp_path / 'b'}"]) == 0
     second = _only_run(tmp_path / "b")
     a, b = (json.loads((r / layout.SUMMARY).read_text()) for r in (first, second))
-    a["final"].pop("elapsed_seconds"), b["final"].pop("elapsed_seconds")
+    for summary in (a, b):
+        summary["final"].pop("elapsed_seconds"), summary["final"].pop(layout.WALL_TIME)
     assert a["final"] == b["final"] and a["best"] == b["best"]
     wa, wb = (safetensors.torch.load_file(r / layout.BEST) for r in (first, second))
     assert all(wa[k].equal(wb[k]) for k in wa)

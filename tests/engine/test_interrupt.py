@@ -6,6 +6,7 @@ process, with a deadline, never a sleep that hopes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pty
@@ -66,8 +67,16 @@ def _first_checkpoint(out: Path):
 
 def _final(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     summary = json.loads((run / layout.SUMMARY).read_text())
-    final = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
+    final = {k: v for k, v in summary["final"].items() if k not in ("elapsed_seconds", layout.WALL_TIME)}
     return final, safetensors.torch.load_file(run / layout.BEST)
+
+
+def _epochs(run: Path) -> list[dict]:
+    """metrics.csv's rows without the clock columns."""
+    with (run / layout.METRICS).open(newline="") as f:
+        return [
+            {k: v for k, v in r.items() if k not in ("elapsed_seconds", layout.WALL_TIME)} for r in csv.DictReader(f)
+        ]
 
 
 def _check_interrupted(run: Path, line: str, signum: int) -> int:
@@ -114,6 +123,7 @@ def test_sigterm_stops_training_in_one_line_with_a_checkpoint_that_resumes_to_th
     final_a, weights_a = _final(ref)
     final_b, weights_b = _final(run)
     assert final_a == final_b
+    assert _epochs(ref) == _epochs(run), "every epoch's row, the interrupted epoch's training metrics included"
     for key in weights_a:
         assert torch.equal(weights_a[key], weights_b[key]), key
 

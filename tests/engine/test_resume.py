@@ -1,8 +1,10 @@
-"""Kill-and-resume parity: a run SIGKILLed at a random moment and resumed ends with the same metrics and
-weights, bit for bit (CPU, deterministic mode), as an uninterrupted run."""
+"""Kill-and-resume parity: a run SIGKILLed at a random moment and resumed ends with the same metrics (every epoch's
+metrics.csv row, the resumed epoch's training metrics included) and weights, bit for bit (CPU, deterministic mode),
+as an uninterrupted run."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -29,6 +31,7 @@ SETS = [
     "model.kwargs.drop_rate=0.2",  # dropout draws from the global RNG, so its state must be restored too
 ]
 TOTAL_STEPS = 408
+TIME_COLUMNS = ("elapsed_seconds", layout.WALL_TIME)
 
 
 def _cmd(out: Path, *extra: str, every: int | None = None) -> list[str]:
@@ -44,12 +47,14 @@ def _run_dir(out: Path) -> Path:
     return run
 
 
-def _final(run: Path) -> tuple[dict, dict, dict[str, torch.Tensor], dict]:
+def _final(run: Path) -> tuple[dict, dict, dict[str, torch.Tensor], dict, list[dict]]:
     summary = json.loads((run / layout.SUMMARY).read_text())
     weights = safetensors.torch.load_file(run / layout.BEST)
     last = torch.load(run / layout.LAST, weights_only=True)["model"]
-    rows = [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in (summary["final"], summary["best"])]
-    return rows[0], rows[1], weights, last
+    rows = [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in (summary["final"], summary["best"])]
+    with (run / layout.METRICS).open(newline="") as f:
+        epochs = [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in csv.DictReader(f)]
+    return rows[0], rows[1], weights, last, epochs
 
 
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
@@ -80,9 +85,11 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout, f"status before resume was {status!r} (checkpoint every {every} steps)"
 
-    final_a, best_a, weights_a, last_a = _final(_run_dir(ref_out))
-    final_b, best_b, weights_b, last_b = _final(run)
+    final_a, best_a, weights_a, last_a, epochs_a = _final(_run_dir(ref_out))
+    final_b, best_b, weights_b, last_b, epochs_b = _final(run)
     assert final_a == final_b and best_a == best_b
+    assert all(r["train/acc1"] for r in epochs_a), "every epoch has its training accuracy"
+    assert epochs_a == epochs_b, "every epoch's row, the one resumed mid-epoch included"
     for key in weights_a:
         assert torch.equal(weights_a[key], weights_b[key]), key
     for key in last_a:

@@ -5,6 +5,7 @@ Plus the sharding arithmetic both loaders use."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -84,9 +85,17 @@ def _run_dir(out: Path) -> Path:
     return run
 
 
+def _epochs(run: Path) -> list[dict]:
+    """metrics.csv's rows without the clock columns."""
+    with (run / layout.METRICS).open(newline="") as f:
+        return [
+            {k: v for k, v in r.items() if k not in ("elapsed_seconds", layout.WALL_TIME)} for r in csv.DictReader(f)
+        ]
+
+
 def _result(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     summary = json.loads((run / layout.SUMMARY).read_text())
-    final = {k: v for k, v in summary["final"].items() if k != "elapsed_seconds"}
+    final = {k: v for k, v in summary["final"].items() if k not in ("elapsed_seconds", layout.WALL_TIME)}
     return final, safetensors.torch.load_file(run / layout.BEST)
 
 
@@ -157,6 +166,8 @@ def test_two_processes_match_one_and_a_killed_rank_resumes(tmp_path, one_process
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final_r, weights_r = _result(run)
     assert final_r == final_2
+    # the epoch resumed mid-way: its training accuracy counts every rank's batches once, before and after the kill
+    assert _epochs(run) == _epochs(_run_dir(two)) and all(r["train/acc1"] for r in _epochs(run))
     for key in weights_2:
         assert torch.equal(weights_r[key], weights_2[key]), key
 

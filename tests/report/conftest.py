@@ -36,9 +36,11 @@ def write_run(
     task: str = "ClassificationTask",
     test_details: dict[str, Any] | None = None,
     summary: bool = True,
+    train_metric: bool = False,
 ) -> Path:
     """One run directory `root/name`. A finished run reaches `value` on test at its last epoch (and `value` + 0.005
-    on validation); an unfinished one stops after `completed` epochs; `summary=False` leaves summary.json out."""
+    on validation); an unfinished one stops after `completed` epochs; `summary=False` leaves summary.json out;
+    `train_metric` adds the columns `wall_time` and `train/<metric>` (`value` - 0.05 at the last epoch)."""
     run = root / name
     run.mkdir(parents=True)
     completed = epochs if completed is None else completed
@@ -52,6 +54,8 @@ def write_run(
     (run / layout.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     header = ["epoch", "step", "elapsed_seconds", "lr", "train/loss", f"val/{metric}", "val/loss"]
     header += [f"test/{metric}", "test/loss"]
+    if train_metric:
+        header[3:3], header[6:6] = [layout.WALL_TIME], [f"train/{metric}"]
     rows = []
     for epoch in range(1, completed + 1):
         row = {"epoch": epoch, "step": 10 * epoch, "elapsed_seconds": 10.0 * epoch, "lr": lr}
@@ -59,6 +63,11 @@ def write_run(
         row |= {"val/loss": 1.1 / epoch, f"test/{metric}": "", "test/loss": ""}
         if epoch == completed and status == "finished":
             row |= {f"test/{metric}": value, "test/loss": 1.2 / epoch}
+        if train_metric:
+            row |= {
+                layout.WALL_TIME: 1767261600.125 + 10 * epoch,
+                f"train/{metric}": value - 0.05 * (completed - epoch + 1),
+            }
         rows.append(row)
     with open(run / layout.METRICS, "w", newline="") as f:
         writer = csv.DictWriter(f, header, lineterminator="\n")

@@ -5,12 +5,12 @@ optimizer step (mid-epoch included) continues bit for bit on CPU in deterministi
 extend `fit`: they implement the events they need and receive the state explicitly. The events, in order:
 
 - `before_fit`, `before_epoch`, `after_batch` (after each optimizer step), `after_epoch`, `after_fit`: fastai's;
-- `after_validate`: the epoch's row (training loss and this epoch's evaluations) is `state.rows[-1]`;
+- `after_validate`: the epoch's row (training loss and metrics, this epoch's evaluations) is `state.rows[-1]`;
 - `checkpoint`: the loop stands where the config's cadence (trainer.checkpoint_every_*) wants the state kept, and the
   state is consistent (the losses read, the ranks' mean loss taken): a checkpoint written now resumes exactly.
 
 A run of `trainer.epochs: 0` trains nothing: `fit` evaluates the model as built (Lightning's `validate`/`test`) into
-an epoch-0 row with no training columns (no lr, no train/loss), then emits `after_validate`, `checkpoint` and
+an epoch-0 row with no training columns (no lr, no train/...), then emits `after_validate`, `checkpoint` and
 `after_epoch` as an epoch's end does (no `before_epoch`, no `after_batch`), so its run directory is a trained run's.
 """
 
@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionbench import layout
 from visionbench.config import TrainerConfig
 from visionbench.data.loader import DeviceLoader
+from visionbench.engine.meter import TrainMeter
 from visionbench.engine.runtime import autocast, distributed, gather_rows, mean_across_ranks
 from visionbench.engine.schedule import TimeBudget
 from visionbench.errors import UserError
@@ -95,14 +97,21 @@ class TrainStep:
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled or DDP; else the model itself
 
     def backward(
-        self, images: torch.Tensor, targets: torch.Tensor, check: Callable[[torch.Tensor], None] | None = None
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        check: Callable[[torch.Tensor], None] | None = None,
+        record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """The micro-batch's loss, after its backward pass; `check(loss)` runs between the two."""
+        """The micro-batch's loss, after its backward pass; `check(loss)` runs between the two, `record(logits,
+        targets)` after the forward (the training metrics)."""
         if self.mix is not None:
             images, targets = self.mix(images, targets)  # targets become (B, C) probabilities
         with autocast(self.device, self.cfg.precision, self.cfg.cpu_precision):
             logits = (self.forward or self.model)(images)
             loss = self.task.loss(logits, targets)
+        if record is not None:
+            record(logits, targets)
         if check is not None:
             check(loss)
         self.scaler.scale(loss / self.cfg.accumulate_steps).backward()
@@ -139,6 +148,12 @@ class Trainer:
     budget: TimeBudget | None = None  # trainer.time_budget_minutes: the schedule reads it, the loop fills it
     clock: Callable[[], float] = dataclasses.field(default_factory=lambda: budget_clock)  # of the time budget
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)  # last eval
+    # the task's training metrics (train/<metric>); none under mixup/cutmix, whose images carry two labels each
+    meter: TrainMeter | None = dataclasses.field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.mix is None:
+            self.meter = TrainMeter(self.task, self.device)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -157,6 +172,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "train_state": state.to_dict(),
+            "train_metrics": self.meter.state_dict() if self.meter is not None else None,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> TrainState:
@@ -166,6 +182,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
+        if self.meter is not None and ckpt.get("train_metrics") is not None:  # none in checkpoints before them
+            self.meter.load_state_dict(ckpt["train_metrics"])
         state = TrainState.from_dict(ckpt["train_state"])
         state.loss_sum = torch.as_tensor(state.loss_sum).to(self.device)
         return state
@@ -194,11 +212,11 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
         while state.epoch < cfg.epochs and not state.should_stop:
             trainer._emit("before_epoch", state)
             t0 = _clock(trainer.device)
-            train_loss = train_one_epoch(trainer, state)
+            train = train_one_epoch(trainer, state)
             t1 = _clock(trainer.device)
             tick = trainer.clock()  # the time budget's clock
             state.seconds["train"] += t1 - t0
-            _end_epoch(trainer, state, train_loss, t1)
+            _end_epoch(trainer, state, train, t1)
             trainer._emit("after_validate", state)  # the run directory's metrics, best weights, summary
             if trainer.budget is not None and trainer.budget.counts_eval:  # evaluation and the epoch-end writes
                 state.budget_seconds += trainer.clock() - tick
@@ -215,7 +233,7 @@ def fit(trainer: Trainer, state: TrainState | None = None) -> TrainState:
 def _evaluate_only(trainer: Trainer, state: TrainState) -> None:
     """trainer.epochs 0: the model as built evaluated on its val and test splits, as the row of epoch 0, then the
     events of an epoch's end (the checkpoint holds the row: a resume has nothing left but the end's evaluation)."""
-    row = {"epoch": 0, "step": state.step, "elapsed_seconds": 0.0}
+    row = {"epoch": 0, "step": state.step, "elapsed_seconds": 0.0, layout.WALL_TIME: 0.0}
     _validate(trainer, state, row, last=True, t_start=_clock(trainer.device))
     trainer._emit("after_validate", state)
     if _epoch_checkpoint_due(trainer.cfg, state):
@@ -223,16 +241,18 @@ def _evaluate_only(trainer: Trainer, state: TrainState) -> None:
     trainer._emit("after_epoch", state)
 
 
-def _end_epoch(trainer: Trainer, state: TrainState, train_loss: float, t_start: float) -> None:
+def _end_epoch(trainer: Trainer, state: TrainState, train: dict[str, float], t_start: float) -> None:
     """Close the epoch: evaluate the splits due (every split on the last epoch, the test split only then unless
-    trainer.eval_test_every_epoch), append its metrics.csv row and move the state to the next epoch."""
+    trainer.eval_test_every_epoch), append its metrics.csv row (`train`: the epoch's training loss and metrics)
+    and move the state to the next epoch."""
     cfg = trainer.cfg
     row: dict[str, Any] = {
         "epoch": state.epoch + 1,
         "step": state.step,
         "elapsed_seconds": 0.0,
+        layout.WALL_TIME: 0.0,
         "lr": trainer.optimizer.param_groups[0]["lr"],
-        "train/loss": train_loss,
+        **{f"train/{k}": v for k, v in train.items()},
     }
     last = state.epoch + 1 == cfg.epochs or state.should_stop  # the budget ends a run mid-epoch
     _validate(trainer, state, row, last, t_start, due=(state.epoch + 1) % cfg.eval_every_epochs == 0)
@@ -256,12 +276,15 @@ def _validate(
             row.update({f"{split}/{k}": v for k, v in metrics.items() if math.isfinite(v)})
     state.seconds["eval"] += _clock(trainer.device) - t_start
     row["elapsed_seconds"] = round(state.elapsed_offset + time.monotonic() - trainer.start_time, 3)
+    # stamped with the row, which the checkpoints keep: a resumed run's earlier rows keep their own times
+    row[layout.WALL_TIME] = round(time.time(), 3)
     state.rows.append(row)
 
 
-def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
-    """Train from `state.batch` to the end of `state.epoch`; returns the epoch's mean training loss."""
-    cfg, loader, step = trainer.cfg, trainer.train_loader, trainer.train_step()
+def train_one_epoch(trainer: Trainer, state: TrainState) -> dict[str, float]:
+    """Train from `state.batch` to the end of `state.epoch`; returns the epoch's training metrics: `loss` (the mean
+    training loss) and the task's `train_metrics` over the batches as they passed (engine/meter.py)."""
+    cfg, loader, step, meter = trainer.cfg, trainer.train_loader, trainer.train_step(), trainer.meter
     n_batches = len(loader)
     trainer.model.train()
     loss_sum = torch.as_tensor(state.loss_sum, device=trainer.device, dtype=torch.float32).clone()
@@ -272,7 +295,7 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     watch = LossWatch(trainer.device)
     check = functools.partial(watch.add, state=state)  # CPU: raises before a non-finite gradient reaches the weights
     for images, targets in loader.epoch(state.epoch, state.batch):
-        loss = step.backward(images, targets, check)
+        loss = step.backward(images, targets, check, meter.add if meter is not None else None)
         loss_sum += loss.detach().float()
         state.batch += 1
         if state.batch % cfg.accumulate_steps and state.batch != n_batches:
@@ -296,6 +319,8 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
             watch.flush()
             state.loss_sum = loss_sum = mean_across_ranks(loss_sum)
             _check_finite(loss_sum, state)
+            if meter is not None:
+                meter.gather()
             trainer._emit("checkpoint", state)
             last_ckpt = time.monotonic()
         if state.batch < n_batches:
@@ -303,7 +328,7 @@ def train_one_epoch(trainer: Trainer, state: TrainState) -> float:
     watch.flush()
     loss_sum = mean_across_ranks(loss_sum)
     _check_finite(loss_sum, state)
-    return loss_sum.item() / max(1, state.batch)
+    return {"loss": loss_sum.item() / max(1, state.batch), **(meter.compute() if meter is not None else {})}
 
 
 @torch.no_grad()

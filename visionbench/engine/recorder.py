@@ -166,8 +166,8 @@ class Recorder:
         row = state.rows[-1]
         if self.writer is not None:
             for key, value in row.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, row["epoch"])
+                if key not in ("epoch", "step", layout.WALL_TIME) and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["epoch"], walltime=row.get(layout.WALL_TIME))
             self.writer.flush()
         if self.best_key and self.best_key in row:
             value, mode = row[self.best_key], self.trainer.task.mode

@@ -57,22 +57,27 @@ def _figure(ncols: int):
     return _pyplot().subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
 
 
-def _save(fig, path: Path) -> Path:
-    """`path` (.png) and the same figure as .svg beside it, every name in it drawn as written; returns the PNG
-    path."""
+def _save(fig, path: Path, png: bool = True) -> Path:
+    """`path` (.png) and the same figure as .svg beside it, every name in it drawn as written; returns `path`.
+    `png=False`: the .svg alone (pass its path)."""
     plt = _pyplot()
+    images = {}
     try:
         literal_text(fig)
-        png, svg = io.BytesIO(), io.BytesIO()
         with missing_glyphs_quiet():
-            fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+            if png:
+                images[path] = io.BytesIO()
+                fig.savefig(images[path], format="png", dpi=120, bbox_inches="tight")
             # no date and a fixed salt for the element ids (random by default): the same run files, the same bytes
+            images[path.with_suffix(".svg")] = io.BytesIO()
             with plt.rc_context({"svg.hashsalt": "visionbench"}):
-                fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+                fig.savefig(
+                    images[path.with_suffix(".svg")], format="svg", bbox_inches="tight", metadata={"Date": None}
+                )
     finally:
         plt.close(fig)
-    write_bytes(path, png.getvalue())
-    write_bytes(path.with_suffix(".svg"), svg.getvalue())
+    for target, data in images.items():
+        write_bytes(target, data.getvalue())
     return path
 
 

@@ -52,6 +52,12 @@ class Task(nn.Module):
         """A fresh collection of the scalar metrics reported per split; updated with (logits, targets)."""
         raise NotImplementedError
 
+    def train_metrics(self) -> MetricCollection:
+        """The metrics measured on the training batches as they pass (metrics.csv's `train/<name>`, engine/meter.py):
+        the main metric, as `metrics()` builds it for val and test, so that the train and val columns share one
+        definition. Updated with (logits, targets) chunks of many batches."""
+        return MetricCollection({self.main_metric: self.metrics()[self.main_metric]})
+
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Non-scalar results saved with the run (confusion matrix, predictions ...), from a whole split's outputs.
 
