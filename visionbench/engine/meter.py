@@ -43,14 +43,22 @@ class TrainMeter:
     """
 
     def __init__(self, task: Task, device: torch.device):
-        self.device = device
-        self.metrics = task.train_metrics().to(device)
-        for metric in _stateful(self.metrics):  # their states go into state_dict (a wrapper does not pass it on)
-            metric.persistent(True)
+        self.device, self.task = device, task
+        self._metrics = None  # built when first fed (`metrics`)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.pending_bytes = 0
         self.updated = False  # the metrics have been fed since the epoch began
         self.over = False  # the epoch's outputs outgrew KEEP_BYTES: no value this epoch
+
+    @property
+    def metrics(self):
+        """The task's train metrics, built when first needed: at the epoch's end on a small dataset, so that the
+        first steps do not wait for torchmetrics' import (utils/preload.py imports it beside them)."""
+        if self._metrics is None:
+            self._metrics = self.task.train_metrics().to(self.device)
+            for metric in _stateful(self._metrics):  # their states go into state_dict (a wrapper does not pass it on)
+                metric.persistent(True)
+        return self._metrics
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         if self.over:
