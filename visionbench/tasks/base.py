@@ -56,6 +56,8 @@ class Task(nn.Module):
         """The metrics measured on the training batches as they pass (metrics.csv's `train/<name>`, engine/meter.py):
         the main metric, as `metrics()` builds it for val and test, so that the train and val columns share one
         definition. Updated with (logits, targets) chunks of many batches."""
+        from torchmetrics import MetricCollection
+
         return MetricCollection({self.main_metric: self.metrics()[self.main_metric]})
 
     def artifacts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
