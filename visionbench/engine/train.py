@@ -40,6 +40,10 @@ def train(
     start = start_time if start_time is not None else time.monotonic()
     tcfg = cfg.trainer
 
+    # torch.optim's first optimizer imports torch._dynamo (about a second on a small CPU): imported meanwhile, beside
+    # the data's reading and the model's building (utils/preload.py)
+    preload("torch._dynamo")
+
     # 1. This process: its rank under torchrun, its device, threads and seeds.
     proc = start_process(cfg)
 

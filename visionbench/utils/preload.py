@@ -1,11 +1,12 @@
 """`preload`: import modules on a background thread while the main thread works.
 
-`train` needs torchmetrics (and the torchvision, torch._dynamo and scipy.signal it imports) only at its first
-evaluation; importing them takes more than a second on a small CPU. Started once the model is built, the import runs
-beside the first epoch: the training step spends its time in torch's kernels, which release the GIL, so the import
-costs the epoch a share of one core instead of adding its whole time to the run. The main thread's own `import`
-later waits for the thread's, under Python's per-module import locks, and finds the module ready. An import that
-fails here is ignored: the main thread's import raises the same error where it matters.
+`train` starts two: torch._dynamo as it begins (torch.optim's first optimizer imports it), beside reading the data
+and building the model; and torchmetrics (with the torchvision and scipy.signal it imports), needed only at the
+first evaluation, once the model is built, beside the first epoch. Each import takes about a second on a small CPU.
+The main thread's work there is mostly in zlib and torch's kernels, which release the GIL, so an import costs it a
+share of one core instead of adding its whole time to the run. The main thread's own `import` later waits for the
+thread's, under Python's per-module import locks, and finds the module ready. An import that fails here is ignored:
+the main thread's import raises the same error where it matters.
 """
 
 from __future__ import annotations
