@@ -1,5 +1,5 @@
-"""Start-up: what `train` imports before its first step, `--help` without the heavy libraries, the background import,
-the process-start clock, bf16 autocast on CPU, and runs that leave their figures to `report`."""
+"""Start-up: what `train` imports before its first step, `--help` without the heavy libraries, the process-start
+clock, bf16 autocast on CPU, and runs that leave their figures to `report`."""
 
 from __future__ import annotations
 
@@ -16,21 +16,16 @@ import torch
 from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.engine.runtime import autocast, process_start
-from visionbench.utils.preload import preload
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTH = "configs/smoke/synthetic.yaml"
 HEAVY = ("timm", "torchmetrics", "torchvision", "matplotlib", "scipy", "optuna", "captum")
 
-# A `train` in a fresh interpreter, preloading switched off, that writes which heavy libraries were imported when its
+# A `train` in a fresh interpreter that writes which heavy libraries were imported when its
 # first training step ended (the recorder's `after_batch`) and at its exit.
 _PROBE = textwrap.dedent(
     """
     import json, sys
-    import visionbench.utils.preload as preload_module
-    preload_module.preload = lambda *names: None
-    import visionbench.engine.train as train_module
-    train_module.preload = preload_module.preload
     from visionbench.engine import recorder
     heavy, seen = {heavy!r}, {{}}
     after_batch = recorder.Recorder.after_batch
@@ -72,15 +67,6 @@ def test_help_imports_none_of_the_heavy_libraries():
     assert proc.returncode == 0, proc.stderr
     assert [x for x in proc.stdout.splitlines() if x.startswith("HEAVY")] == ["HEAVY []"], proc.stdout[-2000:]
     assert "train" in proc.stdout
-
-
-def test_preload_imports_on_a_thread_and_ignores_a_module_that_fails():
-    name = "visionbench.report.significance"  # not imported by this module's imports
-    sys.modules.pop(name, None)
-    thread = preload("visionbench_no_such_module", name)
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert name in sys.modules
 
 
 def test_process_start_is_before_now_and_before_this_test_began():

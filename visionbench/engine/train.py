@@ -24,7 +24,6 @@ from visionbench.engine.recorder import Recorder, place_run_dir, tensorboard_wri
 from visionbench.engine.runtime import CompiledForward, Process, end_distributed, start_process
 from visionbench.engine.transfer import Unfreeze
 from visionbench.errors import UserError, first_line
-from visionbench.utils.preload import preload
 
 
 def train(
@@ -39,10 +38,6 @@ def train(
     names); one that raises `RunStopped` ends the run with its `run_status` (a search's pruner)."""
     start = start_time if start_time is not None else time.monotonic()
     tcfg = cfg.trainer
-
-    # torch.optim's first optimizer imports torch._dynamo (about a second on a small CPU): imported meanwhile, beside
-    # the data's reading and the model's building (utils/preload.py)
-    preload("torch._dynamo")
 
     # 1. This process: its rank under torchrun, its device, threads and seeds.
     proc = start_process(cfg)
@@ -71,9 +66,7 @@ def train(
         if parts.transfer is not None:
             progress.message(parts.transfer.line())
 
-    # 5. Train; the recorder writes the final and best results at the end, or the stop story. The metrics' library
-    #    is imported beside the first epoch (utils/preload.py): every import the steps need has happened by now.
-    preload("torchmetrics")
+    # 5. Train; the recorder writes the final and best results at the end, or the stop story.
     try:
         fit(trainer, state)
     except BaseException as e:  # noqa: BLE001  (recorded, then it propagates)
