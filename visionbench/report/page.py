@@ -139,17 +139,28 @@ def write_report(
     return md_path, html_path
 
 
-def draw_run(run_dir: Path) -> tuple[list[Path], list[str]]:
-    """The run's figures, and one line per figure that its files do not allow (a corrupt confusion matrix, ...)."""
+def draw_run(run_dir: Path, redraw: bool = True) -> tuple[list[Path], list[str]]:
+    """The run's figures, and one line per figure that its files do not allow (a corrupt confusion matrix, ...).
+    `redraw=False` keeps the figures in plots/ when every one of them is newer than the run's summary.json and
+    metrics.csv (a study run again over finished runs: drawing is most of its time)."""
     paths, problems = [], []
-    for plotter in plots.PLOTTERS:
-        try:
-            paths += plotter(run_dir)
-        except (UserError, OSError, ValueError) as e:
-            problems.append(f"{plotter.__name__}: {first_line(e)}")
+    if not redraw and _drawn_since_written(run_dir):
+        paths = sorted((run_dir / layout.PLOTS).glob("*.png"))
+    else:
+        for plotter in plots.PLOTTERS:
+            try:
+                paths += plotter(run_dir)
+            except (UserError, OSError, ValueError) as e:
+                problems.append(f"{plotter.__name__}: {first_line(e)}")
     paths += sorted((run_dir / layout.ANALYSIS).glob("*.png"))  # `visionbench analyze`'s figures, when there are any
     paths += sorted((run_dir / layout.EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
     return paths, problems
+
+
+def _drawn_since_written(run_dir: Path) -> bool:
+    written = [p.stat().st_mtime_ns for p in (run_dir / layout.SUMMARY, run_dir / layout.METRICS) if p.is_file()]
+    drawn = [p.stat().st_mtime_ns for p in (run_dir / layout.PLOTS).glob("*") if p.is_file()]
+    return bool(written and drawn) and min(drawn) >= max(written)
 
 
 def _status_line(records: list[dict[str, Any]]) -> str:

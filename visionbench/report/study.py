@@ -60,7 +60,7 @@ def write_study(study: Study) -> tuple[Path, Path]:
     groups = [_group(cell) for cell in study.cells]
     records = [rec for group in groups for rec in group.records]
     _check_metrics(study, records)
-    drawn = [draw_run(Path(rec["run_dir"])) for rec in records]
+    drawn = [draw_run(Path(rec["run_dir"]), redraw=False) for rec in records]
     sections = [_about(study), *(_table_section(study, t, groups) for t in study.spec.tables)]
     for figure in study.spec.figures:
         sections += _figure_sections(study, figure)
