@@ -405,6 +405,7 @@ def _check_layout(path: Path, spec: StudyFile, keys: tuple[str, ...], cells: tup
         _check_label(path, f"tables[{i}].cols", table.cols, keys)
         if table.cols == table.rows:
             raise UserError(f"{path}: tables[{i}].cols: the same label as its rows ({table.rows})")
+        _check_placed(path, f"tables[{i}]", [table.rows, table.cols], cells)
         _check_format(path, f"tables[{i}].format", table.format)
         for j, column in enumerate(table.columns):
             _check_format(path, f"tables[{i}].columns[{j}].format", column.format)
@@ -422,6 +423,7 @@ def _check_layout(path: Path, spec: StudyFile, keys: tuple[str, ...], cells: tup
         if isinstance(figure, GridFigure):
             _check_label(path, f"{where}.rows", figure.rows, keys)
             _check_label(path, f"{where}.cols", figure.cols, keys)
+            _check_placed(path, where, [figure.rows, figure.cols], cells)
             _check_file_name(path, f"{where}.figure", figure.figure, _RUN_FILE)
         elif isinstance(figure, CurvesFigure):
             _check_label(path, f"{where}.lines", figure.lines, keys)
@@ -436,6 +438,20 @@ def _check_layout(path: Path, spec: StudyFile, keys: tuple[str, ...], cells: tup
                 _check_file_name(path, f"{where}.figures[{j}]", name, _RUN_FILE)
     for i, setting in enumerate(spec.settings or []):
         _check_setting(path, f"settings[{i}].key", setting.key, cells)
+
+
+def _check_placed(path: Path, where: str, keys: list[str | None], cells: tuple[StudyCell, ...]) -> None:
+    """Two cells with the same values of a table's (or grid's) row and column labels would share its cell."""
+    keys = [k for k in keys if k is not None]
+    placed: dict[tuple[str, ...], int] = {}
+    for cell in cells:
+        at = tuple(cell.labels[k] for k in keys)
+        if at in placed:
+            raise UserError(
+                f"{path}: {where}: cells[{placed[at]}] and cells[{cell.index}] fall in one place "
+                f"({_labels_text(tuple(keys), at)}); lay the table out by labels that tell them apart"
+            )
+        placed[at] = cell.index
 
 
 def _check_setting(path: Path, where: str, key: str, cells: tuple[StudyCell, ...]) -> None:

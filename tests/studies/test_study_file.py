@@ -77,6 +77,11 @@ BAD = [
     (_set(("cells", 1, "notes"), "{optim.lrr}"), "cells[1].notes[0]: 'optim.lrr' is not a key of the cell's config"),
     (_set(("tables", 0, "rows"), "archh"), "tables[0].rows: 'archh' is not a label of the cells"),
     (_set(("tables", 0, "format"), "x"), "tables[0].format: 'x' is not a number format"),
+    (_set(("tables", 0, "rows"), "model"), "tables[0].cols: the same label as its rows (model)"),
+    (
+        _both(_set(("tables", 0, "rows"), "model"), _set(("tables", 0, "cols"), None)),
+        "tables[0]: cells[0] and cells[1] fall in one place (model=I)",
+    ),
     (_set(("tables", 0, "extra"), ["epoch"]), "tables[0].extra[0].value: 'epoch'; expected one of epochs, params"),
     (_set(("figures", 0, "kind"), "gird"), "figures[0].kind: 'gird'; expected one of 'grid', 'curves', 'runs'"),
     (_set(("figures", 0, "figure"), "../../x"), "figures[0].figure: '../../x' is not a path inside a run's plots/"),
