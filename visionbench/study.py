@@ -53,7 +53,8 @@ DEFAULT_OUT = "runs/studies"  # a study's folder: <DEFAULT_OUT>/<file stem>, unl
 SHORT_SUFFIX = "-short"  # --short writes beside the full study's folder, never into it
 DEFAULT_FORMAT = ".4f"
 EXTRAS = ("epochs", "params", "flops", "time")  # per-row columns a table may add, besides config keys
-EXPLAIN_FIGURES = "explain"  # in a `runs` figure: every grid `visionbench explain` wrote into the run
+# in a `runs` figure: every grid `visionbench explain` wrote into the run, every figure of `visionbench analyze`
+EXPLAIN_FIGURES, ANALYSIS_FIGURES = "explain", "analysis"
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _RUN_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")  # a path inside plots/
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -141,10 +142,19 @@ class CurvesFigure(_Spec):
 class RunsFigure(_Spec):
     kind: Literal["runs"]
     title: str
-    figures: list[str] = Field(min_length=1)  # paths in each run's plots/ without suffix, or `explain`
+    figures: list[str] = Field(min_length=1)  # paths in each run's plots/ without suffix, `explain` or `analysis`
 
 
-Figure = Annotated[GridFigure | CurvesFigure | RunsFigure, Field(discriminator="kind")]
+class TagLogsFigure(_Spec):
+    """Each run's metrics as TensorBoard-export CSV logs and SVG curves, one per metric, in its plots/tag_logs/."""
+
+    kind: Literal["tag_logs"]
+    title: str
+    metrics: list[Annotated[Curve, _shorthand("metric")]] = Field(min_length=1)
+    run_name: str | None = None  # the run's name in the files (`run-<name>-tag-<file>.csv`); default its folder's
+
+
+Figure = Annotated[GridFigure | CurvesFigure | RunsFigure | TagLogsFigure, Field(discriminator="kind")]
 
 
 class Setting(_Spec):
@@ -433,6 +443,14 @@ def _check_layout(path: Path, spec: StudyFile, keys: tuple[str, ...], cells: tup
                 if name in files:
                     raise UserError(f"{path}: {where}.metrics[{j}].file: {name} is another curve's file too")
                 files.add(name)
+        elif isinstance(figure, TagLogsFigure):
+            names = [curve_file(curve) for curve in figure.metrics]
+            for j, name in enumerate(names):
+                _check_file_name(path, f"{where}.metrics[{j}].file", name)
+                if name in names[:j]:
+                    raise UserError(f"{path}: {where}.metrics[{j}].file: {name} is another metric's file too")
+            if figure.run_name is not None:
+                _check_file_name(path, f"{where}.run_name", figure.run_name)
         else:
             for j, name in enumerate(figure.figures):
                 _check_file_name(path, f"{where}.figures[{j}]", name, _RUN_FILE)

@@ -1,15 +1,18 @@
 """The study files shipped in configs/studies/, one per seed study: each reads and resolves every cell (its config
-loads with every override, full and --short), and the DeepLense study runs end to end in short mode on lensing
-images that the test writes in simulate-lensing's `.npy` format into the cache, where the dataset looks first."""
+loads with every override, full and --short); the DeepLense study runs end to end in short mode on lensing images
+that the test writes in simulate-lensing's `.npy` format into the cache, where the dataset looks first, and the VOC
+study on a VOCdevkit folder of JPEG images and XML annotations, with its per-tag logs."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from visionbench import layout
 from visionbench.cli.main import main
@@ -84,3 +87,49 @@ def test_deeplense_short_study_runs_end_to_end_and_writes_its_table_and_scatter_
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", "\n".join(lines[grid : grid + 7]))
     assert len(images) == 10 and all((folder / src.replace("%3D", "=")).is_file() for src in images), images
     assert (folder / layout.STUDY_HTML).is_file()
+
+
+def _write_voc(root: Path, trainval: int, test: int, seed: int = 0) -> None:
+    """VOCdevkit/VOC2007 as the official archive unpacks: JPEGImages, Annotations (two objects an image, of four
+    classes, so that every class has positives in every split) and ImageSets/Main's trainval and test lists."""
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    classes = ["cat", "dog", "car", "person"]
+    ids = [f"{i:06d}" for i in range(1, trainval + test + 1)]
+    for k, image_id in enumerate(ids):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        names = (classes[k % 4], classes[(k + 1 + k // 4) % 4])
+        objects = "".join(
+            f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>20</xmax>"
+            "<ymax>20</ymax></bndbox></object>"
+            for n in names
+        )
+        size = "<size><width>40</width><height>30</height><depth>3</depth></size>"
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>{size}{objects}</annotation>"
+        )
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in ids[:trainval]))
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in ids[trainval:]))
+
+
+def test_voc_short_study_writes_its_results_table_curves_and_per_tag_logs(tmp_path: Path, monkeypatch, capsys) -> None:
+    _write_voc(tmp_path / "data", trainval=40, test=8)
+    monkeypatch.setenv("VISIONBENCH_DATA", str(tmp_path / "data"))
+    path = ROOT / "configs" / "studies" / "004_voc.yaml"
+    assert main(["study", str(path), "--short", "--out", str(tmp_path / "voc")]) == 0, capsys.readouterr().out[-3000:]
+    folder = tmp_path / "voc-short"
+    md = (folder / layout.STUDY_README).read_text(encoding="utf-8")
+    lines = md.splitlines()
+    header = "| Model version | Loss (Train) | Average precision (Train) | Loss (Valid) | Average precision (Valid) |"
+    rows = lines[lines.index(header + " Epochs |") + 2 :][:3]
+    for version, row in zip((1, 2, 3), rows, strict=True):
+        assert re.fullmatch(rf"\| ResNet18 version {version}( \| \d\.\d{{4}}){{4}} \| 1 \|", row), row
+    assert "| ResNet18 version 1 | 3.1240 | 0.6809 | 3.7812 | 0.5852 |" in md  # the reference table
+    for name in ("train_loss", "train_ap", "valid_loss", "valid_ap"):
+        assert all((folder / layout.STUDY_FIGURES / f"{name}{suffix}").is_file() for suffix in (".png", ".svg", ".csv"))
+    logs = sorted(folder.glob("runs/*/plots/tag_logs/run-resnet18-tag-valid_ap.csv"))
+    assert len(logs) == 3 and logs[0].read_text().splitlines()[0] == "Wall time,Step,Value"
+    linked = re.findall(r"\]\((runs/[^)]+-tag-[a-z_]+\.csv)\)", md)
+    assert len(linked) == 3 * 4 and all((folder / unquote(link)).is_file() for link in linked), linked

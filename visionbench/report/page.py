@@ -55,9 +55,9 @@ class FigureGrid:
 @dataclasses.dataclass
 class Section:
     """A part of the page a caller adds above the tables of runs (a search's best trials, importances, history; a
-    study's tables and figures): paragraphs, tables, PNG figures and grids of them (embedded in the HTML; linked
-    relative to the report in the markdown), and links to files beside the report as (text, relative path). A
-    section without a title has no heading."""
+    study's tables and figures): paragraphs, tables, PNG (or SVG) figures and grids of them (embedded in the HTML;
+    linked relative to the report in the markdown), and links to files beside the report as (text, relative path).
+    A section without a title has no heading."""
 
     title: str
     paragraphs: list[str] = dataclasses.field(default_factory=list)
@@ -323,9 +323,11 @@ def _figure_html(png: Path, run_dir: Path) -> str:
 
 
 def _embed(png: Path, caption: str, alt: str | None = None) -> str:
+    """A figure (PNG, or SVG: drawn by matplotlib, and an <img> runs no script of an SVG) inline in the page."""
     data = base64.b64encode(png.read_bytes()).decode("ascii")
+    mime = "image/svg+xml" if png.suffix == ".svg" else "image/png"
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt or png.stem)}">'
+        f'<figure><img src="data:{mime};base64,{data}" alt="{_esc(alt or png.stem)}">'
         f"<figcaption>{_esc(caption)}</figcaption></figure>"
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from visionbench import layout
-from visionbench.errors import UserError
+from visionbench.errors import UserError, first_line
 from visionbench.report import plots
 from visionbench.report.page import FigureGrid, Section, draw_run, render_html, render_markdown
 from visionbench.report.records import config_keys, config_value, load_record
@@ -30,6 +30,7 @@ from visionbench.report.tables import (
     run_table,
 )
 from visionbench.study import (
+    ANALYSIS_FIGURES,
     EXPLAIN_FIGURES,
     CurvesFigure,
     GridFigure,
@@ -37,6 +38,7 @@ from visionbench.study import (
     Study,
     StudyCell,
     TableSpec,
+    TagLogsFigure,
     curve_file,
     relative,
 )
@@ -151,11 +153,13 @@ def _table_section(study: Study, spec: TableSpec, groups: list[Group]) -> Sectio
     return Section(spec.title, tables=tables)
 
 
-def _figure_sections(study: Study, figure: GridFigure | CurvesFigure | RunsFigure) -> list[Section]:
+def _figure_sections(study: Study, figure: GridFigure | CurvesFigure | RunsFigure | TagLogsFigure) -> list[Section]:
     if isinstance(figure, GridFigure):
         return [_grid(study, figure)]
     if isinstance(figure, CurvesFigure):
         return [_curves(study, figure)]
+    if isinstance(figure, TagLogsFigure):
+        return _tag_logs(study, figure)
     return _run_figures(study, figure)
 
 
@@ -215,6 +219,9 @@ def _run_files(run_dir: Path, names: list[str]) -> tuple[list[Path], list[Path]]
         if name == EXPLAIN_FIGURES:
             pngs += sorted((run_dir / layout.EXPLAIN).glob("*/*.png"))
             continue
+        if name == ANALYSIS_FIGURES:
+            pngs += sorted((run_dir / layout.ANALYSIS).glob("*.png"))
+            continue
         found = sorted((run_dir / layout.PLOTS).glob(f"{name}.*"))
         pngs += [p for p in found if p.suffix == ".png"]
         others += [p for p in found if p.suffix != ".png"]
@@ -230,6 +237,32 @@ def _run_figures(study: Study, figure: RunsFigure) -> list[Section]:
         links = [(p.name, relative(p, study.out)) for p in others]
         empty = [] if pngs or others else [f"No {', '.join(figure.figures)} figure (yet) in {run.run_dir}."]
         sections.append(Section(title, paragraphs=empty, figures=pngs, links=links))
+    return sections
+
+
+def _tag_logs(study: Study, figure: TagLogsFigure) -> list[Section]:
+    """Each run's metrics as per-tag CSV logs (TensorBoard's export layout) and SVG curves in its
+    plots/tag_logs/ (report/tag_logs.py), a section per run with the curves and links to the logs."""
+    from visionbench.report.tag_logs import write_tag_logs
+
+    tags = [curve.metric for curve in figure.metrics]
+    names = {curve.metric: curve_file(curve) for curve in figure.metrics}
+    sections = []
+    for cell, run in study.runs:
+        title = f"{figure.title}: {cell.title}" + (f", seed {run.seed}" if len(cell.runs) > 1 else "")
+        if not (run.run_dir / layout.METRICS).is_file():
+            sections.append(Section(title, paragraphs=[f"No epoch recorded yet in {run.run_dir}."]))
+            continue
+        try:
+            paths = write_tag_logs(
+                run.run_dir, run.run_dir / layout.PLOTS / layout.TAG_LOGS, tags, names, figure.run_name
+            )
+        except UserError as e:  # a run that has not reached every metric yet, or predates the wall_time column
+            sections.append(Section(title, paragraphs=[f"No tag logs: {first_line(e)}"]))
+            continue
+        svgs = [p for p in paths if p.suffix == ".svg"]
+        logs = [(p.name, relative(p, study.out)) for p in paths if p.suffix == ".csv"]
+        sections.append(Section(title, figures=svgs, links=logs))
     return sections
 
 
