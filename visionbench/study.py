@@ -385,7 +385,7 @@ def _check_folders(path: Path, cells: tuple[StudyCell, ...]) -> None:
             if run.run_dir in owner:
                 raise UserError(
                     f"{path}: cells[{cell.index}].labels: its run directory {run.run_dir.name} is also "
-                    f"cells[{owner[run.run_dir]}]'s; make the labels differ in letters or digits"
+                    f"cells[{owner[run.run_dir]}]'s; make the labels differ in letters or numbers"
                 )
             owner[run.run_dir] = cell.index
 
@@ -404,7 +404,7 @@ def _check_format(path: Path, where: str, spec: str | None) -> None:
 
 def _check_file_name(path: Path, where: str, name: str, pattern: re.Pattern = _FILE_NAME) -> None:
     if not pattern.fullmatch(name) or len(name) > 200:
-        what = "file name (letters, digits, _ . -)" if pattern is _FILE_NAME else "path inside a run's plots/"
+        what = "file name (letters, numbers, _ . -)" if pattern is _FILE_NAME else "path inside a run's plots/"
         raise UserError(f"{path}: {where}: {_short(name)} is not a {what}")
 
 

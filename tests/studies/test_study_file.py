@@ -141,3 +141,15 @@ def test_runs_resolve_in_the_order_overrides_apply_with_fixed_directories_and_sh
     )
     default = read_study(path)  # runs/studies/<stem>, relative to where the command runs
     assert default.out == Path("runs/studies/bad study")
+
+
+def test_the_readme_example_study_file_reads_and_resolves(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Reproduce a study", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "my_study.yaml"  # the example lies in the checkout's root: its configs, made absolute
+    path.write_text(example.replace("config: configs/", f"config: {ROOT}/configs/"), encoding="utf-8")
+    study = read_study(path, short=True)
+    assert [c.title for c in study.cells] == ["version=v1, data=VOC 2007", "version=v2, data=VOC 2007"]
+    assert [len(c.runs) for c in study.cells] == [3, 3] and study.cells[0].runs[0].cfg.optim.lr == 0.01
+    assert study.cells[0].notes == ("lr 0.01",) and study.cells[0].reference == {"val/map": 0.5852}
+    assert [f.kind for f in study.spec.figures] == ["curves", "grid", "runs", "tag_logs"]
