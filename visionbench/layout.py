@@ -79,6 +79,11 @@ def artifact(name: str, split: str = "test", suffix: str = ".json") -> str:
     return f"{name}_{split}{suffix}"
 
 
+def explain_folder(method: str, split: str) -> str:
+    """The folder under `explain/` that `visionbench explain` writes one method's grids of a split into."""
+    return f"{EXPLAIN}/{method}-{split}"
+
+
 def eval_result(split: str, tta: str, weights: str) -> str:
     """The file `visionbench eval` writes: one per split, test-time augmentation and weights."""
     return f"eval-{split}-{tta}-{weights}.json"

@@ -55,8 +55,8 @@ DEFAULT_FORMAT = ".4f"
 EXTRAS = ("epochs", "params", "flops", "time")  # per-row columns a table may add, besides config keys
 # in a `runs` figure: every grid `visionbench explain` wrote into the run, every figure of `visionbench analyze`
 EXPLAIN_FIGURES, ANALYSIS_FIGURES = "explain", "analysis"
-_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_RUN_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")  # a path inside plots/
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_RUN_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")  # a path inside plots/
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -154,7 +154,18 @@ class TagLogsFigure(_Spec):
     run_name: str | None = None  # the run's name in the files (`run-<name>-tag-<file>.csv`); default its folder's
 
 
-Figure = Annotated[GridFigure | CurvesFigure | RunsFigure | TagLogsFigure, Field(discriminator="kind")]
+class ExplainFigure(_Spec):
+    """Attribution maps of each finished run (`visionbench explain`'s grids of correct and wrong predictions), which
+    the study draws for a run that has none of this method and split yet."""
+
+    kind: Literal["explain"]
+    title: str
+    method: str = Field(min_length=1)  # saliency, gradcam, deeplift, attention_rollout ... (`visionbench explain`)
+    n: int = Field(8, ge=1, le=64)  # images per group
+    split: Literal["train", "val", "test"] = "test"
+
+
+Figure = Annotated[GridFigure | CurvesFigure | RunsFigure | TagLogsFigure | ExplainFigure, Field(discriminator="kind")]
 
 
 class Setting(_Spec):
@@ -404,7 +415,7 @@ def _check_format(path: Path, where: str, spec: str | None) -> None:
 
 def _check_file_name(path: Path, where: str, name: str, pattern: re.Pattern = _FILE_NAME) -> None:
     if not pattern.fullmatch(name) or len(name) > 200:
-        what = "file name (letters, numbers, _ . -)" if pattern is _FILE_NAME else "path inside a run's plots/"
+        what = "file name (letters, numbers, _ . + -)" if pattern is _FILE_NAME else "path inside a run's plots/"
         raise UserError(f"{path}: {where}: {_short(name)} is not a {what}")
 
 
@@ -451,6 +462,8 @@ def _check_layout(path: Path, spec: StudyFile, keys: tuple[str, ...], cells: tup
                     raise UserError(f"{path}: {where}.metrics[{j}].file: {name} is another metric's file too")
             if figure.run_name is not None:
                 _check_file_name(path, f"{where}.run_name", figure.run_name)
+        elif isinstance(figure, ExplainFigure):
+            _check_file_name(path, f"{where}.method", figure.method)
         else:
             for j, name in enumerate(figure.figures):
                 _check_file_name(path, f"{where}.figures[{j}]", name, _RUN_FILE)

@@ -1,6 +1,7 @@
 """`visionbench study FILE --short` end to end on the generated `synthetic` dataset: every run trains, README.md has
-the study's table (seeds as mean ± std with n) and its figures exist; a second invocation trains nothing; a finished
-run whose config changed is refused in one line; --short writes apart from the full study."""
+the study's table (seeds as mean ± std with n) and its figures exist, saliency grids drawn by the study among them;
+a second invocation trains and draws nothing; a finished run whose config changed is refused in one line; --short
+writes apart from the full study."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ tables:
 figures:
   - {kind: curves, title: Validation loss, metrics: [val/loss], lines: arch}
   - {kind: runs, title: Curves, figures: [curves]}
+  - {kind: explain, title: Saliency, method: saliency, n: 2}
 """
 
 
@@ -58,15 +60,20 @@ def test_short_study_runs_every_cell_writes_its_table_and_figures_then_skips_and
     )
     assert re.fullmatch(r"\| b \| \d+\.\d\d% \| \d\.\d{4} \| \d\.\d{4} \| 1 \|", row_b), row_b
     figures = [unquote(src) for src in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)]
-    assert len(figures) == 1 + 3 and all((short / f).is_file() for f in figures), figures
+    saliency = [f for f in figures if "/explain/saliency-test/" in f]
+    assert len(figures) - len(saliency) == 1 + 3 and all((short / f).is_file() for f in figures), figures
+    assert {Path(f).parent.parent.parent.name for f in saliency} == {"arch=a__seed=0", "arch=a__seed=1", "arch=b"}
     assert (short / layout.STUDY_FIGURES / "val_loss.svg").is_file()
     summaries = sorted(short.glob(f"{layout.STUDY_RUNS}/*/{layout.SUMMARY}"))
     assert len(summaries) == 3
     written = [p.stat().st_mtime_ns for p in summaries]
 
+    grids = sorted(short.glob("runs/*/explain/saliency-test/*.png"))
+    drawn = [p.stat().st_mtime_ns for p in grids]
     assert main(["study", str(study), "--short", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count(": finished before, skipped") == 3
-    assert [p.stat().st_mtime_ns for p in summaries] == written
+    again = capsys.readouterr().out
+    assert again.count(": finished before, skipped") == 3 and "explain saliency" not in again, again
+    assert [p.stat().st_mtime_ns for p in summaries] == written and [p.stat().st_mtime_ns for p in grids] == drawn
 
     assert main(["study", str(study), "--short", "--out", str(out), "--set", "optim.lr=0.3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

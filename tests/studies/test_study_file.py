@@ -86,6 +86,10 @@ BAD = [
     (_set(("figures", 0, "kind"), "gird"), "figures[0].kind: 'gird'; expected one of 'grid', 'curves', 'runs'"),
     (_set(("figures", 0, "figure"), "../../x"), "figures[0].figure: '../../x' is not a path inside a run's plots/"),
     (_set(("settings",), ["optim.lrr"]), "settings[0].key: 'optim.lrr' is not a key of the cell's config"),
+    (
+        _set(("figures",), [{"kind": "explain", "title": "e", "method": "salience"}]),
+        "figures[0].method: 'salience'; expected one of ",
+    ),
 ]
 
 

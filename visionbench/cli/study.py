@@ -4,10 +4,14 @@ a study file, then its README.md and report.html."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from visionbench.utils.interrupts import Interrupted
+
+if TYPE_CHECKING:
+    from visionbench.study import Study
 
 
 def study(
@@ -29,7 +33,8 @@ def study(
     from visionbench.engine.compare import Cell, default_jobs, failures, interrupted, mark_stale, run_cells, stale_cells
     from visionbench.study import read_study
 
-    spec = read_study(file, short=short, overrides=set_ or [], out=out)
+    plan = read_study(file, short=short, overrides=set_ or [], out=out)
+    _check_methods(plan)
     cells = [
         Cell(
             list(run.overrides),
@@ -37,10 +42,10 @@ def study(
             run.run_dir,
             title=cell.title + (f", seed={run.seed}" if run.seed is not None else ""),
         )
-        for cell, run in spec.runs
+        for cell, run in plan.runs
     ]
     mark_stale(stale_cells(cells), rerun_changed)
-    print(f"{len(spec.cells)} cells, {len(cells)} runs in {spec.out}")
+    print(f"{len(plan.cells)} cells, {len(cells)} runs in {plan.out}")
     from visionbench.report.study import write_study
 
     try:
@@ -49,6 +54,42 @@ def study(
         again = [file, *(["--short"] if short else []), *(a for s in set_ or [] for a in ("--set", s))]
         again += [*(["--out", str(out)] if out else []), *(["--jobs", str(jobs)] if jobs else [])]
         raise interrupted("study", e.signum, cells, again + (["--rerun-changed"] if rerun_changed else [])) from None
-    md, html = write_study(spec)
+    _explain(plan)
+    md, html = write_study(plan)
     print(f"study: {md}\nstudy: {html}")
     return failures(outcomes)
+
+
+def _check_methods(plan: Study) -> None:
+    """An `explain` figure's method is a registered one, checked before anything trains."""
+    from visionbench.analysis.attribution import ATTRIBUTIONS
+    from visionbench.errors import UserError
+    from visionbench.study import ExplainFigure
+
+    methods = ATTRIBUTIONS.list()
+    for i, figure in enumerate(plan.spec.figures):
+        if isinstance(figure, ExplainFigure) and figure.method not in methods:
+            raise UserError(
+                f"{plan.path}: figures[{i}].method: {figure.method!r}; expected one of {', '.join(methods)}"
+            )
+
+
+def _explain(plan: Study) -> None:
+    """Draw each `explain` figure's grids in every finished run that has none of its method and split yet; a run
+    whose model the method cannot take is said in one line, and its section says it has none."""
+    from visionbench import layout
+    from visionbench.analysis.explain import explain_run
+    from visionbench.engine.rundir import read_summary
+    from visionbench.errors import UserError, first_line
+    from visionbench.study import ExplainFigure
+
+    for figure in (f for f in plan.spec.figures if isinstance(f, ExplainFigure)):
+        for cell, run in plan.runs:
+            drawn = (run.run_dir / layout.explain_folder(figure.method, figure.split)).is_dir()
+            if drawn or read_summary(run.run_dir).get("status") != "finished":
+                continue
+            try:
+                explain_run(run.run_dir, figure.method, figure.n, figure.split)
+                print(f"explain {figure.method}: {run.run_dir}")
+            except UserError as e:
+                print(f"explain {figure.method}: {cell.title}: {first_line(e)}")

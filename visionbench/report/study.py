@@ -33,6 +33,7 @@ from visionbench.study import (
     ANALYSIS_FIGURES,
     EXPLAIN_FIGURES,
     CurvesFigure,
+    ExplainFigure,
     GridFigure,
     RunsFigure,
     Study,
@@ -153,13 +154,16 @@ def _table_section(study: Study, spec: TableSpec, groups: list[Group]) -> Sectio
     return Section(spec.title, tables=tables)
 
 
-def _figure_sections(study: Study, figure: GridFigure | CurvesFigure | RunsFigure | TagLogsFigure) -> list[Section]:
+def _figure_sections(study: Study, figure: Any) -> list[Section]:
+    """The sections of one figure of the study file (one of study.py's `Figure` kinds)."""
     if isinstance(figure, GridFigure):
         return [_grid(study, figure)]
     if isinstance(figure, CurvesFigure):
         return [_curves(study, figure)]
     if isinstance(figure, TagLogsFigure):
         return _tag_logs(study, figure)
+    if isinstance(figure, ExplainFigure):
+        return _explained(study, figure)
     return _run_figures(study, figure)
 
 
@@ -237,6 +241,17 @@ def _run_figures(study: Study, figure: RunsFigure) -> list[Section]:
         links = [(p.name, relative(p, study.out)) for p in others]
         empty = [] if pngs or others else [f"No {', '.join(figure.figures)} figure (yet) in {run.run_dir}."]
         sections.append(Section(title, paragraphs=empty, figures=pngs, links=links))
+    return sections
+
+
+def _explained(study: Study, figure: ExplainFigure) -> list[Section]:
+    """A section per run with its grids of `figure.method` on `figure.split` (cli/study.py has them drawn)."""
+    sections = []
+    for cell, run in study.runs:
+        title = f"{figure.title}: {cell.title}" + (f", seed {run.seed}" if len(cell.runs) > 1 else "")
+        pngs = sorted((run.run_dir / layout.explain_folder(figure.method, figure.split)).glob("*.png"))
+        empty = [] if pngs else [f"No {figure.method} grids of {figure.split} (yet) in {run.run_dir}."]
+        sections.append(Section(title, paragraphs=empty, figures=pngs))
     return sections
 
 
