@@ -156,4 +156,4 @@ def test_the_readme_example_study_file_reads_and_resolves(tmp_path: Path) -> Non
     assert [c.title for c in study.cells] == ["version=v1, data=VOC 2007", "version=v2, data=VOC 2007"]
     assert [len(c.runs) for c in study.cells] == [3, 3] and study.cells[0].runs[0].cfg.optim.lr == 0.01
     assert study.cells[0].notes == ("lr 0.01",) and study.cells[0].reference == {"val/map": 0.5852}
-    assert [f.kind for f in study.spec.figures] == ["curves", "grid", "runs", "tag_logs"]
+    assert [f.kind for f in study.spec.figures] == ["curves", "grid", "runs", "tag_logs", "explain"]

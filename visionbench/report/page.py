@@ -241,7 +241,7 @@ figure { margin: 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption, .path { color: #57606a; font-size: 12px; }
 table.grid th { cursor: default; }
-table.grid img { max-width: 420px; height: auto; }
+table.grid img { max-width: 320px; height: auto; }
 .failed, .unreadable, .problem { color: #cf222e; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
 """
