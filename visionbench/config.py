@@ -442,6 +442,12 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def override_text(key: str, value: Any) -> str:
+    """`key=value` with the value written as YAML, so that `_apply_override` reads back the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"{key}={text}"
+
+
 def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     key, sep, text = item.partition("=")
     key = key.strip()

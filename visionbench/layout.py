@@ -8,12 +8,16 @@ adds `plots/` (and `plots/tag_logs/` with `--tag-logs`), `explain` adds `explain
 `analysis/`, `eval` adds `eval-<split>-<tta>-<weights>.json`, `eval --calibrate` adds `temperature-<weights>.json`,
 `export` writes under `export/`. `lr-find` writes its own folder of `lr_find.*` files beside a `config.yaml`.
 
+A study folder (`visionbench study`) holds `README.md` and `report.html`, the figures drawn across its cells under
+`figures/`, and one run directory per cell and seed under `runs/<label=value__...>/`.
+
 The writer (engine), the readers (report, inference, transfer, compare) and the tests name these files through this
 module only. It sits beside `config.py`, below engine and report, and imports nothing of visionbench.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 CONFIG = "config.yaml"
@@ -63,9 +67,26 @@ LR_FIND_MARKERS = (LR_FIND_JSON, LR_FIND_CSV)
 RUN_SUBFOLDERS = (EXPLAIN, ANALYSIS, PLOTS, CHECKPOINTS)
 
 
+# A study folder
+STUDY_README = "README.md"
+STUDY_HTML = "report.html"
+STUDY_FIGURES = "figures"
+STUDY_RUNS = "runs"
+
+
+def cell_dir_name(parts: list[str]) -> str:
+    """The folder name of a cell of `compare` or `study`: its `key=value` parts, made safe for a file name."""
+    return "__".join(re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s) for s in parts)[:200]
+
+
 def artifact(name: str, split: str = "test", suffix: str = ".json") -> str:
     """The file of a task artifact on a split: `confusion_matrix_test.json`, `predictions_test.csv` ..."""
     return f"{name}_{split}{suffix}"
+
+
+def explain_folder(method: str, split: str) -> str:
+    """The folder under `explain/` that `visionbench explain` writes one method's grids of a split into."""
+    return f"{EXPLAIN}/{method}-{split}"
 
 
 def eval_result(split: str, tta: str, weights: str) -> str:

@@ -218,7 +218,11 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_loads(config: Path) -> None:
-    if config.name.endswith(".space.yaml"):
+    if config.parent.name == "studies":  # a study file: its cells' configs, with the study's overrides
+        from visionbench.study import read_study
+
+        assert read_study(config).cells, f"{config}: a study with no cells"
+    elif config.name.endswith(".space.yaml"):
         from visionbench.search.space import read_space
 
         assert read_space(config).params, f"{config}: a search space with no params"

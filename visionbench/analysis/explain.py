@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from visionbench import layout
 from visionbench.analysis.attribution import attribute, to_maps
 from visionbench.errors import UserError
 from visionbench.utils.io import write_json
@@ -121,3 +122,41 @@ def save_grids(
         {name: [dataclasses.asdict(p) for p in panels] for name, panels in groups.items()},
     )
     return paths
+
+
+def explain_run(
+    run_dir: Path,
+    method: str,
+    n: int = 16,
+    split: str = "test",
+    classes: str | None = None,
+    target: str = "predicted",
+    weights: str = "best",
+    batch_size: int = 32,
+    scan: int = 2000,
+) -> tuple[dict[str, list[Panel]], list[Path]]:
+    """`visionbench explain` (and a study's `explain` figure): attribute `n` images of each group of a run's split
+    with `method` and save the grids in `<run>/explain/<method>-<split>/`.
+
+    Returns:
+        The groups (name: panels) and the PNG grids written.
+
+    Raises:
+        UserError: a bad target, split or class name, a method the model cannot take, a run that cannot be loaded.
+    """
+    from visionbench.analysis.attribution import check_method
+    from visionbench.engine.inference import check_split, display_images, load_run, split_images, split_outputs
+
+    if target not in ("predicted", "true"):
+        raise UserError(f"--target: expected predicted or true, got {target!r}")
+    check_split(split)
+    run = load_run(run_dir, weights)
+    check_method(method, run.model, run.cfg.model.name)
+    wanted = wanted_classes(classes, run.info.class_names)  # before any data is read
+    images, targets = split_images(run, split, scan)
+    _, outputs = split_outputs(run, images, f"{run_dir}: {split}")
+    groups = select(run.task, outputs, targets, n, wanted, target)
+    maps = explain_groups(run.model, images, groups, method, batch_size)
+    title = f"{method} ({target} targets), {split}"
+    out_dir = run_dir / layout.explain_folder(method, split)
+    return groups, save_grids(out_dir, display_images(run.info, images), groups, maps, title)

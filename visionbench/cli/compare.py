@@ -3,13 +3,11 @@ matrix, then the report."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import typer
 
-from visionbench.errors import UserError
-from visionbench.utils.interrupts import Interrupted, signal_name
+from visionbench.utils.interrupts import Interrupted
 
 
 def compare(
@@ -24,11 +22,19 @@ def compare(
     ),
 ) -> int:
     """Run every cell of a matrix (finished cells are skipped, interrupted ones resume), then write the report."""
-    from visionbench.engine.compare import cell_state, default_jobs, read_matrix, run_cells, stale_cells
+    from visionbench.engine.compare import (
+        default_jobs,
+        failures,
+        interrupted,
+        mark_stale,
+        read_matrix,
+        run_cells,
+        stale_cells,
+    )
 
     cells, keys = read_matrix(config, set_ or [])
     experiment = cells[0].run_dir.parent
-    _mark_stale(stale_cells(cells), rerun_changed)
+    mark_stale(stale_cells(cells), rerun_changed)
     print(f"{len(cells)} cells ({' x '.join(keys)}) in {experiment}")
     from visionbench.report import write_report
     from visionbench.report.plots import plot_run
@@ -39,38 +45,8 @@ def compare(
     except Interrupted as e:
         again = [config, *(a for s in set_ or [] for a in ("--set", s))]
         again += [*(["--jobs", str(jobs)] if jobs else []), *(["--rerun-changed"] if rerun_changed else [])]
-        raise _interrupted(e.signum, [cell_state(c) for c in cells], again) from None
-    failed = [o for o in outcomes if o.status == "failed"]
+        raise interrupted("compare", e.signum, cells, again) from None
     rows, cols = matrix_axes(keys)
     md, html = write_report([experiment], experiment, rows=rows, cols=cols)
     print(f"report: {md}\nreport: {html}")
-    if failed:
-        print(f"{len(failed)} of {len(cells)} cells failed:")
-        for o in failed:
-            print(f"  {o.cell.label}: {o.error}")
-        return 1
-    return 0
-
-
-def _mark_stale(stale: list, rerun_changed: bool) -> None:
-    """Refuse cells that ran before with another config, or mark them to be trained again with --rerun-changed."""
-    if stale and not rerun_changed:
-        cell, differ = stale[0]
-        more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
-        raise UserError(
-            f"{cell.run_dir}: ran before with another config ({', '.join(differ)} differ){more}; its results are "
-            "not this config's: train such cells again with --rerun-changed (their run directories are replaced), "
-            "or set another trainer.experiment"
-        )
-    for cell, differ in stale:
-        cell.changed = tuple(differ)
-
-
-def _interrupted(signum: int, states: list[str], again: list) -> Interrupted:
-    """The interrupt's line: what is done, what resumes, and the command that continues."""
-    return Interrupted(
-        signum,
-        f"compare interrupted by {signal_name(signum)}: {states.count('finished')} of {len(states)} cells "
-        f"finished, {states.count('resumable')} resume from a checkpoint; continue with: visionbench compare "
-        + shlex.join(map(str, again)),
-    )
+    return failures(outcomes)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import typer
 
-from visionbench import layout
 from visionbench.analysis.attribution import ATTRIBUTIONS
-from visionbench.errors import UserError
 
 
 def explain(
@@ -23,23 +21,9 @@ def explain(
     scan: int = typer.Option(2000, "--scan", min=1, help="Images of the split searched for the groups."),
 ) -> None:
     """Attribution maps over image grids (correct and wrong predictions, or per class), saved as PNG in the run."""
-    from visionbench.analysis.attribution import check_method
-    from visionbench.analysis.explain import explain_groups, save_grids, select, wanted_classes
-    from visionbench.engine.inference import check_split, display_images, load_run, split_images, split_outputs
+    from visionbench.analysis.explain import explain_run
 
-    if target not in ("predicted", "true"):
-        raise UserError(f"--target: expected predicted or true, got {target!r}")
-    check_split(split)
-    run = load_run(run_dir, weights)
-    check_method(method, run.model, run.cfg.model.name)
-    wanted = wanted_classes(classes, run.info.class_names)  # before any data is read
-    images, targets = split_images(run, split, scan)
-    _, outputs = split_outputs(run, images, f"{run_dir}: {split}")
-    groups = select(run.task, outputs, targets, n, wanted, target)
-    maps = explain_groups(run.model, images, groups, method, batch_size)
-    out_dir = run_dir / layout.EXPLAIN / f"{method}-{split}"
-    title = f"{method} ({target} targets), {split}"
-    paths = save_grids(out_dir, display_images(run.info, images), groups, maps, title)
+    groups, paths = explain_run(run_dir, method, n, split, classes, target, weights, batch_size, scan)
     for name, panels in groups.items():
         print(f"{name}: {len(panels)} images")
     for path in paths:

@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 # In the help's order; each is the function of its module's name in visionbench.cli (`-` as `_`; eval: evaluate).
-_COMMANDS = "train lr-find eval predict export models report compare search explain analyze".split()
+_COMMANDS = "train lr-find eval predict export models report compare study search explain analyze".split()
 
 
 def _print_version(value: bool) -> None:

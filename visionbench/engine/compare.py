@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -24,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from visionbench import layout
-from visionbench.config import RunConfig, _short, config_from_raw, load_config, read_config_file
+from visionbench.config import RunConfig, _short, config_from_raw, load_config, override_text, read_config_file
 from visionbench.errors import UserError, first_line
 from visionbench.utils import interrupts
 from visionbench.utils.bounded import check_cells
+from visionbench.utils.interrupts import Interrupted, signal_name
 
 MATRIX = "matrix"
 MAX_CELLS = 10_000  # each cell is a training run: far more than anyone trains, far less than a hang (10 keys x 100)
@@ -38,16 +38,18 @@ STOP_GRACE_SECONDS = 30.0
 
 @dataclasses.dataclass
 class Cell:
-    """One combination of the matrix: its overrides, its validated config and its run directory."""
+    """One combination of the matrix (or one run of a study's cell): its overrides, its validated config and its
+    run directory."""
 
     overrides: list[str]
     cfg: RunConfig
     run_dir: Path
     changed: tuple[str, ...] = ()  # keys that differ from the run already in run_dir: train it again from scratch
+    title: str | None = None  # what the log calls the cell (a study's labels); default: its overrides
 
     @property
     def label(self) -> str:
-        return " ".join(self.overrides)
+        return self.title if self.title is not None else " ".join(self.overrides)
 
 
 @dataclasses.dataclass
@@ -77,7 +79,7 @@ def read_matrix(path: Path, overrides: list[str] = ()) -> tuple[list[Cell], list
     out = Path(base.trainer.out_dir) / (base.trainer.experiment or path.stem)
     cells, names = [], set()
     for combo in itertools.product(*matrix.values()):
-        sets = [f"{k}={_yaml_value(v)}" for k, v in zip(keys, combo, strict=True)]
+        sets = [override_text(k, v) for k, v in zip(keys, combo, strict=True)]
         try:
             cfg = config_from_raw(raw, [*overrides, *sets], str(path), experiment=path.stem)
         except UserError as e:
@@ -92,13 +94,7 @@ def read_matrix(path: Path, overrides: list[str] = ()) -> tuple[list[Cell], list
 
 def cell_name(sets: list[str]) -> str:
     """The directory name of a cell: its `key=value` overrides, made safe for a file name."""
-    return "__".join(re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s) for s in sets)[:200]
-
-
-def _yaml_value(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return layout.cell_dir_name(sets)
 
 
 def cell_state(cell: Cell) -> str:
@@ -128,6 +124,38 @@ def stale_cells(cells: list[Cell]) -> list[tuple[Cell, list[str]]]:
         if differ:
             stale.append((cell, differ))
     return stale
+
+
+def mark_stale(stale: list[tuple[Cell, list[str]]], rerun_changed: bool) -> None:
+    """Refuse cells that ran before with another config (`stale_cells`), or mark them to be trained again from
+    scratch when `rerun_changed`.
+
+    Raises:
+        UserError: the first such cell's run directory and the keys that differ, and how many more there are.
+    """
+    if stale and not rerun_changed:
+        cell, differ = stale[0]
+        more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+        raise UserError(
+            f"{cell.run_dir}: ran before with another config ({', '.join(differ)} differ){more}; its results are "
+            "not this config's: train such cells again with --rerun-changed (their run directories are replaced), "
+            "or set another trainer.experiment"
+        )
+    for cell, differ in stale:
+        cell.changed = tuple(differ)
+
+
+def interrupted(command: str, signum: int, cells: list[Cell], again: list[str]) -> Interrupted:
+    """The interrupt's line of `compare` or `study`: what is done, what resumes, and the command that continues."""
+    import shlex
+
+    states = [cell_state(c) for c in cells]
+    return Interrupted(
+        signum,
+        f"{command} interrupted by {signal_name(signum)}: {states.count('finished')} of {len(states)} cells "
+        f"finished, {states.count('resumable')} resume from a checkpoint; continue with: visionbench {command} "
+        + shlex.join(map(str, again)),
+    )
 
 
 def run_cell(cell: Cell, after: Callable[[Path], Any] | None = None, callbacks: Sequence[Any] = ()) -> Outcome:
@@ -258,3 +286,13 @@ def run_cells(
         pool.shutdown(wait=True, cancel_futures=True)
     order = {id(c): k for k, c in enumerate(cells)}
     return sorted(outcomes, key=lambda o: order[id(o.cell)])
+
+
+def failures(outcomes: list[Outcome], log: Callable[[str], Any] = print) -> int:
+    """Log the failed cells, one line each, after the report; the command's exit status (1 when any failed)."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        log(f"{len(failed)} of {len(outcomes)} cells failed:")
+        for o in failed:
+            log(f"  {o.cell.label}: {o.error}")
+    return 1 if failed else 0

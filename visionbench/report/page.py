@@ -42,14 +42,29 @@ from visionbench.utils.names import storable
 
 
 @dataclasses.dataclass
+class FigureGrid:
+    """PNG figures in a table, placed by row and column labels (a study's figure of each run, architectures by
+    data models); a missing combination is an empty cell."""
+
+    corner: str  # the header above the row labels
+    rows: list[str]
+    cols: list[str]
+    images: dict[tuple[str, str], Path]
+
+
+@dataclasses.dataclass
 class Section:
-    """A part of the page a caller adds above the tables of runs (a search's best trials, importances, history):
-    paragraphs, tables and PNG figures (embedded in the HTML; linked relative to the report in the markdown)."""
+    """A part of the page a caller adds above the tables of runs (a search's best trials, importances, history; a
+    study's tables and figures): paragraphs, tables, PNG (or SVG) figures and grids of them (embedded in the HTML;
+    linked relative to the report in the markdown), and links to files beside the report as (text, relative path).
+    A section without a title has no heading."""
 
     title: str
     paragraphs: list[str] = dataclasses.field(default_factory=list)
     tables: list[Table] = dataclasses.field(default_factory=list)
     figures: list[Path] = dataclasses.field(default_factory=list)
+    grids: list[FigureGrid] = dataclasses.field(default_factory=list)
+    links: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 REPORT_MD = "report.md"
@@ -116,7 +131,7 @@ def write_report(
 
     tables = result_tables(records, row_keys, col_keys, versus) if pivots else []  # with intervals and --versus
     runs = run_table(records, row_keys + col_keys)
-    figures = [_draw(Path(rec["run_dir"])) for rec in records]
+    figures = [draw_run(Path(rec["run_dir"])) for rec in records]
 
     md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
     write_text(md_path, render_markdown(records, tables, runs, sections, out_dir, title))
@@ -124,17 +139,28 @@ def write_report(
     return md_path, html_path
 
 
-def _draw(run_dir: Path) -> tuple[list[Path], list[str]]:
-    """The run's figures, and one line per figure that its files do not allow (a corrupt confusion matrix, ...)."""
+def draw_run(run_dir: Path, redraw: bool = True) -> tuple[list[Path], list[str]]:
+    """The run's figures, and one line per figure that its files do not allow (a corrupt confusion matrix, ...).
+    `redraw=False` keeps the figures in plots/ when every one of them is newer than the run's summary.json and
+    metrics.csv (a study run again over finished runs: drawing is most of its time)."""
     paths, problems = [], []
-    for plotter in plots.PLOTTERS:
-        try:
-            paths += plotter(run_dir)
-        except (UserError, OSError, ValueError) as e:
-            problems.append(f"{plotter.__name__}: {first_line(e)}")
+    if not redraw and _drawn_since_written(run_dir):
+        paths = sorted((run_dir / layout.PLOTS).glob("*.png"))
+    else:
+        for plotter in plots.PLOTTERS:
+            try:
+                paths += plotter(run_dir)
+            except (UserError, OSError, ValueError) as e:
+                problems.append(f"{plotter.__name__}: {first_line(e)}")
     paths += sorted((run_dir / layout.ANALYSIS).glob("*.png"))  # `visionbench analyze`'s figures, when there are any
     paths += sorted((run_dir / layout.EXPLAIN).glob("*/*.png"))  # `visionbench explain`'s grids, when there are any
     return paths, problems
+
+
+def _drawn_since_written(run_dir: Path) -> bool:
+    written = [p.stat().st_mtime_ns for p in (run_dir / layout.SUMMARY, run_dir / layout.METRICS) if p.is_file()]
+    drawn = [p.stat().st_mtime_ns for p in (run_dir / layout.PLOTS).glob("*") if p.is_file()]
+    return bool(written and drawn) and min(drawn) >= max(written)
 
 
 def _status_line(records: list[dict[str, Any]]) -> str:
@@ -156,18 +182,44 @@ def render_markdown(
     `md_paragraph`, so that a renderer shows it as written and never as HTML or markup."""
     parts = [f"# {md_text(title)}", md_paragraph(_status_line(records))]
     for section in sections:
-        parts += [f"## {md_text(section.title)}", *map(md_paragraph, section.paragraphs)]
+        parts += [f"## {md_text(section.title)}"] if section.title else []
+        parts += map(md_paragraph, section.paragraphs)
         parts += [
             to_markdown(t) if not t.title else f"**{md_text(t.title)}**\n\n{to_markdown(t)}" for t in section.tables
         ]
-        for png in section.figures:
-            href = os.path.relpath(png, out_dir) if out_dir is not None else str(png)
-            # percent-encoded: a space, `)` or `<` in a folder name would end the link or open a tag
-            parts.append(f"![{md_text(png.stem)}]({quote(storable(Path(href).as_posix()))})")
+        parts += [md_image(png, out_dir) for png in section.figures]
+        parts += [_grid_markdown(grid, out_dir) for grid in section.grids]
+        if section.links:
+            parts.append(" · ".join(f"[{md_text(text)}]({md_href(href)})" for text, href in section.links))
     for table in pivots:
         parts += [f"## {md_text(table.title)}", to_markdown(table)]
     parts += ["## Runs", to_markdown(runs)]
     return "\n\n".join(parts) + "\n"
+
+
+def md_href(href: str) -> str:
+    """A relative path as a markdown link target: percent-encoded, since a space, `)` or `<` in a folder name would
+    end the link or open a tag."""
+    return quote(storable(Path(href).as_posix()))
+
+
+def md_image(png: Path, out_dir: Path | None, alt: str | None = None) -> str:
+    """A figure as a markdown image, linked relative to `out_dir` (the markdown file's folder)."""
+    href = os.path.relpath(png, out_dir) if out_dir is not None else str(png)
+    return f"![{md_text(alt or png.stem)}]({md_href(href)})"
+
+
+def _grid_markdown(grid: FigureGrid, out_dir: Path | None) -> str:
+    lines = [
+        "| " + " | ".join(md_text(h) for h in [grid.corner, *grid.cols]) + " |",
+        "|" + "|".join([":---", *(":---:" for _ in grid.cols)]) + "|",
+    ]
+    for row in grid.rows:
+        cells = [
+            md_image(p, out_dir, f"{row}, {col}") if (p := grid.images.get((row, col))) else "" for col in grid.cols
+        ]
+        lines.append("| " + " | ".join([md_text(row), *cells]) + " |")
+    return "\n".join(lines)
 
 
 # --- HTML ---------------------------------------------------------------------------------------------------------
@@ -188,6 +240,8 @@ section.run { border-top: 1px solid #d0d7de; margin-top: 1.5em; }
 figure { margin: 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption, .path { color: #57606a; font-size: 12px; }
+table.grid th { cursor: default; }
+table.grid img { max-width: 320px; height: auto; }
 .failed, .unreadable, .problem { color: #cf222e; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
 """
@@ -269,9 +323,11 @@ def _figure_html(png: Path, run_dir: Path) -> str:
 
 
 def _embed(png: Path, caption: str, alt: str | None = None) -> str:
+    """A figure (PNG, or SVG: drawn by matplotlib, and an <img> runs no script of an SVG) inline in the page."""
     data = base64.b64encode(png.read_bytes()).decode("ascii")
+    mime = "image/svg+xml" if png.suffix == ".svg" else "image/png"
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt or png.stem)}">'
+        f'<figure><img src="data:{mime};base64,{data}" alt="{_esc(alt or png.stem)}">'
         f"<figcaption>{_esc(caption)}</figcaption></figure>"
     )
 
@@ -378,6 +434,18 @@ def _details_html(rec: dict[str, Any], index: int) -> list[str]:
     return parts
 
 
+def _grid_html(grid: FigureGrid) -> str:
+    head = "".join(f'<th scope="col">{_esc(h)}</th>' for h in [grid.corner, *grid.cols])
+    rows = []
+    for row in grid.rows:
+        cells = [
+            f"<td>{_embed(p, p.name, f'{row}, {col}')}</td>" if (p := grid.images.get((row, col))) else "<td></td>"
+            for col in grid.cols
+        ]
+        rows.append(f'<tr><th scope="row">{_esc(row)}</th>{"".join(cells)}</tr>')
+    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
 def render_html(
     records: list[dict[str, Any]],
     pivots: list[Table],
@@ -388,13 +456,18 @@ def render_html(
 ) -> str:
     body = [f"<h1>{_esc(title)}</h1>", f"<p>{_esc(_status_line(records))}</p>"]
     for k, section in enumerate(sections):
-        body += [f"<h2>{_esc(section.title)}</h2>", *(f"<p>{_esc(p)}</p>" for p in section.paragraphs)]
+        body += [f"<h2>{_esc(section.title)}</h2>"] if section.title else []
+        body += [f"<p>{_esc(p)}</p>" for p in section.paragraphs]
         for j, table in enumerate(section.tables):
             body += ([f"<h3>{_esc(table.title)}</h3>"] if table.title else []) + [
                 _html_table(table, f"section-{k}-{j}")
             ]
         if section.figures:
             body.append('<div class="figures">' + "".join(_embed(png, png.name) for png in section.figures) + "</div>")
+        body += [_grid_html(grid) for grid in section.grids]
+        if section.links:
+            links = (f'<a href="{_esc(md_href(href))}">{_esc(text)}</a>' for text, href in section.links)
+            body.append(f'<p class="path">{" · ".join(links)}</p>')
     for i, table in enumerate(pivots):
         body += [f"<h2>{_esc(table.title)}</h2>", _html_table(table, f"pivot-{i}")]
     body += ["<h2>Runs</h2>", _html_table(runs, "runs"), "<h2>Figures and configs</h2>"]

@@ -284,6 +284,41 @@ def plot_run(run_dir: Path) -> list[Path]:
     return [path for plotter in PLOTTERS for path in plotter(run_dir)]
 
 
+def epoch_series(run_dir: Path, key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of one column of the run's metrics.csv, epochs without a value left out; nothing when the
+    run has no such column (or no metrics.csv yet)."""
+    metrics_csv = run_dir / layout.METRICS
+    if not metrics_csv.is_file():
+        return [], []
+    columns = _numeric_columns(_read_rows(metrics_csv)[1])
+    pairs = [(e, v) for e, v in zip(columns.get("epoch", []), columns.get(key, []), strict=False) if not math.isnan(v)]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
+def plot_lines(path: Path, lines: dict[str, tuple[list[float], list[float]]], metric: str, title: str) -> Path:
+    """One metric of several runs against the epoch, a line each (a study's curves across its cells): `path`
+    (.png) and .svg beside it, and the values as .csv beside them, a column per line."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(1)
+    ax = axes[0, 0]
+    handles = [ax.plot(x, y, marker="o" if len(x) < 30 else None)[0] for x, y in lines.values()]
+    # labels given with their handles: matplotlib would leave a label that starts with `_` out of the legend
+    if handles:
+        ax.legend(handles, list(lines), fontsize=8)
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    epochs = sorted({e for x, _ in lines.values() for e in x})
+    by_epoch = [dict(zip(x, y, strict=True)) for x, y in lines.values()]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *lines])
+    writer.writerows([f"{e:g}", *(repr(v[e]) if e in v else "" for v in by_epoch)] for e in epochs)
+    write_text(path.with_suffix(".csv"), buf.getvalue())
+    return _save(fig, path)
+
+
 def plot_metric_lines(path: Path, rows: list[dict], group: str, x: str, metric: str, title: str) -> Path:
     """analyze's robustness and frequency figures: the metric against `x`, one line per `group` value, the clean
     images' metric (the `none` row) dashed."""

@@ -220,19 +220,33 @@ def cell_key(record: dict[str, Any], row_keys: list[str], col_keys: list[str]) -
     return _key_label(record, row_keys)[0], _key_label(record, col_keys)[0]
 
 
-def _pivot_cell(records: list[dict[str, Any]], metric: str) -> Cell:
-    """The metric over the finished runs of a cell, then a mark for every other run in it."""
+def runs_cell(
+    records: list[dict[str, Any]],
+    value_of: Callable[[dict[str, Any]], float | None],
+    fmt: Callable[[list[float]], str],
+    what: str,
+) -> Cell:
+    """A value over the finished runs of a table cell (`fmt` of their values: one, or mean ± std), then a mark for
+    every other run in it (`finished, no <what>`, `running 3/10`, `failed: ...`), so that no run is left out
+    unseen; sorted by the mean."""
     values, marks = [], []
     for rec in records:
-        value = final_value(rec, metric) if rec.get("status") == "finished" else None
+        value = value_of(rec) if rec.get("status") == "finished" else None
         if value is not None:
             values.append(value)
         elif rec.get("status") == "finished":
-            marks.append(f"finished, no test/{metric}")
+            marks.append(f"finished, no {what}")
         else:
             marks.append(status_text(rec, limit=60))
-    parts = ([_fmt_mean_std(values, metric)] if values else []) + marks
+    parts = ([fmt(values)] if values else []) + marks
     return Cell("; ".join(parts) or "–", sort=statistics.mean(values) if values else None)
+
+
+def _pivot_cell(records: list[dict[str, Any]], metric: str) -> Cell:
+    """The metric over the finished runs of a cell, then a mark for every other run in it."""
+    return runs_cell(
+        records, lambda rec: final_value(rec, metric), lambda v: _fmt_mean_std(v, metric), f"test/{metric}"
+    )
 
 
 def metric_groups(records: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
@@ -289,20 +303,34 @@ def _pivot_row(
 ) -> list[Cell]:
     """The row's label, its cells, then its params, epochs and time per finished run."""
     in_row = [rec for col in col_labels for rec in cells.get((row, col), [])]
-    readable = [rec for rec in in_row if is_readable(rec)]
-    finished = [rec for rec in readable if rec.get("status") == "finished"]
-    seconds = [number((rec.get("seconds") or {}).get("total")) for rec in finished]
     return [
         Cell(row),
         *(_pivot_cell(cells[row, col], metric) if (row, col) in cells else Cell("–") for col in col_labels),
-        _range([p for rec in readable if (p := number(rec.get("params"))) is not None], _fmt_int),
-        _range([e for rec in readable if (e := number(rec.get("epochs"))) is not None], _fmt_int),
-        _range([s for s in seconds if s is not None], fmt_seconds),
+        *(extra_cell(in_row, extra) for extra in ("params", "epochs", "time")),
     ]
 
 
 def _fmt_int(value: float) -> str:
     return f"{int(value):,}"
+
+
+EXTRA_HEADERS = {"epochs": "epochs", "params": "params", "flops": "FLOPs", "time": "time/run"}
+
+
+def extra_cell(records: list[dict[str, Any]], extra: str) -> Cell:
+    """A row's `params`, `flops` or (planned) `epochs` over its readable runs, or `time` (wall clock) per finished
+    run: one value, or the range a–b where they differ; or the value of a dotted config key (`optim.lr`), each
+    value once."""
+    readable = [rec for rec in records if is_readable(rec)]
+    if "." in extra:
+        values = [config_value(rec, extra) for rec in readable if rec.get("config")]
+        order = {label(v): _label_order(v) for v in values}
+        return Cell(", ".join(sorted(order, key=lambda t: (order[t], t))) or "–")
+    if extra == "time":
+        finished = [rec for rec in readable if rec.get("status") == "finished"]
+        seconds = [number((rec.get("seconds") or {}).get("total")) for rec in finished]
+        return _range([s for s in seconds if s is not None], fmt_seconds)
+    return _range([v for rec in readable if (v := number(rec.get(extra))) is not None], _fmt_int)
 
 
 def _pivot_notes(
@@ -336,6 +364,100 @@ def _pivot_notes(
             f"Cells pool runs that also differ in {'; '.join(mixed)}: split them with --rows/--cols (comma-separated)."
         )
     return notes
+
+
+# --- tables in a study's own layout ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The runs of one cell of a study (its seeds), with the labels that place it in a table, its notes and the
+    figures the study it reproduces reported for it (`reference`)."""
+
+    labels: dict[str, str]
+    notes: tuple[str, ...]
+    records: list[dict[str, Any]]
+    reference: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueColumn:
+    """A value of each cell: a metrics.csv column (`val/map`) at the last epoch or at the best validation epoch
+    (`at`), its header and Python's format spec (`.4f`, `.2%`)."""
+
+    key: str
+    header: str
+    spec: str
+    at: str = "final"
+
+
+def run_value(record: dict[str, Any], key: str, at: str = "final") -> float | None:
+    """The value of a metrics.csv column in summary.json's `final` (the last epoch's row) or `best` row."""
+    return number((record.get(at) or {}).get(key))
+
+
+def fmt_values(values: list[float], spec: str) -> str:
+    """One value in `spec`, or several as mean ± sample std (n-1 in the denominator) with their count."""
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec)} (n={len(values)})"
+
+
+def _shared_notes(groups: list[Group]) -> list[str]:
+    """The notes every cell of a row has: written once, after the row's label."""
+    return [note for note in groups[0].notes if all(note in g.notes for g in groups)]
+
+
+def _group_cell(group: Group | None, column: ValueColumn, lifted: list[str], reference: bool) -> Cell:
+    """A cell's value (mean ± std over its seeds, the other runs marked; or its reference figure), then its notes
+    that its row does not show."""
+    if group is None:
+        return Cell("")  # a combination the study does not fill
+    if reference:
+        value = number(group.reference.get(column.key))
+        cell = Cell(format(value, column.spec), sort=value) if value is not None else Cell("")
+    else:
+        value_of = lambda rec: run_value(rec, column.key, column.at)  # noqa: E731
+        cell = runs_cell(group.records, value_of, lambda values: fmt_values(values, column.spec), column.key)
+    own = [note for note in group.notes if note not in lifted]
+    return Cell(f"{cell.text} ({'; '.join(own)})", cell.sort) if own and cell.text else cell
+
+
+def labelled_table(
+    title: str,
+    groups: list[Group],
+    rows: str,
+    cols: str | None,
+    columns: list[ValueColumn],
+    extras: list[tuple[str, str]] = (),
+    row_header: str | None = None,
+    notes: list[str] = (),
+    reference: bool = False,
+) -> Table:
+    """A table in a study's own layout: a row per value of the label `rows`, per value of the label `cols` (if any)
+    one column per value column (several metrics, splits), then the `extras` (kind, header: `extra_cell`). Rows and
+    columns keep the order the cells come in; a combination no cell fills is empty. A note that every cell of a
+    row has follows the row's label, the others their cell's value. `reference`: the cells' reference figures
+    instead of the runs' values, and no extras.
+    """
+    row_labels = list(dict.fromkeys(g.labels[rows] for g in groups))
+    col_labels = list(dict.fromkeys(g.labels[cols] for g in groups)) if cols else [None]
+    placed = {(g.labels[rows], g.labels[cols] if cols else None): g for g in groups}
+    extras = [] if reference else list(extras)
+    header = [row_header or rows]
+    for col in col_labels:
+        header += [c.header if col is None else col if len(columns) == 1 else f"{col} {c.header}" for c in columns]
+    header += [name for _, name in extras]
+    body = []
+    for row in row_labels:
+        in_row = [g for g in groups if g.labels[rows] == row]
+        lifted = _shared_notes(in_row)
+        cells = [Cell(f"{row} ({'; '.join(lifted)})" if lifted else row)]
+        cells += [_group_cell(placed.get((row, col)), c, lifted, reference) for col in col_labels for c in columns]
+        records = [rec for g in in_row for rec in g.records]
+        body.append(cells + [extra_cell(records, kind) for kind, _ in extras])
+    numeric = [False] + [True] * (len(header) - 1)
+    return Table(title, header, numeric, body, list(notes))
 
 
 def run_table(records: list[dict[str, Any]], keys: list[str] = ()) -> Table:
