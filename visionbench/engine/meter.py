@@ -53,7 +53,7 @@ class TrainMeter:
     @property
     def metrics(self):
         """The task's train metrics, built when first needed: at the epoch's end on a small dataset, so that the
-        first steps do not wait for torchmetrics' import (utils/preload.py imports it beside them)."""
+        first steps do not wait for torchmetrics' import (about a second on a small CPU)."""
         if self._metrics is None:
             self._metrics = self.task.train_metrics().to(self.device)
             for metric in _stateful(self._metrics):  # their states go into state_dict (a wrapper does not pass it on)
