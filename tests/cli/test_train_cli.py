@@ -56,7 +56,7 @@ def test_train_synthetic_writes_every_file_and_learns(tmp_path, capsys):
     summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 4
     assert summary["final"]["test/acc1"] > 0.6, summary["final"]  # 4 classes: chance is 0.25
-    assert set(summary["seconds"]) == {"data", "train", "eval", "total"} and summary["params"] > 0
+    assert set(summary["seconds"]) == {"data", "train", "eval", "total", "to_first_step"} and summary["params"] > 0
     rows = list(csv.DictReader((run / layout.METRICS).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert {"epoch", "step", "elapsed_seconds", layout.WALL_TIME, "lr", "train/loss", "train/acc1"} <= set(rows[0])
