@@ -3,6 +3,7 @@ root (as a user there would), wherever pytest was started and whatever the check
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _short_variant(config: Path) -> list[str]:
     """The `--set` overrides of the short variant that a config documents in its header comment."""
     header = [line.lstrip("# ") for line in config.read_text().splitlines() if line.startswith("#")]
     (command,) = [line for line in header if line.startswith("visionbench train ")]
-    words = command.split()
+    words = shlex.split(command)  # a value may be quoted: --set 'model.kwargs={depth: 1}'
     assert words[2] == str(config.relative_to(ROOT)), command
     assert words[3::2] == ["--set"] * len(words[3::2]), command
     return words[4::2]

@@ -30,6 +30,9 @@ CHILD = textwrap.dedent(
     import numpy as np
     import torch  # noqa: F401  (imports first: their memory counts against the limit too)
     import visionbench.engine.train, visionbench.data.stream  # noqa: F401
+    # what the run imports later (torchmetrics at its first evaluation, torchvision's decoders, timm): first, so
+    # that their memory counts against the limit too, as when `train` imported them at start
+    import torchmetrics, torchvision, timm  # noqa: F401
     from visionbench.cli.main import main
 
     root, out, limit, decoded = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
