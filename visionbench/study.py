@@ -52,7 +52,7 @@ MAX_RUNS = 10_000  # runs of one study (cells x seeds): as compare's matrix
 DEFAULT_OUT = "runs/studies"  # a study's folder: <DEFAULT_OUT>/<file stem>, unless `out:` or --out says otherwise
 SHORT_SUFFIX = "-short"  # --short writes beside the full study's folder, never into it
 DEFAULT_FORMAT = ".4f"
-EXTRAS = ("epochs", "params", "flops", "time")  # per-row columns a table may add, besides config keys
+EXTRAS = ("epochs", "params", "flops", "time", "image_size")  # per-row columns a table may add, besides config keys
 # in a `runs` figure: every grid `visionbench explain` wrote into the run, every figure of `visionbench analyze`
 EXPLAIN_FIGURES, ANALYSIS_FIGURES = "explain", "analysis"
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")

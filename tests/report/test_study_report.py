@@ -201,3 +201,18 @@ def test_runs_not_started_yet_are_listed_and_do_not_stop_the_readme(tmp_path: Pa
     study = read_study(_study(tmp_path, _cell("{arch: a}") + _cell("{arch: b}"), table), out=tmp_path / "out")
     md = write_study(study)[0].read_text(encoding="utf-8")
     assert "| a | not started |" in md and "2 runs: 2 not started." in md
+
+
+def test_extra_image_size_and_unset_config_values() -> None:
+    """`image_size` is the height (and width) the model took, from summary.json; a config key set to null is `–`."""
+    from visionbench.report.tables import extra_cell
+
+    def run(size: object, crop: object) -> dict:
+        info = {} if size is None else {"input_size": size}
+        return {"status": "finished", "run_dir": "r", "data_info": info, "config": {"data": {"eval_crop_pct": crop}}}
+
+    assert extra_cell([run([3, 384, 384], 1.0), run([3, 384, 384], 1.0)], "image_size").text == "384"
+    assert extra_cell([run([3, 32, 48], 0.875), run([1, 28, 28], 0.875)], "image_size").text == "28, 32x48"
+    assert extra_cell([run(None, None), run("big", None)], "image_size").text == "–"
+    assert extra_cell([run([3, 32, 32], None)], "data.eval_crop_pct").text == "–"
+    assert extra_cell([run([3, 32, 32], None), run([3, 32, 32], 0.9)], "data.eval_crop_pct").text == "0.9, –"

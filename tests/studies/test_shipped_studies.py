@@ -1,7 +1,8 @@
 """The study files shipped in configs/studies/, one per seed study: each reads and resolves every cell (its config
 loads with every override, full and --short); the DeepLense study runs end to end in short mode on lensing images
-that the test writes in simulate-lensing's `.npy` format into the cache, where the dataset looks first, and the VOC
-study on a VOCdevkit folder of JPEG images and XML annotations, with its per-tag logs."""
+that the test writes in simulate-lensing's `.npy` format into the cache, where the dataset looks first, the VOC
+study on a VOCdevkit folder of JPEG images and XML annotations, with its per-tag logs, and the three CIFAR studies on
+cifar-10-batches-py and cifar-100-python folders of Python-2 pickles, with their saliency grids."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 from visionbench import layout
 from visionbench.cli.main import main
 from visionbench.data import lensing_sim
+from visionbench.data.cifar import CIFAR10, CIFAR100, write_cifar_batch
 from visionbench.study import read_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,3 +135,117 @@ def test_voc_short_study_writes_its_results_table_curves_and_per_tag_logs(tmp_pa
     assert len(logs) == 3 and logs[0].read_text().splitlines()[0] == "Wall time,Step,Value"
     linked = re.findall(r"\]\((runs/[^)]+-tag-[a-z_]+\.csv)\)", md)
     assert len(linked) == 3 * 4 and all((folder / unquote(link)).is_file() for link in linked), linked
+
+
+def _write_cifar(root: Path, hundred: bool, per_file: int, test: int, seed: int = 0) -> None:
+    """cifar-10-batches-py (five data batches, test_batch, batches.meta) or cifar-100-python (train, test, meta) as
+    the official archives unpack: Python-2 pickles of uint8 rows, `per_file` images in each training file."""
+    layout_ = CIFAR100 if hundred else CIFAR10
+    folder = root / layout_.folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name, n in [*((f, per_file) for f in layout_.train_files), (layout_.test_file, test)]:
+        labels = rng.integers(0, 100 if hundred else 10, n).tolist()
+        batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        batch |= {b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+        if hundred:
+            batch |= {b"fine_labels": labels, b"coarse_labels": [v // 5 for v in labels]}
+        else:
+            batch |= {b"labels": labels}
+        write_cifar_batch(folder / name, batch)
+    if hundred:
+        meta = {b"fine_label_names": [f"fine_{i}".encode() for i in range(100)]}
+        meta |= {b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)]}
+    else:
+        meta = {b"label_names": [f"class_{i}".encode() for i in range(10)], b"num_cases_per_batch": per_file}
+    write_cifar_batch(folder / layout_.meta_file, meta)
+
+
+def _short_study(tmp_path: Path, monkeypatch, capsys, stem: str) -> tuple[Path, list[str]]:
+    """Run configs/studies/`stem`.yaml with --short on the data under tmp_path/data; its folder and README lines."""
+    monkeypatch.setenv("VISIONBENCH_DATA", str(tmp_path / "data"))
+    path = ROOT / "configs" / "studies" / f"{stem}.yaml"
+    assert main(["study", str(path), "--short", "--out", str(tmp_path / stem)]) == 0, capsys.readouterr().out[-3000:]
+    folder = tmp_path / f"{stem}-short"
+    assert (folder / layout.STUDY_HTML).is_file()
+    return folder, (folder / layout.STUDY_README).read_text(encoding="utf-8").splitlines()
+
+
+def _table(lines: list[str], header: str) -> list[list[str]]:
+    """The rows under the markdown table `header` (its first line), as lists of cells."""
+    start = lines.index(header) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def _figures_present(folder: Path, names: list[str], md: str) -> None:
+    for name in names:
+        assert all((folder / layout.STUDY_FIGURES / f"{name}{suffix}").is_file() for suffix in (".png", ".svg", ".csv"))
+        assert f"](figures/{name}.png)" in md, name
+
+
+def _linked_images(folder: Path, md: str, part: str) -> list[str]:
+    """The images the README shows whose path has `part`, each checked to exist."""
+    links = [unquote(src) for src in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md) if part in src]
+    assert all((folder / link).is_file() for link in links), links
+    return links
+
+
+def test_resnet5m_short_study_writes_its_accuracy_and_parameter_table(tmp_path: Path, monkeypatch, capsys) -> None:
+    _write_cifar(tmp_path / "data", hundred=False, per_file=16, test=16)
+    folder, lines = _short_study(tmp_path, monkeypatch, capsys, "001_resnet5m")
+    header = "| skip kernels K | test accuracy | trainable parameters | epochs | time/run |"
+    rows = _table(lines, header)
+    assert [r[0] for r in rows] == [r"\[1, 1\]", r"\[3, 3\]", r"\[5, 5\]"]
+    assert all(re.fullmatch(r"\d+\.\d\d%", r[1]) and r[3] == "1" for r in rows), rows
+    assert rows[1][2] == "4,435,082"  # the study's cell: K = [3, 3], global pooling (P = [1, 1])
+    assert "| \\[3, 3\\] | 90.70% |" in lines  # the reference table: the study's own figure
+    _figures_present(folder, ["train_loss", "train_acc1"], "\n".join(lines))
+
+
+def test_cifar10_lab_short_study_writes_its_results_table_curves_and_saliency(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    _write_cifar(tmp_path / "data", hundred=False, per_file=16, test=16)
+    folder, lines = _short_study(tmp_path, monkeypatch, capsys, "002_cifar10_lab")
+    rows = _table(lines, "| Model | Accuracy on test | Learning rate | Batch size | Epochs | Total params |")
+    simple = ["Simple CNN, 10 epochs", "Simple CNN, 20 epochs", "Simple CNN, Yogi"]
+    dropout = [f"CNN with dropout {rate}" for rate in (0.1, 0.2, 0.3, 0.5, 0.9)]
+    others = ["VGG16 (frozen: backbone)", "ResNet18 (frozen: backbone)", "ViT (dropout 0.1, emb_dropout 0.1)"]
+    assert [r[0] for r in rows] == simple + dropout + others
+    assert all(re.fullmatch(r"\d+\.\d\d%", r[1]) and r[4] == "1" for r in rows), rows
+    assert [r[2:4] for r in rows] == [["0.001", "32"]] * 3 + [["0.01", "32"]] * 6 + [["0.01", "64"], ["3e-05", "64"]]
+    assert {r[5] for r in rows[:3]} == {"62,006"}  # the classic tutorial net: 5x5 convs 6/16, hidden 120 and 84
+    assert {r[5] for r in rows[3:8]} == {"4,722,762"}
+    assert rows[8][5] == "134,301,514"  # VGG-16 with its own classifier, a 10-class last layer
+    _figures_present(folder, ["train_loss", "test_loss", "train_acc1"], "\n".join(lines))
+    saliency = _linked_images(folder, "\n".join(lines), "/explain/saliency-test/")
+    assert len({Path(link).parts[1] for link in saliency}) == 11, saliency  # every run's grids
+
+
+def test_cifar100_short_study_writes_its_model_card_table_and_explanations(tmp_path: Path, monkeypatch, capsys) -> None:
+    _write_cifar(tmp_path / "data", hundred=True, per_file=64, test=32)
+    folder, lines = _short_study(tmp_path, monkeypatch, capsys, "003_cifar100_budget")
+    header = "| Model | Top 1 | Top 5 | Parameter | Image size | Crop percent | Interpolation | time |"
+    rows = _table(lines, header)
+    vits = ["ViT-B/16", "ViT-B/16+R50", "ViT-B/16, 3 h budget", "ViT-B/16, 2 training hours"]
+    assert [r[0] for r in rows] == [*vits, "ResNet-50, timm augmentation"]
+    assert all(re.fullmatch(r"\d+\.\d{3}%", r[k]) for r in rows for k in (1, 2)), rows
+    assert [r[4:7] for r in rows] == [
+        ["32", "0.875", "bilinear"],
+        ["32", "1.0", "bicubic"],
+        ["32", "0.875", "bilinear"],
+        ["32", "0.875", "bilinear"],
+        ["32", "–", "bilinear"],
+    ]
+    md = "\n".join(lines)
+    _figures_present(folder, ["val_acc1", "train_loss"], md)
+    for method, runs in (("gradcam", 5), ("deeplift", 5), ("attention_rollout", 4)):
+        grids = _linked_images(folder, md, f"/explain/{method}-test/")
+        assert len({Path(link).parts[1] for link in grids}) == runs, (method, grids)
+    assert "No attention_rollout grids of test: --method attention_rollout: resnet50 has no attention layers" in md
+    assert str(tmp_path) not in md  # every path relative to the README

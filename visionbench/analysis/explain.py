@@ -116,7 +116,7 @@ def save_grids(
             axes[2 * r + 1, c].imshow(shown.numpy(), cmap=cmap)
             axes[2 * r + 1, c].imshow(m.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         fig.suptitle(f"{title}: {name}", fontsize=9)
-        paths.append(_save(fig, out_dir / f"{stems[name]}.png"))
+        paths.append(_save(fig, out_dir / f"{stems[name]}.png", svg=False))
     write_json(
         out_dir / "panels.json",
         {name: [dataclasses.asdict(p) for p in panels] for name, panels in groups.items()},

@@ -54,8 +54,7 @@ def study(
         again = [file, *(["--short"] if short else []), *(a for s in set_ or [] for a in ("--set", s))]
         again += [*(["--out", str(out)] if out else []), *(["--jobs", str(jobs)] if jobs else [])]
         raise interrupted("study", e.signum, cells, again + (["--rerun-changed"] if rerun_changed else [])) from None
-    _explain(plan)
-    md, html = write_study(plan)
+    md, html = write_study(plan, _explain(plan))
     print(f"study: {md}\nstudy: {html}")
     return failures(outcomes)
 
@@ -74,15 +73,17 @@ def _check_methods(plan: Study) -> None:
             )
 
 
-def _explain(plan: Study) -> None:
+def _explain(plan: Study) -> dict[tuple[str, Path], str]:
     """Draw each `explain` figure's grids in every finished run that has none of its method and split yet; a run
-    whose model the method cannot take is said in one line, and its section says it has none."""
+    whose model the method cannot take is said in one line, and returned by (method, run directory) with the
+    reason, which its section gives."""
     from visionbench import layout
     from visionbench.analysis.explain import explain_run
     from visionbench.engine.rundir import read_summary
     from visionbench.errors import UserError, first_line
     from visionbench.study import ExplainFigure
 
+    unexplained: dict[tuple[str, Path], str] = {}
     for figure in (f for f in plan.spec.figures if isinstance(f, ExplainFigure)):
         for cell, run in plan.runs:
             drawn = (run.run_dir / layout.explain_folder(figure.method, figure.split)).is_dir()
@@ -92,4 +93,6 @@ def _explain(plan: Study) -> None:
                 explain_run(run.run_dir, figure.method, figure.n, figure.split)
                 print(f"explain {figure.method}: {run.run_dir}")
             except UserError as e:
+                unexplained[figure.method, run.run_dir] = first_line(e)
                 print(f"explain {figure.method}: {cell.title}: {first_line(e)}")
+    return unexplained

@@ -57,9 +57,10 @@ def _figure(ncols: int):
     return _pyplot().subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
 
 
-def _save(fig, path: Path, png: bool = True) -> Path:
+def _save(fig, path: Path, png: bool = True, svg: bool = True) -> Path:
     """`path` (.png) and the same figure as .svg beside it, every name in it drawn as written; returns `path`.
-    `png=False`: the .svg alone (pass its path)."""
+    `png=False`: the .svg alone (pass its path); `svg=False`: the .png alone (a grid of images, which an SVG would
+    only wrap)."""
     plt = _pyplot()
     images = {}
     try:
@@ -68,12 +69,12 @@ def _save(fig, path: Path, png: bool = True) -> Path:
             if png:
                 images[path] = io.BytesIO()
                 fig.savefig(images[path], format="png", dpi=120, bbox_inches="tight")
-            # no date and a fixed salt for the element ids (random by default): the same run files, the same bytes
-            images[path.with_suffix(".svg")] = io.BytesIO()
-            with plt.rc_context({"svg.hashsalt": "visionbench"}):
-                fig.savefig(
-                    images[path.with_suffix(".svg")], format="svg", bbox_inches="tight", metadata={"Date": None}
-                )
+            if svg:  # no date and a fixed salt for the element ids (random by default): the same files, the same bytes
+                images[path.with_suffix(".svg")] = io.BytesIO()
+                with plt.rc_context({"svg.hashsalt": "visionbench"}):
+                    fig.savefig(
+                        images[path.with_suffix(".svg")], format="svg", bbox_inches="tight", metadata={"Date": None}
+                    )
     finally:
         plt.close(fig)
     for target, data in images.items():

@@ -50,8 +50,10 @@ NOT_STARTED = "not started"
 _UNSHOWN_SETTINGS = frozenset({"trainer.seed", "trainer.experiment", "trainer.out_dir"})
 
 
-def write_study(study: Study) -> tuple[Path, Path]:
+def write_study(study: Study, unexplained: dict[tuple[str, Path], str] | None = None) -> tuple[Path, Path]:
     """Draw every run's figures and the curves across cells, then write the study's README.md and report.html.
+    `unexplained`: why a run has no grids of an `explain` figure's method, by (method, run directory) (a model the
+    method cannot take), said in its section instead of "not yet".
 
     Returns:
         The paths of README.md and report.html.
@@ -66,7 +68,7 @@ def write_study(study: Study) -> tuple[Path, Path]:
     drawn = [draw_run(Path(rec["run_dir"]), redraw=False) for rec in records]
     sections = [_about(study), *(_table_section(study, t, groups) for t in study.spec.tables)]
     for figure in study.spec.figures:
-        sections += _figure_sections(study, figure)
+        sections += _figure_sections(study, figure, unexplained or {})
     sections.append(_settings(study))
     title = study.spec.title + (" (short mode)" if study.short else "")
     runs = run_table(records)
@@ -154,7 +156,7 @@ def _table_section(study: Study, spec: TableSpec, groups: list[Group]) -> Sectio
     return Section(spec.title, tables=tables)
 
 
-def _figure_sections(study: Study, figure: Any) -> list[Section]:
+def _figure_sections(study: Study, figure: Any, unexplained: dict[tuple[str, Path], str]) -> list[Section]:
     """The sections of one figure of the study file (one of study.py's `Figure` kinds)."""
     if isinstance(figure, GridFigure):
         return [_grid(study, figure)]
@@ -163,7 +165,7 @@ def _figure_sections(study: Study, figure: Any) -> list[Section]:
     if isinstance(figure, TagLogsFigure):
         return _tag_logs(study, figure)
     if isinstance(figure, ExplainFigure):
-        return _explained(study, figure)
+        return _explained(study, figure, unexplained)
     return _run_figures(study, figure)
 
 
@@ -239,18 +241,24 @@ def _run_figures(study: Study, figure: RunsFigure) -> list[Section]:
         title = f"{figure.title}: {cell.title}" + (f", seed {run.seed}" if len(cell.runs) > 1 else "")
         pngs, others = _run_files(run.run_dir, figure.figures)
         links = [(p.name, relative(p, study.out)) for p in others]
-        empty = [] if pngs or others else [f"No {', '.join(figure.figures)} figure (yet) in {run.run_dir}."]
+        where = relative(run.run_dir, study.out)
+        empty = [] if pngs or others else [f"No {', '.join(figure.figures)} figure (yet) in {where}."]
         sections.append(Section(title, paragraphs=empty, figures=pngs, links=links))
     return sections
 
 
-def _explained(study: Study, figure: ExplainFigure) -> list[Section]:
-    """A section per run with its grids of `figure.method` on `figure.split` (cli/study.py has them drawn)."""
+def _explained(study: Study, figure: ExplainFigure, unexplained: dict[tuple[str, Path], str]) -> list[Section]:
+    """A section per run with its grids of `figure.method` on `figure.split` (cli/study.py has them drawn), or why
+    it has none."""
     sections = []
     for cell, run in study.runs:
         title = f"{figure.title}: {cell.title}" + (f", seed {run.seed}" if len(cell.runs) > 1 else "")
         pngs = sorted((run.run_dir / layout.explain_folder(figure.method, figure.split)).glob("*.png"))
-        empty = [] if pngs else [f"No {figure.method} grids of {figure.split} (yet) in {run.run_dir}."]
+        why = unexplained.get((figure.method, run.run_dir))
+        none = f"No {figure.method} grids of {figure.split}" + (
+            f": {why}" if why else f" (yet) in {relative(run.run_dir, study.out)}."
+        )
+        empty = [] if pngs else [none]
         sections.append(Section(title, paragraphs=empty, figures=pngs))
     return sections
 

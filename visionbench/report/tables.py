@@ -314,18 +314,35 @@ def _fmt_int(value: float) -> str:
     return f"{int(value):,}"
 
 
-EXTRA_HEADERS = {"epochs": "epochs", "params": "params", "flops": "FLOPs", "time": "time/run"}
+EXTRA_HEADERS = {
+    "epochs": "epochs",
+    "params": "params",
+    "flops": "FLOPs",
+    "time": "time/run",
+    "image_size": "image size",
+}
+
+
+def _image_size(rec: dict[str, Any]) -> str | None:
+    """The height and width the model took (summary's data_info.input_size): `32`, or `32x48` when not square."""
+    size = (rec.get("data_info") or {}).get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) for v in size)):
+        return None
+    return str(size[1]) if size[1] == size[2] else f"{size[1]}x{size[2]}"
 
 
 def extra_cell(records: list[dict[str, Any]], extra: str) -> Cell:
     """A row's `params`, `flops` or (planned) `epochs` over its readable runs, or `time` (wall clock) per finished
-    run: one value, or the range a–b where they differ; or the value of a dotted config key (`optim.lr`), each
-    value once."""
+    run: one value, or the range a–b where they differ; `image_size`, the input's height (and width) each value
+    once; or the value of a dotted config key (`optim.lr`), each value once, `–` where it is not set (null)."""
     readable = [rec for rec in records if is_readable(rec)]
     if "." in extra:
         values = [config_value(rec, extra) for rec in readable if rec.get("config")]
-        order = {label(v): _label_order(v) for v in values}
+        order = {("–" if v is None else label(v)): _label_order(v) for v in values}
         return Cell(", ".join(sorted(order, key=lambda t: (order[t], t))) or "–")
+    if extra == "image_size":
+        sizes = {s for rec in readable if (s := _image_size(rec))}
+        return Cell(", ".join(sorted(sizes, key=lambda s: (len(s), s))) or "–")
     if extra == "time":
         finished = [rec for rec in readable if rec.get("status") == "finished"]
         seconds = [number((rec.get("seconds") or {}).get("total")) for rec in finished]
