@@ -416,8 +416,9 @@ def test_cifar_configs_train_their_short_variant(tmp_path: Path, capsys, short_v
     tiny = [f"data.root={tmp_path / 'data'}", "data.download=false", "trainer.device=cpu", f"trainer.out_dir={out}"]
     tiny += ["trainer.batch_size=8", "trainer.progress=lines", "trainer.checkpoint_every_minutes=null"]
     cfg = load_config(config)
-    if cfg.model.pretrained in ("timm", "imagenet"):  # offline here: the same transfer path from a local weights file
-        source = create_model(cfg.model.name, 1000, img_size=(32, 32), **cfg.model.kwargs)
+    short = load_config(config, short_variant(config))
+    if short.model.pretrained in ("timm", "imagenet"):  # offline here: the same transfer path from a local file
+        source = create_model(short.model.name, 1000, img_size=(32, 32), **short.model.kwargs)
         weights = tmp_path / "imagenet.safetensors"
         safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
         tiny.append(f"model.pretrained={weights}")
