@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A shell without job control starts a background command (`make test &`) with SIGINT ignored, and visionbench
+# rightly leaves an ignored signal ignored (as under nohup). The interrupt tests send SIGINT to this process and to
+# the commands they start, so the session takes Python's own Ctrl-C handler back; the children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
