@@ -89,6 +89,9 @@ def explain_folder(method: str, split: str) -> str:
     return f"{EXPLAIN}/{method}-{split}"
 
 
+EXPLAIN_PANELS = "panels.json"  # in an explain folder, written after its grids: the folder is complete
+
+
 def eval_result(split: str, tta: str, weights: str) -> str:
     """The file `visionbench eval` writes: one per split, test-time augmentation and weights."""
     return f"eval-{split}-{tta}-{weights}.json"

@@ -1,7 +1,7 @@
 """`visionbench study FILE --short` end to end on the generated `synthetic` dataset: every run trains, README.md has
 the study's table (seeds as mean ± std with n) and its figures exist, saliency grids drawn by the study among them;
-a second invocation trains and draws nothing; a finished run whose config changed is refused in one line; --short
-writes apart from the full study."""
+a second invocation trains and draws nothing, a third redraws only a grid folder left half-drawn; a finished run
+whose config changed is refused in one line; --short writes apart from the full study."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def test_short_study_runs_every_cell_writes_its_table_and_figures_then_skips_and
     again = capsys.readouterr().out
     assert again.count(": finished before, skipped") == 3 and "explain saliency" not in again, again
     assert [p.stat().st_mtime_ns for p in summaries] == written and [p.stat().st_mtime_ns for p in grids] == drawn
+
+    # an interrupt between a run's grids and its panels file leaves the folder half-drawn: the next call redraws it
+    half = grids[0].parent
+    (half / layout.EXPLAIN_PANELS).unlink()
+    for png in half.glob("*.png"):
+        png.unlink()
+    assert main(["study", str(study), "--short", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("explain saliency") == 1
+    assert (half / layout.EXPLAIN_PANELS).is_file() and sorted(half.glob("*.png"))
 
     assert main(["study", str(study), "--short", "--out", str(out), "--set", "optim.lr=0.3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

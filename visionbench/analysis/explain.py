@@ -118,7 +118,7 @@ def save_grids(
         fig.suptitle(f"{title}: {name}", fontsize=9)
         paths.append(_save(fig, out_dir / f"{stems[name]}.png", svg=False))
     write_json(
-        out_dir / "panels.json",
+        out_dir / layout.EXPLAIN_PANELS,
         {name: [dataclasses.asdict(p) for p in panels] for name, panels in groups.items()},
     )
     return paths

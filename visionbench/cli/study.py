@@ -74,7 +74,7 @@ def _check_methods(plan: Study) -> None:
 
 
 def _explain(plan: Study) -> dict[tuple[str, Path], str]:
-    """Draw each `explain` figure's grids in every finished run that has none of its method and split yet; a run
+    """Draw each `explain` figure's grids in every finished run that has no complete set of its method and split; a run
     whose model the method cannot take is said in one line, and returned by (method, run directory) with the
     reason, which its section gives."""
     from visionbench import layout
@@ -86,7 +86,8 @@ def _explain(plan: Study) -> dict[tuple[str, Path], str]:
     unexplained: dict[tuple[str, Path], str] = {}
     for figure in (f for f in plan.spec.figures if isinstance(f, ExplainFigure)):
         for cell, run in plan.runs:
-            drawn = (run.run_dir / layout.explain_folder(figure.method, figure.split)).is_dir()
+            # complete once its panels file, written last, is there: a folder an interrupt left half-drawn is redrawn
+            drawn = (run.run_dir / layout.explain_folder(figure.method, figure.split) / layout.EXPLAIN_PANELS).is_file()
             if drawn or read_summary(run.run_dir).get("status") != "finished":
                 continue
             try:
