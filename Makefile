@@ -36,7 +36,7 @@ postgres:
 # table. Run again, it skips what is done. tests/cli/test_demo.py runs these lines on synthetic data.
 demo: $(STAMP) data
 	$(BIN)/visionbench compare configs/demo/compare.yaml
-	test -d $(DEMO)/model.name=resnet_cfg_small/explain/gradcam-test || $(BIN)/visionbench explain $(DEMO)/model.name=resnet_cfg_small --method gradcam --n 8
+	test -f $(DEMO)/model.name=resnet_cfg_small/explain/gradcam-test/panels.json || $(BIN)/visionbench explain $(DEMO)/model.name=resnet_cfg_small --method gradcam --n 8
 	$(BIN)/visionbench report $(DEMO)
 	@echo
 	@echo "Open $(DEMO)/report.html: the table, each run's curves, confusion matrix, config and Grad-CAM grids."

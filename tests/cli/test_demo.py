@@ -47,8 +47,8 @@ def _run_demo(capsys) -> str:
         condition, _, command = line.rpartition(" || ")
         if condition:
             test, flag, path = shlex.split(condition)
-            assert (test, flag) == ("test", "-d"), line
-            if Path(path).is_dir():
+            assert test == "test" and flag in ("-d", "-f"), line
+            if Path(path).is_dir() if flag == "-d" else Path(path).is_file():
                 continue
         program, *argv = shlex.split(command)
         assert program == ".venv/bin/visionbench", line
